@@ -1,0 +1,264 @@
+//! The backend trait: the spine every lock service plugs into.
+//!
+//! A [`Backend`] turns a [`Target`] into a held lock ([`Held`]) and answers questions about
+//! locks by name (status, list, gc, release/update of persistent locks). Everything a caller
+//! sees — reentrancy, fork safety, auto-renewal, the C ABI, the CLI — is built once in lib.rs
+//! on top of these two traits, so a new service only implements them.
+
+use crate::holder::{HolderRecord, Liveness};
+use crate::{Error, ErrorKind, Options, Result, Service, Target};
+use serde::Serialize;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+pub mod consul;
+pub mod pmxcfs;
+pub mod sem;
+pub mod zookeeper;
+
+/// A lock service.
+pub trait Backend: Sync {
+    /// Take the lock named by `target`, waiting as `wait` says. Returns `Busy` when the wait
+    /// ends without the lock, `Canceled` when the cancel fd became readable.
+    fn acquire(&self, target: &Target, opts: &Options, wait: &Wait) -> Result<Box<dyn Held>>;
+
+    /// Who holds `target` now.
+    fn status(&self, target: &Target) -> Result<Status>;
+
+    /// Every lock under `prefix` (a target whose name may be empty: all of this service).
+    fn list(&self, prefix: &Target) -> Result<Vec<Status>>;
+
+    /// Clean what dead holders on this host left behind. Returns how many items were removed.
+    fn gc(&self, scope: &GcScope) -> Result<u32>;
+
+    /// Release a lock by name, not through a handle: a persistent lock of this host, or with
+    /// `force` whatever holds it (operator override). Returns how many slots were released;
+    /// `NotHeld` when there was nothing to release.
+    fn release_named(&self, target: &Target, force: bool) -> Result<u32>;
+
+    /// Renew a persistent lock by name (`lockfn update`).
+    fn update_named(&self, target: &Target) -> Result<()>;
+}
+
+/// A held lock. Dropping it must NOT release the lock (a forked child drops the parent's
+/// handles); lib.rs calls [`Held::release`] explicitly.
+pub trait Held: Send {
+    /// The fencing token: grows with every acquisition of the same lock.
+    fn token(&self) -> u64;
+    /// The holder record stored with the lock.
+    fn record(&self) -> &HolderRecord;
+    /// Renew (TTL, pmxcfs refresh) and check the lock is still ours: `Lost` if not.
+    fn update(&mut self) -> Result<()>;
+    /// Give the lock back.
+    fn release(&mut self) -> Result<()>;
+    /// Leave the lock in place for `lockfn release` to end (persistent locks).
+    fn detach(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// How often this lock must be renewed while held; None: never (it cannot expire).
+    fn renew_interval(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// The backend serving a service.
+pub fn for_service(service: Service) -> &'static dyn Backend {
+    match service {
+        Service::Sem => &sem::SemBackend,
+        Service::Pmxcfs => &pmxcfs::PmxcfsBackend,
+        Service::Zk => &zookeeper::ZkBackend,
+        Service::Consul => &consul::ConsulBackend,
+    }
+}
+
+/// What `gc` may touch: one service, optionally only names starting with `prefix`.
+#[derive(Debug, Clone)]
+pub struct GcScope {
+    pub service: Service,
+    pub prefix: String,
+}
+
+/// One lock as `status` and `list` report it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub target: String,
+    pub service: &'static str,
+    pub held: bool,
+    /// Slots of the lock (1 = mutex), where the service records it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Free slots right now, where the service can tell (e.g. the semaphore's value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub available: Option<i64>,
+    pub holders: Vec<HolderView>,
+    /// Service-specific facts (age of a pmxcfs directory, a session id, …).
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Status {
+    pub fn new(target: &Target) -> Status {
+        Status {
+            target: target.canonical(),
+            service: target.service.as_str(),
+            held: false,
+            limit: None,
+            available: None,
+            holders: Vec::new(),
+            details: serde_json::Map::new(),
+        }
+    }
+}
+
+/// A holder record with what this host can prove about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HolderView {
+    #[serde(flatten)]
+    pub record: HolderRecord,
+    pub state: Liveness,
+}
+
+impl From<HolderRecord> for HolderView {
+    fn from(record: HolderRecord) -> HolderView {
+        let state = record.liveness();
+        HolderView { record, state }
+    }
+}
+
+/// How long to wait, and what stops the wait early. Shared by every backend so that timeouts
+/// and cancellation mean the same everywhere.
+#[derive(Debug, Clone)]
+pub struct Wait {
+    start: Instant,
+    deadline: Option<Instant>,
+    try_once: bool,
+    cancel_fd: Option<RawFd>,
+    timeout: Option<Duration>,
+}
+
+impl Wait {
+    pub fn new(timeout: Option<Duration>, cancel_fd: Option<RawFd>) -> Wait {
+        let start = Instant::now();
+        Wait {
+            start,
+            deadline: timeout.map(|t| start + t),
+            try_once: timeout == Some(Duration::ZERO),
+            cancel_fd,
+            timeout,
+        }
+    }
+
+    /// Try once, never wait.
+    pub fn is_try_once(&self) -> bool {
+        self.try_once
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time left; None = forever.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    pub fn expired(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    pub fn cancel_fd(&self) -> Option<RawFd> {
+        self.cancel_fd
+    }
+
+    /// `Canceled` if the cancel fd is readable (or closed/invalid: a caller's mistake must not
+    /// turn a bounded wait into a busy loop).
+    pub fn check_cancel(&self) -> Result<()> {
+        match self.cancel_fd {
+            Some(fd) if poll_readable(fd, 0) => Err(canceled()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sleep for `max` at most (never past the deadline), waking early with `Canceled` when
+    /// the cancel fd becomes readable.
+    pub fn pause(&self, max: Duration) -> Result<()> {
+        let d = match self.remaining() {
+            Some(r) => r.min(max),
+            None => max,
+        };
+        match self.cancel_fd {
+            Some(fd) => {
+                if poll_readable(fd, d.as_millis().min(i32::MAX as u128) as i32) {
+                    return Err(canceled());
+                }
+            }
+            None => std::thread::sleep(d),
+        }
+        Ok(())
+    }
+
+    /// The `Busy` error for a wait that ended: says whether it was try-once or a timeout, and
+    /// who holds the lock when known.
+    pub fn busy(&self, target: &Target, held_by: Option<&HolderRecord>) -> Error {
+        let who = held_by
+            .map(|h| {
+                let text = if h.holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", h.holder)
+                };
+                format!(" held by pid {} on {}{}", h.pid, h.host, text)
+            })
+            .unwrap_or_default();
+        let how = match self.timeout {
+            Some(t) if t.is_zero() => "is busy".to_string(),
+            Some(t) => format!("timed out after {:.3} s", t.as_secs_f64()),
+            None => "is busy".to_string(),
+        };
+        Error::new(ErrorKind::Busy, format!("lock {target} {how}{who}"))
+    }
+}
+
+fn canceled() -> Error {
+    Error::new(ErrorKind::Canceled, "waiting for the lock was canceled")
+}
+
+/// poll(2) one fd for readability; an invalid or hung-up fd counts as readable.
+pub fn poll_readable(fd: RawFd, timeout_ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms.max(0) as u64);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now()).as_millis() as i32;
+        let r = unsafe { libc::poll(&mut p, 1, if timeout_ms < 0 { -1 } else { left }) };
+        if r > 0 {
+            return p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL)
+                != 0;
+        }
+        if r == 0 {
+            return false;
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return true;
+        }
+        if timeout_ms >= 0 && Instant::now() >= deadline {
+            return false;
+        }
+    }
+}
+
+/// The error for a service that this build does not implement yet.
+pub(crate) fn not_implemented(service: Service) -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        format!("the {service} backend is not implemented in this build of lockfn"),
+    )
+}

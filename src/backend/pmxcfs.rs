@@ -1,0 +1,27 @@
+//! The pmxcfs backend (not implemented yet: every call says so).
+
+use super::{not_implemented, Backend, GcScope, Held, Status, Wait};
+use crate::{Options, Result, Service, Target};
+
+pub struct PmxcfsBackend;
+
+impl Backend for PmxcfsBackend {
+    fn acquire(&self, _: &Target, _: &Options, _: &Wait) -> Result<Box<dyn Held>> {
+        Err(not_implemented(Service::Pmxcfs))
+    }
+    fn status(&self, _: &Target) -> Result<Status> {
+        Err(not_implemented(Service::Pmxcfs))
+    }
+    fn list(&self, _: &Target) -> Result<Vec<Status>> {
+        Err(not_implemented(Service::Pmxcfs))
+    }
+    fn gc(&self, _: &GcScope) -> Result<u32> {
+        Err(not_implemented(Service::Pmxcfs))
+    }
+    fn release_named(&self, _: &Target, _: bool) -> Result<u32> {
+        Err(not_implemented(Service::Pmxcfs))
+    }
+    fn update_named(&self, _: &Target) -> Result<()> {
+        Err(not_implemented(Service::Pmxcfs))
+    }
+}

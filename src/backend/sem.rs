@@ -1,0 +1,720 @@
+//! The sem backend: a POSIX named semaphore `/NAME` (initial value = limit), plus a record file
+//! of our own, `/dev/shm/lockfn.NAME`, that holds one holder record per slot we took.
+//!
+//! The semaphore alone is what excludes: a resourcelock (cjnfuncs/posix_ipc) user of `/NAME`
+//! and we share its count. The record file is ours alone (resourcelock's shared memory is
+//! never touched) and every change to it is made under flock(2) on it, which the kernel drops
+//! when a process dies — so recovering a dead holder's slot is serialised and happens once.
+//!
+//! Invariants, all under the record file's exclusive flock:
+//! - a slot's record is added after its sem_wait and removed before its sem_post;
+//! - a dead holder's record is removed and its slot posted in one critical section, so two
+//!   waiters can never both give it back;
+//! - a release whose record is gone (recovered or forced by an operator) posts nothing.
+//!
+//! The one unprotected window: a process killed between its sem_wait and writing its record
+//! (a few microseconds) leaves a slot taken with no record; `lockfn release --force` gives it
+//! back, as resourcelock's forced unget does.
+
+use super::{GcScope, Held, HolderView, Status, Wait};
+use crate::holder::{HolderRecord, Liveness};
+use crate::{Error, ErrorKind, Options, Result, Target};
+use serde::{Deserialize, Serialize};
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const SHM_DIR: &str = "/dev/shm";
+const RECORD_PREFIX: &str = "lockfn.";
+/// How long one sem_clockwait lasts before checking cancel and dead holders.
+const SLICE: Duration = Duration::from_millis(50);
+/// How often a waiter looks for dead holders (a SIGKILLed holder's slot is back within this).
+const RECOVERY_EVERY: Duration = Duration::from_millis(250);
+/// Bound on re-opening after `gc` removed the semaphore under us.
+const MAX_REOPEN: usize = 20;
+
+pub struct SemBackend;
+
+extern "C" {
+    // glibc ≥ 2.30; not (yet) in the libc crate. Waits against CLOCK_MONOTONIC so that a
+    // wall-clock jump neither shortens nor stretches a timeout.
+    fn sem_clockwait(
+        sem: *mut libc::sem_t,
+        clock: libc::clockid_t,
+        abstime: *const libc::timespec,
+    ) -> libc::c_int;
+}
+
+/// An open POSIX named semaphore.
+struct Sem {
+    ptr: *mut libc::sem_t,
+}
+
+// sem_* calls are thread-safe; the pointer is only closed in Drop.
+unsafe impl Send for Sem {}
+
+fn sem_path(name: &str) -> PathBuf {
+    PathBuf::from(format!("{SHM_DIR}/sem.{name}"))
+}
+
+fn record_path(name: &str) -> PathBuf {
+    PathBuf::from(format!("{SHM_DIR}/{RECORD_PREFIX}{name}"))
+}
+
+fn cname(name: &str) -> io::Result<CString> {
+    CString::new(format!("/{name}")).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+impl Sem {
+    /// Open `/name`, creating it with `value` and exactly `mode` if it does not exist.
+    fn open_or_create(name: &str, mode: u32, value: u32) -> io::Result<Sem> {
+        let c = cname(name)?;
+        let ptr = unsafe {
+            libc::sem_open(
+                c.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL,
+                mode as libc::c_uint,
+                value as libc::c_uint,
+            )
+        };
+        if ptr != libc::SEM_FAILED {
+            // sem_open applies the umask; the caller's mode is what they asked for.
+            let _ = std::fs::set_permissions(sem_path(name), std::fs::Permissions::from_mode(mode));
+            return Ok(Sem { ptr });
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EEXIST) {
+            return Err(err);
+        }
+        Sem::open_existing(name)
+    }
+
+    fn open_existing(name: &str) -> io::Result<Sem> {
+        let c = cname(name)?;
+        let ptr = unsafe { libc::sem_open(c.as_ptr(), 0) };
+        if ptr == libc::SEM_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Sem { ptr })
+    }
+
+    fn try_wait(&self) -> io::Result<bool> {
+        loop {
+            if unsafe { libc::sem_trywait(self.ptr) } == 0 {
+                return Ok(true);
+            }
+            match io::Error::last_os_error().raw_os_error() {
+                Some(libc::EAGAIN) => return Ok(false),
+                Some(libc::EINTR) => continue,
+                _ => return Err(io::Error::last_os_error()),
+            }
+        }
+    }
+
+    /// Wait until `until` (monotonic); Ok(false) on timeout or signal.
+    fn wait_until(&self, until: Instant) -> io::Result<bool> {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        let d = until.saturating_duration_since(Instant::now());
+        let mut abs = libc::timespec {
+            tv_sec: now.tv_sec + d.as_secs() as libc::time_t,
+            tv_nsec: now.tv_nsec + d.subsec_nanos() as libc::c_long,
+        };
+        if abs.tv_nsec >= 1_000_000_000 {
+            abs.tv_sec += 1;
+            abs.tv_nsec -= 1_000_000_000;
+        }
+        if unsafe { sem_clockwait(self.ptr, libc::CLOCK_MONOTONIC, &abs) } == 0 {
+            return Ok(true);
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::ETIMEDOUT) | Some(libc::EINTR) => Ok(false),
+            _ => Err(io::Error::last_os_error()),
+        }
+    }
+
+    fn post(&self) -> io::Result<()> {
+        if unsafe { libc::sem_post(self.ptr) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    fn value(&self) -> i64 {
+        let mut v: libc::c_int = 0;
+        unsafe { libc::sem_getvalue(self.ptr, &mut v) };
+        v as i64
+    }
+}
+
+impl Drop for Sem {
+    fn drop(&mut self) {
+        unsafe { libc::sem_close(self.ptr) };
+    }
+}
+
+fn sem_unlink(name: &str) -> io::Result<()> {
+    let c = cname(name)?;
+    if unsafe { libc::sem_unlink(c.as_ptr()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The record file's content.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Doc {
+    v: u32,
+    limit: u32,
+    /// Token of the next acquisition. Starts at the creation time in microseconds, so tokens
+    /// keep growing even after `gc` removed an idle record file and it was made anew.
+    next_token: u64,
+    holders: Vec<HolderRecord>,
+}
+
+impl Doc {
+    fn new(limit: u32) -> Doc {
+        let us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1);
+        Doc {
+            v: 1,
+            limit,
+            next_token: us.max(1),
+            holders: Vec::new(),
+        }
+    }
+}
+
+/// The record file, `/dev/shm/lockfn.NAME`.
+struct Records {
+    file: File,
+    path: PathBuf,
+}
+
+/// Holds flock(2) on the record file until dropped.
+struct Flocked<'a> {
+    rec: &'a Records,
+}
+
+impl Drop for Flocked<'_> {
+    fn drop(&mut self) {
+        unsafe { libc::flock(self.rec.file.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+impl Records {
+    fn open(name: &str, mode: u32, create: bool) -> io::Result<Records> {
+        let path = record_path(name);
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(create)
+            .mode(mode)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(&path)
+        {
+            Ok(f) => {
+                let _ = f.set_permissions(std::fs::Permissions::from_mode(mode));
+                f
+            }
+            Err(e) if create && e.kind() == io::ErrorKind::AlreadyExists => OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+                .open(&path)?,
+            Err(e) => return Err(e),
+        };
+        Ok(Records { file, path })
+    }
+
+    fn flock(&self, op: libc::c_int) -> io::Result<Flocked<'_>> {
+        loop {
+            if unsafe { libc::flock(self.file.as_raw_fd(), op) } == 0 {
+                return Ok(Flocked { rec: self });
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Still the file at its path? (`gc` unlinks idle ones.)
+    fn is_linked(&self) -> bool {
+        self.file.metadata().map(|m| m.nlink() > 0).unwrap_or(false)
+    }
+
+    fn read(&self) -> Result<Option<Doc>> {
+        use std::os::unix::fs::FileExt;
+        let len = self
+            .file
+            .metadata()
+            .map_err(|e| Error::os(format!("cannot stat {}", self.path.display()), e))?
+            .len() as usize;
+        if len == 0 {
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; len];
+        let n = self
+            .file
+            .read_at(&mut buf, 0)
+            .map_err(|e| Error::os(format!("cannot read {}", self.path.display()), e))?;
+        buf.truncate(n);
+        // Only the first JSON value counts: a writer killed between pwrite and ftruncate
+        // leaves stale bytes after it.
+        match serde_json::Deserializer::from_slice(&buf)
+            .into_iter::<Doc>()
+            .next()
+        {
+            Some(Ok(doc)) => Ok(Some(doc)),
+            _ => Err(Error::new(
+                ErrorKind::Internal,
+                format!(
+                    "the holder records in {} are not lockfn's (corrupted?); remove the file \
+                     when no lockfn process uses the lock",
+                    self.path.display()
+                ),
+            )),
+        }
+    }
+
+    fn write(&self, doc: &Doc) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut data = serde_json::to_vec(doc)
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("encoding records: {e}")))?;
+        data.push(b'\n');
+        // One pwrite is atomic against SIGKILL; the truncate after it only trims stale bytes.
+        self.file
+            .write_all_at(&data, 0)
+            .and_then(|_| self.file.set_len(data.len() as u64))
+            .map_err(|e| Error::os(format!("cannot write {}", self.path.display()), e))
+    }
+}
+
+fn os_err(target: &Target, what: &str, e: io::Error) -> Error {
+    let hint = match e.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EPERM) => {
+            " (the semaphore belongs to another user; see --mode, or run as that user)"
+        }
+        _ => "",
+    };
+    let mut err = Error::os(format!("{target}: {what}"), e);
+    if !hint.is_empty() {
+        err = Error::new(err.kind(), format!("{}{hint}", err.message()));
+    }
+    err
+}
+
+/// Give back the slots of holders proven dead. Caller holds the exclusive flock.
+fn recover_dead(sem: &Sem, doc: &mut Doc) -> u32 {
+    let mut n = 0;
+    doc.holders.retain(|h| {
+        if h.persist || h.liveness() != Liveness::Dead {
+            return true;
+        }
+        if sem.post().is_ok() {
+            n += 1;
+        }
+        false
+    });
+    n
+}
+
+struct SemHeld {
+    target: Target,
+    sem: Sem,
+    records: Records,
+    record: HolderRecord,
+}
+
+impl SemBackend {
+    /// Open the record file and semaphore consistently (see module docs on `gc`), check the
+    /// limit, and recover dead holders on the way.
+    fn open(&self, target: &Target, opts: &Options) -> Result<(Sem, Records)> {
+        let name = &target.name;
+        for _ in 0..MAX_REOPEN {
+            let records = Records::open(name, opts.mode, true)
+                .map_err(|e| os_err(target, "cannot open the holder records", e))?;
+            let guard = records
+                .flock(libc::LOCK_EX)
+                .map_err(|e| os_err(target, "cannot lock the holder records", e))?;
+            if !records.is_linked() {
+                continue; // removed by gc between open and flock
+            }
+            let sem = Sem::open_or_create(name, opts.mode, opts.limit)
+                .map_err(|e| os_err(target, "cannot open the semaphore", e))?;
+            let mut doc = match records.read()? {
+                Some(doc) => doc,
+                None => Doc::new(opts.limit),
+            };
+            if doc.limit != opts.limit {
+                return Err(Error::new(
+                    ErrorKind::Invalid,
+                    format!(
+                        "{target} exists with limit {}, asked for limit {} (all users of a \
+                         semaphore must agree on its limit)",
+                        doc.limit, opts.limit
+                    ),
+                ));
+            }
+            recover_dead(&sem, &mut doc);
+            records.write(&doc)?;
+            drop(guard);
+            return Ok((sem, records));
+        }
+        Err(Error::new(
+            ErrorKind::Internal,
+            format!("{target}: the semaphore kept being removed while opening it (gc loop?)"),
+        ))
+    }
+
+    fn first_holder(records: &Records) -> Option<HolderRecord> {
+        let _g = records.flock(libc::LOCK_SH).ok()?;
+        records.read().ok()??.holders.into_iter().next()
+    }
+}
+
+impl super::Backend for SemBackend {
+    fn acquire(&self, target: &Target, opts: &Options, wait: &Wait) -> Result<Box<dyn Held>> {
+        if opts.shared {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!(
+                    "{target}: shared (read) locks are not available on sem: (a POSIX semaphore \
+                     has no reader/writer mode); use --limit N, or zk:"
+                ),
+            ));
+        }
+        for _ in 0..MAX_REOPEN {
+            let (sem, records) = self.open(target, opts)?;
+            let mut next_recovery = Instant::now() + RECOVERY_EVERY;
+            loop {
+                if sem
+                    .try_wait()
+                    .map_err(|e| os_err(target, "sem_trywait", e))?
+                {
+                    break;
+                }
+                if wait.is_try_once() || wait.expired() {
+                    return Err(wait.busy(target, Self::first_holder(&records).as_ref()));
+                }
+                wait.check_cancel()?;
+                let until = match wait.deadline() {
+                    Some(d) => d.min(Instant::now() + SLICE),
+                    None => Instant::now() + SLICE,
+                };
+                if sem
+                    .wait_until(until)
+                    .map_err(|e| os_err(target, "sem_clockwait", e))?
+                {
+                    break;
+                }
+                if Instant::now() >= next_recovery {
+                    let g = records
+                        .flock(libc::LOCK_EX)
+                        .map_err(|e| os_err(target, "cannot lock the holder records", e))?;
+                    if let Some(mut doc) = records.read()? {
+                        if recover_dead(&sem, &mut doc) > 0 {
+                            records.write(&doc)?;
+                        }
+                    }
+                    drop(g);
+                    next_recovery = Instant::now() + RECOVERY_EVERY;
+                }
+            }
+            // We have a slot: record it, unless gc removed this incarnation meanwhile.
+            let g = records
+                .flock(libc::LOCK_EX)
+                .map_err(|e| os_err(target, "cannot lock the holder records", e))?;
+            if !records.is_linked() {
+                let _ = sem.post();
+                continue;
+            }
+            let mut doc = records.read()?.unwrap_or_else(|| Doc::new(opts.limit));
+            let mut record = HolderRecord::for_self(opts.holder.as_deref());
+            record.token = doc.next_token;
+            record.persist = opts.persist;
+            doc.next_token += 1;
+            doc.holders.push(record.clone());
+            if let Err(e) = records.write(&doc) {
+                let _ = sem.post();
+                return Err(e);
+            }
+            drop(g);
+            return Ok(Box::new(SemHeld {
+                target: target.clone(),
+                sem,
+                records,
+                record,
+            }));
+        }
+        Err(Error::new(
+            ErrorKind::Internal,
+            format!("{target}: the semaphore kept being removed while acquiring it (gc loop?)"),
+        ))
+    }
+
+    fn status(&self, target: &Target) -> Result<Status> {
+        let mut st = Status::new(target);
+        let sem = match Sem::open_existing(&target.name) {
+            Ok(s) => Some(s),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
+            Err(e) => return Err(os_err(target, "cannot open the semaphore", e)),
+        };
+        let doc = match Records::open(&target.name, 0o600, false) {
+            Ok(r) => {
+                let _g = r
+                    .flock(libc::LOCK_SH)
+                    .map_err(|e| os_err(target, "cannot lock the holder records", e))?;
+                r.read()?
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
+            Err(e) => return Err(os_err(target, "cannot open the holder records", e)),
+        };
+        let limit = doc.as_ref().map(|d| d.limit).unwrap_or(1);
+        if let Some(sem) = &sem {
+            let avail = sem.value();
+            st.available = Some(avail);
+            st.limit = Some(limit);
+            let ours = doc.as_ref().map(|d| d.holders.len()).unwrap_or(0) as i64;
+            let others = limit as i64 - avail - ours;
+            if others > 0 {
+                // Slots taken by peers (resourcelock) or by a process killed mid-acquire.
+                st.details
+                    .insert("unrecorded_holders".into(), others.into());
+            }
+            st.held = avail < limit as i64;
+        }
+        if let Some(doc) = doc {
+            st.details
+                .insert("next_token".into(), doc.next_token.into());
+            st.holders = doc.holders.into_iter().map(HolderView::from).collect();
+            st.held |= !st.holders.is_empty();
+        }
+        Ok(st)
+    }
+
+    fn list(&self, prefix: &Target) -> Result<Vec<Status>> {
+        let mut out = Vec::new();
+        let dir = std::fs::read_dir(SHM_DIR)
+            .map_err(|e| Error::os(format!("cannot read {SHM_DIR}"), e))?;
+        let mut names: Vec<String> = dir
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|n| n.strip_prefix(RECORD_PREFIX).map(str::to_string))
+            .filter(|n| n.starts_with(&prefix.name))
+            .collect();
+        names.sort();
+        for name in names {
+            if let Ok(t) = prefix.with_name(&name) {
+                out.push(self.status(&t)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn gc(&self, scope: &GcScope) -> Result<u32> {
+        let mut removed = 0;
+        let dir = std::fs::read_dir(SHM_DIR)
+            .map_err(|e| Error::os(format!("cannot read {SHM_DIR}"), e))?;
+        for entry in dir.filter_map(|e| e.ok()) {
+            let Ok(file) = entry.file_name().into_string() else {
+                continue;
+            };
+            let Some(name) = file.strip_prefix(RECORD_PREFIX) else {
+                continue;
+            };
+            if !name.starts_with(&scope.prefix)
+                || crate::target::validate_name(name, name, false, crate::target::MAX_NAME)
+                    .is_err()
+            {
+                continue;
+            }
+            let Ok(records) = Records::open(name, 0o600, false) else {
+                continue;
+            };
+            let Ok(_g) = records.flock(libc::LOCK_EX) else {
+                continue;
+            };
+            if !records.is_linked() {
+                continue;
+            }
+            let Ok(Some(mut doc)) = records.read() else {
+                continue;
+            };
+            let Ok(sem) = Sem::open_existing(name) else {
+                // Records without their semaphore describe nothing.
+                if std::fs::remove_file(&records.path).is_ok() {
+                    removed += 1;
+                }
+                continue;
+            };
+            let n = recover_dead(&sem, &mut doc);
+            removed += n;
+            if doc.holders.is_empty() && sem.value() >= doc.limit as i64 {
+                // Idle: remove records first, then the semaphore, both under our flock, so
+                // an opener (who opens both under this flock) never mixes incarnations.
+                if std::fs::remove_file(&records.path).is_ok() {
+                    let _ = sem_unlink(name);
+                    removed += 1;
+                }
+            } else if n > 0 {
+                records.write(&doc)?;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn release_named(&self, target: &Target, force: bool) -> Result<u32> {
+        let name = &target.name;
+        let sem = Sem::open_existing(name).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENOENT) {
+                Error::new(ErrorKind::NotHeld, format!("{target} is not held (no such semaphore)"))
+            } else {
+                os_err(target, "cannot open the semaphore", e)
+            }
+        })?;
+        let records = match Records::open(name, 0o600, false) {
+            Ok(r) => Some(r),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
+            Err(e) => return Err(os_err(target, "cannot open the holder records", e)),
+        };
+        let _g = match &records {
+            Some(r) => Some(
+                r.flock(libc::LOCK_EX)
+                    .map_err(|e| os_err(target, "cannot lock the holder records", e))?,
+            ),
+            None => None,
+        };
+        let mut doc = match &records {
+            Some(r) => r.read()?,
+            None => None,
+        };
+        let limit = doc.as_ref().map(|d| d.limit).unwrap_or(1);
+        let mut released = 0;
+        if let Some(d) = doc.as_mut() {
+            released += recover_dead(&sem, d);
+            if !force {
+                let before = d.holders.len();
+                d.holders.retain(|h| !(h.persist && h.is_this_boot()));
+                for _ in d.holders.len()..before {
+                    sem.post()
+                        .map_err(|e| os_err(target, "sem_post", e))?;
+                    released += 1;
+                }
+            } else if !d.holders.is_empty() {
+                d.holders.remove(0);
+                sem.post().map_err(|e| os_err(target, "sem_post", e))?;
+                released += 1;
+            }
+        }
+        if force && released == 0 && sem.value() < limit as i64 {
+            // resourcelock's forced unget: a slot taken by someone without a record.
+            sem.post().map_err(|e| os_err(target, "sem_post", e))?;
+            released += 1;
+        }
+        if let (Some(r), Some(d)) = (&records, &doc) {
+            r.write(d)?;
+        }
+        if released == 0 {
+            let why = if force {
+                "nothing holds it"
+            } else {
+                "it has no persistent holder (a lock held by a running process is released by \
+                 that process; --force takes it anyway)"
+            };
+            return Err(Error::new(
+                ErrorKind::NotHeld,
+                format!("{target} was not released: {why}"),
+            ));
+        }
+        Ok(released)
+    }
+
+    fn update_named(&self, target: &Target) -> Result<()> {
+        let st = self.status(target)?;
+        if st.holders.iter().any(|h| h.record.persist) {
+            Ok(()) // a semaphore slot never expires: nothing to renew
+        } else {
+            Err(Error::new(
+                ErrorKind::NotHeld,
+                format!("{target} has no persistent holder to update"),
+            ))
+        }
+    }
+}
+
+impl SemHeld {
+    fn lost(&self) -> Error {
+        Error::new(
+            ErrorKind::Lost,
+            format!(
+                "{}: our slot (token {}) was taken away (forced release by an operator?)",
+                self.target, self.record.token
+            ),
+        )
+    }
+
+    fn ours(&self, h: &HolderRecord) -> bool {
+        h.token == self.record.token && h.pid == self.record.pid
+    }
+}
+
+impl Held for SemHeld {
+    fn token(&self) -> u64 {
+        self.record.token
+    }
+
+    fn record(&self) -> &HolderRecord {
+        &self.record
+    }
+
+    fn update(&mut self) -> Result<()> {
+        let _g = self
+            .records
+            .flock(libc::LOCK_SH)
+            .map_err(|e| os_err(&self.target, "cannot lock the holder records", e))?;
+        let present = self.records.is_linked()
+            && self
+                .records
+                .read()?
+                .is_some_and(|d| d.holders.iter().any(|h| self.ours(h)));
+        if present {
+            Ok(())
+        } else {
+            Err(self.lost())
+        }
+    }
+
+    fn release(&mut self) -> Result<()> {
+        let _g = self
+            .records
+            .flock(libc::LOCK_EX)
+            .map_err(|e| os_err(&self.target, "cannot lock the holder records", e))?;
+        let Some(mut doc) = self.records.read()? else {
+            return Err(self.lost());
+        };
+        let before = doc.holders.len();
+        let record = self.record.clone();
+        doc.holders
+            .retain(|h| !(h.token == record.token && h.pid == record.pid));
+        if doc.holders.len() == before {
+            return Err(self.lost());
+        }
+        self.records.write(&doc)?;
+        self.sem
+            .post()
+            .map_err(|e| os_err(&self.target, "sem_post", e))
+    }
+}

@@ -1,0 +1,491 @@
+//! lockfn: one lock API over POSIX semaphores, pmxcfs, ZooKeeper and Consul.
+//!
+//! ```no_run
+//! use lockfn::{Lock, Options, Target};
+//! let target = Target::parse("sem:backup").unwrap();
+//! let mut opts = Options::default();
+//! opts.timeout = Some(std::time::Duration::from_secs(10));
+//! let lock = Lock::acquire(&target, &opts).unwrap();
+//! println!("token {}", lock.token());
+//! lock.release().unwrap();
+//! ```
+//!
+//! [`Lock`] adds what every service shares on top of the [`backend::Backend`] trait:
+//! reentrant acquisition, fork safety (a handle belongs to the process that acquired it),
+//! optional auto-renewal in a background thread, and release on drop. The C ABI (ffi.rs) and
+//! the CLI are thin shells around this module.
+
+pub mod backend;
+mod error;
+pub mod ffi;
+pub mod holder;
+pub mod target;
+
+pub use backend::{GcScope, HolderView, Status};
+pub use error::{Error, ErrorKind, Result};
+pub use holder::HolderRecord;
+pub use target::{Location, Service, Target};
+
+use backend::{Held, Wait};
+use once_cell::sync::Lazy;
+use std::collections::HashMap;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How to acquire a lock. `Options::default()` is a blocking, exclusive, non-reentrant mutex.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Options {
+    /// None: wait forever; `Some(ZERO)`: try once; `Some(d)`: wait at most `d`.
+    pub timeout: Option<Duration>,
+    /// How long the lock survives without renewal, where the service has such a thing
+    /// (Consul session TTL, ZooKeeper session timeout). None: the service's default.
+    pub ttl: Option<Duration>,
+    /// Holders at once: 1 is a mutex, N > 1 a counting semaphore.
+    pub limit: u32,
+    /// A read lock: many shared holders, or one exclusive.
+    pub shared: bool,
+    /// Free text stored in the holder record.
+    pub holder: Option<String>,
+    /// A second acquisition by the process that already holds the lock succeeds at once.
+    pub reentrant: bool,
+    /// The lock is meant to outlive this process (`Lock::detach`); it is never recovered as
+    /// a dead holder's.
+    pub persist: bool,
+    /// Renew in a background thread while held; a loss is reported by `update()`.
+    pub auto_renew: bool,
+    /// Permission bits for objects the lock creates (sem: the semaphore and its record).
+    pub mode: u32,
+    /// Readable fd = stop waiting (`Canceled`). Not owned.
+    pub cancel_fd: Option<RawFd>,
+    /// Consul lock-delay; None: the service's default.
+    pub lock_delay: Option<Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            timeout: None,
+            ttl: None,
+            limit: 1,
+            shared: false,
+            holder: None,
+            reentrant: false,
+            persist: false,
+            auto_renew: false,
+            mode: 0o600,
+            cancel_fd: None,
+            lock_delay: None,
+        }
+    }
+}
+
+impl Options {
+    /// Timeout in the C convention: `< 0` forever, `0` try once, `> 0` seconds.
+    pub fn timeout_secs(secs: f64) -> Result<Option<Duration>> {
+        if secs.is_nan() {
+            return Err(Error::new(ErrorKind::Invalid, "timeout is NaN"));
+        }
+        if secs < 0.0 || secs.is_infinite() {
+            return Ok(None);
+        }
+        Duration::try_from_secs_f64(secs)
+            .map(Some)
+            .map_err(|_| Error::new(ErrorKind::Invalid, format!("timeout {secs} s is out of range")))
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.limit == 0 {
+            return Err(Error::new(ErrorKind::Invalid, "limit must be at least 1"));
+        }
+        if self.limit > 1 && self.shared {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "limit > 1 (semaphore) and shared (read lock) cannot be combined",
+            ));
+        }
+        if self.mode & !0o777 != 0 {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!("mode {:o} has bits outside 0777", self.mode),
+            ));
+        }
+        if let Some(h) = &self.holder {
+            if h.contains('\0') {
+                return Err(Error::new(ErrorKind::Invalid, "holder text contains NUL"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// State shared by the handles of one acquisition (several with reentrant acquisition).
+struct Shared {
+    target: Target,
+    pid: u32,
+    token: u64,
+    record: HolderRecord,
+    held: Mutex<Option<Box<dyn Held>>>,
+    refs: AtomicUsize,
+    lost: AtomicBool,
+    renewer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+}
+
+/// Locks held by this process, by canonical target, for reentrant acquisition.
+static HELD: Lazy<Mutex<HashMap<String, Vec<Weak<Shared>>>>> =
+    Lazy::new(|| Mutex::new(HashMap::new()));
+
+fn lock_mutex<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of our mutexes leaves plain data behind: keep going.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A held lock. Released by [`Lock::release`] or on drop (in the process that acquired it).
+pub struct Lock {
+    shared: Arc<Shared>,
+    done: bool,
+}
+
+impl std::fmt::Debug for Lock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lock")
+            .field("target", &self.shared.target.canonical())
+            .field("token", &self.shared.token)
+            .finish()
+    }
+}
+
+fn forked_error(target: &Target) -> Error {
+    Error::new(
+        ErrorKind::Forked,
+        format!(
+            "the handle of {target} belongs to the parent process (used in a child after \
+             fork); the parent's lock is untouched"
+        ),
+    )
+}
+
+impl Lock {
+    /// Acquire `target` as `opts` says.
+    pub fn acquire(target: &Target, opts: &Options) -> Result<Lock> {
+        opts.validate()?;
+        if target.name.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!("invalid target '{target}': the lock name is empty"),
+            ));
+        }
+        let key = target.canonical();
+        let pid = std::process::id();
+        if opts.reentrant {
+            if let Some(shared) = find_held(&key, pid) {
+                shared.refs.fetch_add(1, Ordering::SeqCst);
+                return Ok(Lock {
+                    shared,
+                    done: false,
+                });
+            }
+        }
+        let wait = Wait::new(opts.timeout, opts.cancel_fd);
+        let backend = backend::for_service(target.service);
+        let held = backend.acquire(target, opts, &wait)?;
+        let shared = Arc::new(Shared {
+            target: target.clone(),
+            pid,
+            token: held.token(),
+            record: held.record().clone(),
+            refs: AtomicUsize::new(1),
+            lost: AtomicBool::new(false),
+            renewer: Mutex::new(None),
+            held: Mutex::new(Some(held)),
+        });
+        {
+            let mut table = lock_mutex(&HELD);
+            let entry = table.entry(key).or_default();
+            entry.retain(|w| w.strong_count() > 0);
+            entry.push(Arc::downgrade(&shared));
+        }
+        if opts.auto_renew {
+            start_renewer(&shared);
+        }
+        Ok(Lock {
+            shared,
+            done: false,
+        })
+    }
+
+    /// Parse `target` and acquire it.
+    pub fn acquire_str(target: &str, opts: &Options) -> Result<Lock> {
+        Lock::acquire(&Target::parse(target)?, opts)
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.shared.target
+    }
+
+    /// The fencing token of this acquisition.
+    pub fn token(&self) -> u64 {
+        self.shared.token
+    }
+
+    pub fn record(&self) -> &HolderRecord {
+        &self.shared.record
+    }
+
+    /// Is this handle used in the process that acquired it?
+    pub fn is_forked(&self) -> bool {
+        self.shared.pid != std::process::id()
+    }
+
+    /// How often the lock wants renewal (None: it cannot expire).
+    pub fn renew_interval(&self) -> Option<Duration> {
+        lock_mutex(&self.shared.held)
+            .as_ref()
+            .and_then(|h| h.renew_interval())
+    }
+
+    /// Renew the lock and check it is still held: `Lost` when the service says it is gone.
+    pub fn update(&self) -> Result<()> {
+        if self.is_forked() {
+            return Err(forked_error(&self.shared.target));
+        }
+        update_shared(&self.shared)
+    }
+
+    /// Release the lock (or one reentrant reference to it).
+    pub fn release(mut self) -> Result<()> {
+        self.done = true;
+        release_shared(&self.shared)
+    }
+
+    /// Leave the lock held after this process exits (persistent locks: `lockfn acquire
+    /// --persist`); it is ended by `release_named`.
+    pub fn detach(mut self) -> Result<()> {
+        self.done = true;
+        if self.is_forked() {
+            return Err(forked_error(&self.shared.target));
+        }
+        stop_renewer(&self.shared);
+        let mut held = lock_mutex(&self.shared.held);
+        match held.as_mut() {
+            Some(h) => {
+                let r = h.detach();
+                // Dropping the backend's state does not release the lock (trait contract).
+                *held = None;
+                r
+            }
+            None => Err(not_held(&self.shared.target)),
+        }
+    }
+
+    /// Forget this handle without releasing or touching anything: what a forked child does
+    /// with its parent's handles.
+    pub fn forget(mut self) {
+        self.done = true;
+        // Leak the backend state: dropping it in a child could close a session the parent uses.
+        let shared = self.shared.clone();
+        std::mem::forget(shared);
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if self.is_forked() {
+            // Never release the parent's lock from a child, nor drop its backend state.
+            std::mem::forget(self.shared.clone());
+            return;
+        }
+        let _ = release_shared(&self.shared);
+    }
+}
+
+fn not_held(target: &Target) -> Error {
+    Error::new(
+        ErrorKind::NotHeld,
+        format!("lock {target} is not held by this handle (already released?)"),
+    )
+}
+
+fn find_held(key: &str, pid: u32) -> Option<Arc<Shared>> {
+    let table = lock_mutex(&HELD);
+    table.get(key)?.iter().find_map(|w| {
+        let s = w.upgrade()?;
+        let live = s.pid == pid
+            && !s.lost.load(Ordering::SeqCst)
+            && s.refs.load(Ordering::SeqCst) > 0
+            && lock_mutex(&s.held).is_some();
+        live.then_some(s)
+    })
+}
+
+fn update_shared(shared: &Shared) -> Result<()> {
+    if shared.lost.load(Ordering::SeqCst) {
+        return Err(lost_error(&shared.target));
+    }
+    let mut held = lock_mutex(&shared.held);
+    let h = held.as_mut().ok_or_else(|| not_held(&shared.target))?;
+    let r = h.update();
+    if let Err(e) = &r {
+        if e.kind() == ErrorKind::Lost {
+            shared.lost.store(true, Ordering::SeqCst);
+        }
+    }
+    r
+}
+
+fn lost_error(target: &Target) -> Error {
+    Error::new(
+        ErrorKind::Lost,
+        format!("lock {target} was lost (the service no longer has it as ours)"),
+    )
+}
+
+fn release_shared(shared: &Arc<Shared>) -> Result<()> {
+    if shared.pid != std::process::id() {
+        return Err(forked_error(&shared.target));
+    }
+    let prev = shared
+        .refs
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| r.checked_sub(1))
+        .map_err(|_| not_held(&shared.target))?;
+    if prev > 1 {
+        return Ok(()); // other reentrant references still hold it
+    }
+    stop_renewer(shared);
+    let taken = lock_mutex(&shared.held).take();
+    {
+        let mut table = lock_mutex(&HELD);
+        let key = shared.target.canonical();
+        if let Some(v) = table.get_mut(&key) {
+            v.retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(shared)));
+            if v.is_empty() {
+                table.remove(&key);
+            }
+        }
+    }
+    let mut h = taken.ok_or_else(|| not_held(&shared.target))?;
+    let r = h.release();
+    if shared.lost.load(Ordering::SeqCst) {
+        return Err(lost_error(&shared.target));
+    }
+    r
+}
+
+fn start_renewer(shared: &Arc<Shared>) {
+    let interval = match lock_mutex(&shared.held)
+        .as_ref()
+        .and_then(|h| h.renew_interval())
+    {
+        Some(i) => i,
+        None => return,
+    };
+    let (tx, rx) = mpsc::channel::<()>();
+    let weak = Arc::downgrade(shared);
+    let spawned = std::thread::Builder::new()
+        .name("lockfn-renew".into())
+        .spawn(move || loop {
+            match rx.recv_timeout(interval) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                _ => return, // stop asked, or the lock is gone
+            }
+            let Some(s) = weak.upgrade() else { return };
+            if let Err(e) = update_shared(&s) {
+                if e.kind() == ErrorKind::Lost || e.kind() == ErrorKind::NotHeld {
+                    return;
+                }
+                // Other failures (service briefly unreachable) are retried at the next tick;
+                // the backend decides when they amount to a loss.
+            }
+        });
+    if let Ok(handle) = spawned {
+        *lock_mutex(&shared.renewer) = Some((tx, handle));
+    }
+}
+
+fn stop_renewer(shared: &Shared) {
+    let r = lock_mutex(&shared.renewer).take();
+    if let Some((tx, handle)) = r {
+        drop(tx);
+        if handle.thread().id() != std::thread::current().id() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Who holds `target`.
+pub fn status(target: &Target) -> Result<Status> {
+    backend::for_service(target.service).status(target)
+}
+
+/// Every lock under `prefix` (e.g. `sem:` for all, `zk:jobs/` for a subtree).
+pub fn list(prefix: &str) -> Result<Vec<Status>> {
+    let t = Target::parse_allow_empty(prefix).or_else(|_| {
+        // A prefix may end in a partial name that is not a valid lock name itself ("sem:ba").
+        Target::parse_allow_empty(&format!(
+            "{}:",
+            prefix.split(':').next().unwrap_or_default()
+        ))
+    })?;
+    let mut all = backend::for_service(t.service).list(&t)?;
+    let want = prefix.split_once(':').map(|(_, n)| n).unwrap_or(prefix);
+    if !t.explicit && !want.is_empty() {
+        all.retain(|s| {
+            s.target
+                .split_once(':')
+                .is_some_and(|(_, n)| n.starts_with(want))
+        });
+    }
+    Ok(all)
+}
+
+/// Clean what dead holders on this host left behind. `scope`: a service name with optional
+/// `:` and name prefix (`sem`, `sem:`, `pmxcfs:vm-`), or empty for every host-local service
+/// (sem and pmxcfs). Returns how many items were removed.
+pub fn gc(scope: &str) -> Result<u32> {
+    let scope = scope.trim();
+    if scope.is_empty() {
+        let mut n = 0;
+        for service in [Service::Sem, Service::Pmxcfs] {
+            n += backend::for_service(service).gc(&GcScope {
+                service,
+                prefix: String::new(),
+            })?;
+        }
+        return Ok(n);
+    }
+    let (svc, prefix) = scope.split_once(':').unwrap_or((scope, ""));
+    let service = Service::parse(svc).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Invalid,
+            format!(
+                "invalid gc scope '{}': expected sem, pmxcfs, zk or consul, optionally with :PREFIX",
+                target::printable(scope)
+            ),
+        )
+    })?;
+    if !prefix.is_empty() {
+        target::validate_name(scope, prefix, true, target::MAX_PATH)?;
+    }
+    backend::for_service(service).gc(&GcScope {
+        service,
+        prefix: prefix.to_string(),
+    })
+}
+
+/// Release a lock by name (persistent locks; with `force`, whoever holds it).
+pub fn release_named(target: &Target, force: bool) -> Result<u32> {
+    backend::for_service(target.service).release_named(target, force)
+}
+
+/// Renew a persistent lock by name.
+pub fn update_named(target: &Target) -> Result<()> {
+    backend::for_service(target.service).update_named(target)
+}
