@@ -697,6 +697,12 @@ impl Held for SemHeld {
         }
     }
 
+    /// A forced release by an operator is the only way to lose a sem slot; noticing it costs
+    /// a shared flock and a read of the record file.
+    fn check_interval(&self) -> Option<Duration> {
+        Some(Duration::from_secs(1))
+    }
+
     fn release(&mut self) -> Result<()> {
         let _g = self
             .records
