@@ -208,7 +208,11 @@ fn try_once_timeout_status_and_token() {
     let s = Instant::now();
     let e = Lock::acquire(&t, &opts(Some(Duration::from_millis(700)))).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Busy);
-    assert!(s.elapsed() >= Duration::from_millis(700), "{:?}", s.elapsed());
+    assert!(
+        s.elapsed() >= Duration::from_millis(700),
+        "{:?}",
+        s.elapsed()
+    );
     assert!(s.elapsed() < Duration::from_secs(5), "{:?}", s.elapsed());
     // Nothing left behind by the failed waiters.
     let st = lockfn::status(&t).unwrap();
@@ -218,7 +222,12 @@ fn try_once_timeout_status_and_token() {
     a.release().unwrap();
     let s = Instant::now();
     let b = Lock::acquire(&t, &opts(Some(Duration::ZERO))).unwrap();
-    assert!(b.token() > tok, "token must grow: {} then {}", tok, b.token());
+    assert!(
+        b.token() > tok,
+        "token must grow: {} then {}",
+        tok,
+        b.token()
+    );
     b.release().unwrap();
     let cycle = s.elapsed();
     assert!(!lockfn::status(&t).unwrap().held);
@@ -266,7 +275,10 @@ fn cancel_stops_waiting_and_leaves_nothing() {
     assert_eq!(r.unwrap_err().kind(), ErrorKind::Canceled);
     assert!(c.elapsed() < Duration::from_secs(2), "{:?}", c.elapsed());
     let st = lockfn::status(&t).unwrap();
-    assert_eq!(st.details["waiting"], 0, "cancelled waiter left its node: {st:?}");
+    assert_eq!(
+        st.details["waiting"], 0,
+        "cancelled waiter left its node: {st:?}"
+    );
     a.release().unwrap();
     unsafe {
         libc::close(fds[0]);
@@ -316,7 +328,11 @@ fn check_notices_deletion_through_watch() {
     a.check().unwrap(); // arms the watch on our node
     let before = counters().requests;
     a.check().unwrap();
-    assert_eq!(counters().requests, before, "check with an armed watch must be local");
+    assert_eq!(
+        counters().requests,
+        before,
+        "check with an armed watch must be local"
+    );
     lockfn::release_named(&t, true).unwrap();
     let s = Instant::now();
     loop {
@@ -348,7 +364,9 @@ fn kill9_holder_waiter_gets_it_after_session_expiry() {
     let mut out = BufReader::new(k.stdout.take().unwrap());
     read_until(&mut out, "held").expect("holder never held");
     assert_eq!(
-        Lock::acquire(&t, &opts(Some(Duration::ZERO))).unwrap_err().kind(),
+        Lock::acquire(&t, &opts(Some(Duration::ZERO)))
+            .unwrap_err()
+            .kind(),
         ErrorKind::Busy
     );
     unsafe { libc::kill(k.id() as i32, libc::SIGKILL) };
@@ -361,7 +379,10 @@ fn kill9_holder_waiter_gets_it_after_session_expiry() {
         took.as_secs_f64(),
         ttl.as_secs_f64()
     );
-    assert!(took >= ttl / 2, "acquired before the holder's session could expire: {took:?}");
+    assert!(
+        took >= ttl / 2,
+        "acquired before the holder's session could expire: {took:?}"
+    );
     assert!(took < ttl * 4 + Duration::from_secs(2), "{took:?}");
     l.release().unwrap();
 }
@@ -391,7 +412,10 @@ fn fifty_waiters_each_release_wakes_one() {
     // Every waiter has set its one watch (one exists call each).
     let s = Instant::now();
     while counters().exists < c0.exists + n as u64 {
-        assert!(s.elapsed() < Duration::from_secs(60), "waiters did not queue");
+        assert!(
+            s.elapsed() < Duration::from_secs(60),
+            "waiters did not queue"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(200));
@@ -447,7 +471,9 @@ fn shared_readers_together_writer_alone() {
     let r1 = Lock::acquire(&t, &r).unwrap();
     let r2 = Lock::acquire(&t, &r).unwrap();
     assert_eq!(
-        Lock::acquire(&t, &opts(Some(Duration::ZERO))).unwrap_err().kind(),
+        Lock::acquire(&t, &opts(Some(Duration::ZERO)))
+            .unwrap_err()
+            .kind(),
         ErrorKind::Busy
     );
     assert_eq!(lockfn::status(&t).unwrap().holders.len(), 2);
@@ -462,7 +488,8 @@ fn shared_readers_together_writer_alone() {
 fn digest_auth_acl_keeps_others_out_and_password_hidden() {
     let Some(h) = zkhosts() else { return };
     let name = unique("auth");
-    let mine = lockfn::Target::parse(&format!("zk://alice:s3cret-pw@{h}/lockfn-test/{name}")).unwrap();
+    let mine =
+        lockfn::Target::parse(&format!("zk://alice:s3cret-pw@{h}/lockfn-test/{name}")).unwrap();
     let other =
         lockfn::Target::parse(&format!("zk://mallory:other-pw@{h}/lockfn-test/{name}")).unwrap();
     let a = Lock::acquire(&mine, &opts(None)).unwrap();
@@ -476,7 +503,10 @@ fn digest_auth_acl_keeps_others_out_and_password_hidden() {
     let st = lockfn::status(&other).unwrap();
     assert!(st.held);
     let json = serde_json::to_string(&st).unwrap();
-    assert!(!json.contains("s3cret") && !json.contains("other-pw"), "{json}");
+    assert!(
+        !json.contains("s3cret") && !json.contains("other-pw"),
+        "{json}"
+    );
     // Nor can the other identity force it away.
     assert_eq!(
         lockfn::release_named(&other, true).unwrap_err().kind(),
@@ -496,7 +526,14 @@ struct Kazoo {
 fn kazoo(py: &PathBuf, hosts: &str, path: &str, kind: &str, leases: u32, timeout: f64) -> Kazoo {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/zk/kazoo_hold.py");
     let mut child = Command::new(py)
-        .args([script, hosts, path, kind, &leases.to_string(), &timeout.to_string()])
+        .args([
+            script,
+            hosts,
+            path,
+            kind,
+            &leases.to_string(),
+            &timeout.to_string(),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -525,7 +562,9 @@ impl Kazoo {
 
 #[test]
 fn kazoo_lock_excludes_ours_and_back() {
-    let (Some(h), Some(py)) = (zkhosts(), venv_python()) else { return };
+    let (Some(h), Some(py)) = (zkhosts(), venv_python()) else {
+        return;
+    };
     let name = unique("kz");
     let t = target(&h, &name);
     // kazoo holds: we are busy; it releases: we get it.
@@ -554,7 +593,9 @@ fn kazoo_lock_excludes_ours_and_back() {
 
 #[test]
 fn kazoo_contenders_show_our_record() {
-    let (Some(h), Some(py)) = (zkhosts(), venv_python()) else { return };
+    let (Some(h), Some(py)) = (zkhosts(), venv_python()) else {
+        return;
+    };
     let name = unique("kzc");
     let t = target(&h, &name);
     let mut o = opts(None);
@@ -571,7 +612,9 @@ fn kazoo_contenders_show_our_record() {
 
 #[test]
 fn kazoo_read_write_locks_mix_with_ours() {
-    let (Some(h), Some(py)) = (zkhosts(), venv_python()) else { return };
+    let (Some(h), Some(py)) = (zkhosts(), venv_python()) else {
+        return;
+    };
     let name = unique("kzrw");
     let t = target(&h, &name);
     let mut shared = opts(Some(Duration::ZERO));
@@ -581,7 +624,9 @@ fn kazoo_read_write_locks_mix_with_ours() {
     assert_eq!(kr.outcome(), "held");
     let ours_r = Lock::acquire(&t, &shared).unwrap();
     assert_eq!(
-        Lock::acquire(&t, &opts(Some(Duration::ZERO))).unwrap_err().kind(),
+        Lock::acquire(&t, &opts(Some(Duration::ZERO)))
+            .unwrap_err()
+            .kind(),
         ErrorKind::Busy
     );
     // kazoo WriteLock waits for both readers.
@@ -593,7 +638,10 @@ fn kazoo_read_write_locks_mix_with_ours() {
     // kazoo WriteLock holds: our reader is busy.
     let mut kw = kazoo(&py, &h, &path_of(&name), "wlock", 1, 10.0);
     assert_eq!(kw.outcome(), "held");
-    assert_eq!(Lock::acquire(&t, &shared).unwrap_err().kind(), ErrorKind::Busy);
+    assert_eq!(
+        Lock::acquire(&t, &shared).unwrap_err().kind(),
+        ErrorKind::Busy
+    );
     kw.release();
     // Our writer holds: kazoo ReadLock is busy.
     let w = Lock::acquire(&t, &opts(Some(Duration::ZERO))).unwrap();
@@ -605,7 +653,9 @@ fn kazoo_read_write_locks_mix_with_ours() {
 
 #[test]
 fn kazoo_semaphore_shares_leases_with_ours() {
-    let (Some(h), Some(py)) = (zkhosts(), venv_python()) else { return };
+    let (Some(h), Some(py)) = (zkhosts(), venv_python()) else {
+        return;
+    };
     let name = unique("kzsem");
     let t = target(&h, &name);
     let mut o = opts(Some(Duration::ZERO));
@@ -632,20 +682,36 @@ fn kazoo_semaphore_shares_leases_with_ours() {
 
 #[test]
 fn lockpick_lock_unlock_against_ours() {
-    let (Some(h), Some(py)) = (zkhosts(), venv_python()) else { return };
+    let (Some(h), Some(py)) = (zkhosts(), venv_python()) else {
+        return;
+    };
     let lockpick = py.with_file_name("lockpick");
     let name = unique("lp");
     let t = target(&h, &name);
     // lockpick (chroot /lockfn-test) takes a persistent lock and prints its node.
     let out = Command::new(&py)
-        .args([lockpick.to_str().unwrap(), "-s", &h, "-c", "/lockfn-test", "lock", &format!("/{name}")])
+        .args([
+            lockpick.to_str().unwrap(),
+            "-s",
+            &h,
+            "-c",
+            "/lockfn-test",
+            "lock",
+            &format!("/{name}"),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let node = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(node.contains("__lock__"), "{node:?}");
     assert_eq!(
-        Lock::acquire(&t, &opts(Some(Duration::ZERO))).unwrap_err().kind(),
+        Lock::acquire(&t, &opts(Some(Duration::ZERO)))
+            .unwrap_err()
+            .kind(),
         ErrorKind::Busy
     );
     // release_named without force refuses lockpick's node (not ours); lockpick unlocks it.
@@ -654,7 +720,15 @@ fn lockpick_lock_unlock_against_ours() {
         ErrorKind::NotHeld
     );
     let st = Command::new(&py)
-        .args([lockpick.to_str().unwrap(), "-s", &h, "-c", "/lockfn-test", "unlock", &node])
+        .args([
+            lockpick.to_str().unwrap(),
+            "-s",
+            &h,
+            "-c",
+            "/lockfn-test",
+            "unlock",
+            &node,
+        ])
         .status()
         .unwrap();
     assert!(st.success());
@@ -676,7 +750,10 @@ fn lockpick_lock_unlock_against_ours() {
         ])
         .output()
         .unwrap();
-    assert!(!out.status.success() || out.stdout.is_empty(), "lockpick got it while we held it");
+    assert!(
+        !out.status.success() || out.stdout.is_empty(),
+        "lockpick got it while we held it"
+    );
     ours.release().unwrap();
     // lockpick's failed attempt left a persistent contender behind: remove it by force.
     let _ = lockfn::release_named(&t, true);
@@ -695,7 +772,9 @@ fn persistent_lock_outlives_handle_and_is_released_by_name() {
     assert!(st.held && st.holders[0].record.persist, "{st:?}");
     assert_eq!(st.holders[0].record.token, tok);
     assert_eq!(
-        Lock::acquire(&t, &opts(Some(Duration::ZERO))).unwrap_err().kind(),
+        Lock::acquire(&t, &opts(Some(Duration::ZERO)))
+            .unwrap_err()
+            .kind(),
         ErrorKind::Busy
     );
     lockfn::update_named(&t).unwrap();
@@ -704,5 +783,8 @@ fn persistent_lock_outlives_handle_and_is_released_by_name() {
         lockfn::release_named(&t, false).unwrap_err().kind(),
         ErrorKind::NotHeld
     );
-    Lock::acquire(&t, &opts(Some(Duration::ZERO))).unwrap().release().unwrap();
+    Lock::acquire(&t, &opts(Some(Duration::ZERO)))
+        .unwrap()
+        .release()
+        .unwrap();
 }

@@ -305,7 +305,11 @@ impl Session {
                 return Err(ZkError::ConnectionLoss);
             }
             let xid = st.xid;
-            st.xid = if st.xid >= i32::MAX - 1 { 1 } else { st.xid + 1 };
+            st.xid = if st.xid >= i32::MAX - 1 {
+                1
+            } else {
+                st.xid + 1
+            };
             let mut frame = W::new();
             frame.i32(0).i32(xid).i32(op);
             frame.0.extend_from_slice(body);
@@ -395,10 +399,7 @@ impl Session {
             budget,
             watch.map(|n| (WatchKind::Data, path, n)),
         ) {
-            Ok(body) => R::new(&body)
-                .stat()
-                .map(Some)
-                .map_err(|_| ZkError::Api(-5)),
+            Ok(body) => R::new(&body).stat().map(Some).map_err(|_| ZkError::Api(-5)),
             Err(ZkError::Api(proto::ERR_NO_NODE)) => Ok(None),
             Err(e) => Err(e),
         }
@@ -467,7 +468,10 @@ impl FrameReader {
             if self.buf.len() >= 4 {
                 let n = i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
                 if n < 0 || n as usize > MAX_FRAME {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "bad frame length"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "bad frame length",
+                    ));
                 }
                 let n = n as usize;
                 if self.buf.len() >= 4 + n {
@@ -718,10 +722,8 @@ fn serve(sh: &Shared, mut s: TcpStream, mut reader: FrameReader) -> String {
                     proto::XID_PING => {}
                     proto::XID_AUTH => {
                         if err != 0 {
-                            st.last_error = format!(
-                                "digest authentication failed: {}",
-                                proto::err_name(err)
-                            );
+                            st.last_error =
+                                format!("digest authentication failed: {}", proto::err_name(err));
                         }
                     }
                     _ => {

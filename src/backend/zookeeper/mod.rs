@@ -106,7 +106,10 @@ impl Ctx {
         client::session(&self.cfg).map_err(|e| {
             Error::new(
                 ErrorKind::Internal,
-                format!("{}: cannot start the ZooKeeper client thread: {e}", self.target),
+                format!(
+                    "{}: cannot start the ZooKeeper client thread: {e}",
+                    self.target
+                ),
             )
         })
     }
@@ -192,7 +195,12 @@ impl Ctx {
 
     /// Create every missing node of `path` (parents open, as kazoo's ensure_path; the last
     /// one with our ACL and `data`).
-    fn ensure_path(&self, s: &Session, path: &str, data: &[u8]) -> std::result::Result<(), ZkError> {
+    fn ensure_path(
+        &self,
+        s: &Session,
+        path: &str,
+        data: &[u8],
+    ) -> std::result::Result<(), ZkError> {
         let b = self.op_budget();
         if s.exists(path, None, b)?.is_some() {
             return Ok(());
@@ -228,7 +236,9 @@ impl Ctx {
 fn connect_budget(wait: &Wait, session_timeout: Duration) -> Duration {
     let st = session_timeout.max(Duration::from_secs(1));
     if wait.is_try_once() {
-        return Duration::from_secs(1).min(st).max(Duration::from_millis(500));
+        return Duration::from_secs(1)
+            .min(st)
+            .max(Duration::from_millis(500));
     }
     match wait.remaining() {
         None => st,
@@ -442,8 +452,8 @@ impl<'a> Contender<'a> {
 
     /// Run the recipe until we hold the lock or the wait ends.
     fn acquire(&mut self, sess: &mut Arc<Session>, wait: &Wait, target: &Target) -> Result<Got> {
-        let notify = Notify::new()
-            .map_err(|e| Error::new(ErrorKind::Internal, format!("pipe: {e}")))?;
+        let notify =
+            Notify::new().map_err(|e| Error::new(ErrorKind::Internal, format!("pipe: {e}")))?;
         let mut watched_gen = u64::MAX;
         for _ in 0..MAX_ROUNDS {
             if sess.state() == State::Expired {
@@ -506,7 +516,13 @@ impl<'a> Contender<'a> {
             }
             if self.node.is_none() {
                 self.create_tried = true;
-                match s.create(&self.full(&self.prefix), &self.data, &self.cx.acl, self.mode, b) {
+                match s.create(
+                    &self.full(&self.prefix),
+                    &self.data,
+                    &self.cx.acl,
+                    self.mode,
+                    b,
+                ) {
                     Ok((p, stat)) => {
                         let name = p.rsplit('/').next().unwrap_or_default().to_string();
                         self.node = Some(name);
@@ -535,7 +551,7 @@ impl<'a> Contender<'a> {
             }
             Err(e) => return self.on_err("listing contenders", e, wait),
         };
-        if !children.iter().any(|c| *c == node) {
+        if !children.contains(&node) {
             // Our node is gone (session expired, or removed by an operator): enter again.
             self.node = None;
             return Ok(Step::Retry);
@@ -559,7 +575,14 @@ impl<'a> Contender<'a> {
         };
         if wait.is_try_once() || wait.expired() {
             let first = contenders(&children).into_iter().find(|(_, holds)| *holds);
-            return Err(Fail(busy(s, self.cx, wait, target, &self.path, first.map(|f| f.0))));
+            return Err(Fail(busy(
+                s,
+                self.cx,
+                wait,
+                target,
+                &self.path,
+                first.map(|f| f.0),
+            )));
         }
         // 3. Watch only the predecessor, and wait.
         notify.drain();
@@ -572,7 +595,14 @@ impl<'a> Contender<'a> {
             Ok(true) => Ok(Step::Retry),
             Ok(false) => {
                 let first = contenders(&children).into_iter().find(|(_, holds)| *holds);
-                Err(Fail(busy(s, self.cx, wait, target, &self.path, first.map(|f| f.0))))
+                Err(Fail(busy(
+                    s,
+                    self.cx,
+                    wait,
+                    target,
+                    &self.path,
+                    first.map(|f| f.0),
+                )))
             }
             Err(e) => Err(Fail(e)),
         }
@@ -617,7 +647,11 @@ fn busy(
         return wait.busy(target, None);
     };
     let data = s
-        .get_data(&format!("{dir}/{h}"), None, Duration::from_secs(1).min(cx.op_budget()))
+        .get_data(
+            &format!("{dir}/{h}"),
+            None,
+            Duration::from_secs(1).min(cx.op_budget()),
+        )
         .ok()
         .map(|(d, _)| d);
     match data.as_deref().and_then(parse_record) {
@@ -625,7 +659,13 @@ fn busy(
         None => {
             let e = wait.busy(target, None);
             let text = data
-                .map(|d| String::from_utf8_lossy(&d).chars().filter(|c| !c.is_control()).take(120).collect::<String>())
+                .map(|d| {
+                    String::from_utf8_lossy(&d)
+                        .chars()
+                        .filter(|c| !c.is_control())
+                        .take(120)
+                        .collect::<String>()
+                })
                 .unwrap_or_default();
             let who = if text.is_empty() {
                 format!(": held by node {h}")
@@ -693,10 +733,7 @@ impl ZkHeld {
             self.cx.op_budget()
         };
         let n = if watch {
-            match Notify::new() {
-                Ok(n) => Some(n),
-                Err(_) => None,
-            }
+            Notify::new().ok()
         } else {
             None
         };
@@ -817,7 +854,13 @@ impl ZkBackend {
         record.persist = opts.persist;
         record.shared = opts.shared;
         let kind = if opts.shared { READER } else { WRITER };
-        let mut c = Contender::new(cx, &cx.path, kind, node_data(&record, opts.persist), opts.persist);
+        let mut c = Contender::new(
+            cx,
+            &cx.path,
+            kind,
+            node_data(&record, opts.persist),
+            opts.persist,
+        );
         let got = c.acquire(&mut sess, wait, target)?;
         self.held(cx, target, sess, got, record)
     }
@@ -866,10 +909,21 @@ impl ZkBackend {
         loop {
             rounds += 1;
             let r = (|| -> std::result::Result<(), ZkError> {
-                if let Some(parent) = cx.path.rsplit_once('/').map(|p| p.0).filter(|p| !p.is_empty()) {
+                if let Some(parent) = cx
+                    .path
+                    .rsplit_once('/')
+                    .map(|p| p.0)
+                    .filter(|p| !p.is_empty())
+                {
                     cx.ensure_path(&sess, parent, b"")?;
                 }
-                match sess.create(&cx.path, limit.to_string().as_bytes(), &cx.acl, proto::MODE_PERSISTENT, b) {
+                match sess.create(
+                    &cx.path,
+                    limit.to_string().as_bytes(),
+                    &cx.acl,
+                    proto::MODE_PERSISTENT,
+                    b,
+                ) {
                     Ok(_) => Ok(()),
                     Err(ZkError::Api(proto::ERR_NODE_EXISTS)) => Ok(()),
                     Err(e) => Err(e),
@@ -888,7 +942,10 @@ impl ZkBackend {
         let (data, _) = sess
             .get_data(&cx.path, None, b)
             .map_err(|e| cx.err("reading the semaphore's max_leases", e))?;
-        match std::str::from_utf8(&data).ok().and_then(|t| t.trim().parse::<i64>().ok()) {
+        match std::str::from_utf8(&data)
+            .ok()
+            .and_then(|t| t.trim().parse::<i64>().ok())
+        {
             Some(n) if n != limit as i64 => {
                 return Err(Error::new(
                     ErrorKind::Invalid,
@@ -917,15 +974,18 @@ impl ZkBackend {
             proto::MODE_EPHEMERAL
         };
         let result = (|| -> Result<Got> {
-            let notify = Notify::new()
-                .map_err(|e| Error::new(ErrorKind::Internal, format!("pipe: {e}")))?;
+            let notify =
+                Notify::new().map_err(|e| Error::new(ErrorKind::Internal, format!("pipe: {e}")))?;
             sess.watch_state(&notify);
             for _ in 0..MAX_ROUNDS {
                 if let Some(stat) = sess
                     .exists(&lease, None, b)
                     .map_err(|e| cx.err("checking our lease", e))?
                 {
-                    return Ok(Got { node: lease.clone(), stat });
+                    return Ok(Got {
+                        node: lease.clone(),
+                        stat,
+                    });
                 }
                 notify.drain();
                 let children = sess
@@ -933,8 +993,14 @@ impl ZkBackend {
                     .map_err(|e| cx.err("listing leases", e))?;
                 if children.len() < limit as usize {
                     match sess.create(&lease, &data, &cx.acl, mode, b) {
-                        Ok((_, stat)) => return Ok(Got { node: lease.clone(), stat }),
-                        Err(ZkError::Api(proto::ERR_NODE_EXISTS)) | Err(ZkError::ConnectionLoss) => continue,
+                        Ok((_, stat)) => {
+                            return Ok(Got {
+                                node: lease.clone(),
+                                stat,
+                            })
+                        }
+                        Err(ZkError::Api(proto::ERR_NODE_EXISTS))
+                        | Err(ZkError::ConnectionLoss) => continue,
                         Err(e) => return Err(cx.err("taking a lease", e)),
                     }
                 }
@@ -947,7 +1013,10 @@ impl ZkBackend {
                     return Err(busy(&sess, cx, wait, target, &cx.path, first));
                 }
             }
-            Err(Error::new(ErrorKind::Internal, format!("{}: gave up waiting for a lease", cx.target)))
+            Err(Error::new(
+                ErrorKind::Internal,
+                format!("{}: gave up waiting for a lease", cx.target),
+            ))
         })();
         // Always give the sub-lock back.
         let _ = sess.delete(&sub_got.node, -1, b);
@@ -976,7 +1045,11 @@ impl ZkBackend {
                 .any(|c| contender_seq(c, &[LOCK_NAME, READ_NAME]).is_some() || is_lease_name(c));
             for c in &children {
                 if contender_seq(c, &[LOCK_NAME, READ_NAME]).is_none() && !is_lease_name(c) {
-                    stack.push(if p == "/" { format!("/{c}") } else { format!("{p}/{c}") });
+                    stack.push(if p == "/" {
+                        format!("/{c}")
+                    } else {
+                        format!("{p}/{c}")
+                    });
                 }
             }
             if is_lock && !p.ends_with(SEM_LOCK_SUFFIX) {
@@ -987,7 +1060,13 @@ impl ZkBackend {
         Ok(out)
     }
 
-    fn status_of(s: &Session, cx: &Ctx, target: &Target, path: &str, children: Option<Vec<String>>) -> Result<Status> {
+    fn status_of(
+        s: &Session,
+        cx: &Ctx,
+        target: &Target,
+        path: &str,
+        children: Option<Vec<String>>,
+    ) -> Result<Status> {
         let b = cx.op_budget();
         let mut st = Status::new(target);
         let children = match children {
@@ -1016,7 +1095,10 @@ impl ZkBackend {
             let waiting = all.iter().filter(|(_, h)| !h).count();
             st.details.insert("waiting".into(), waiting.into());
             st.limit = Some(1);
-            all.into_iter().filter(|(_, h)| *h).map(|(c, _)| c).collect()
+            all.into_iter()
+                .filter(|(_, h)| *h)
+                .map(|(c, _)| c)
+                .collect()
         };
         let mut nodes = Vec::new();
         for h in holders {
@@ -1028,7 +1110,10 @@ impl ZkBackend {
             let mut node = serde_json::Map::new();
             node.insert("node".into(), h.clone().into());
             node.insert("czxid".into(), stat.czxid.into());
-            node.insert("ephemeral_owner".into(), format!("0x{:x}", stat.ephemeral_owner).into());
+            node.insert(
+                "ephemeral_owner".into(),
+                format!("0x{:x}", stat.ephemeral_owner).into(),
+            );
             match parse_record(&data) {
                 Some((mut r, _)) => {
                     r.token = stat.czxid as u64;
@@ -1042,7 +1127,11 @@ impl ZkBackend {
                 None => {
                     node.insert(
                         "data".into(),
-                        String::from_utf8_lossy(&data).chars().take(200).collect::<String>().into(),
+                        String::from_utf8_lossy(&data)
+                            .chars()
+                            .take(200)
+                            .collect::<String>()
+                            .into(),
                     );
                 }
             }
@@ -1217,7 +1306,11 @@ impl super::Backend for ZkBackend {
         let s = cx.connected(cx.cfg.timeout)?;
         let st = Self::status_of(&s, &cx, target, &cx.path, None)?;
         let me = hostname();
-        if st.holders.iter().any(|h| h.record.persist && h.record.host == me) {
+        if st
+            .holders
+            .iter()
+            .any(|h| h.record.persist && h.record.host == me)
+        {
             Ok(()) // a persistent node never expires: nothing to renew
         } else {
             Err(Error::new(
@@ -1246,14 +1339,30 @@ mod tests {
             "junk",
         ]);
         assert_eq!(predecessor(&c, "a__lock__0000000001", WRITER), None);
-        assert_eq!(predecessor(&c, "b__rlock__0000000002", READER), Some("a__lock__0000000001"));
-        assert_eq!(predecessor(&c, "c__rlock__0000000003", READER), Some("a__lock__0000000001"));
-        assert_eq!(predecessor(&c, "d__lock__0000000004", WRITER), Some("c__rlock__0000000003"));
+        assert_eq!(
+            predecessor(&c, "b__rlock__0000000002", READER),
+            Some("a__lock__0000000001")
+        );
+        assert_eq!(
+            predecessor(&c, "c__rlock__0000000003", READER),
+            Some("a__lock__0000000001")
+        );
+        assert_eq!(
+            predecessor(&c, "d__lock__0000000004", WRITER),
+            Some("c__rlock__0000000003")
+        );
         let h = contenders(&c);
         assert_eq!(h.iter().filter(|x| x.1).count(), 1);
-        let r = v(&["b__rlock__0000000002", "c__rlock__0000000003", "d__lock__0000000004"]);
+        let r = v(&[
+            "b__rlock__0000000002",
+            "c__rlock__0000000003",
+            "d__lock__0000000004",
+        ]);
         let h = contenders(&r);
-        assert_eq!(h.iter().map(|x| x.1).collect::<Vec<_>>(), vec![true, true, false]);
+        assert_eq!(
+            h.iter().map(|x| x.1).collect::<Vec<_>>(),
+            vec![true, true, false]
+        );
     }
 
     #[test]

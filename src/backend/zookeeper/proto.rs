@@ -221,10 +221,7 @@ impl Acl {
             Acl {
                 perms: PERM_ALL,
                 scheme: "digest".into(),
-                id: format!(
-                    "{user}:{}",
-                    base64(&sha1(user_colon_pass.as_bytes()))
-                ),
+                id: format!("{user}:{}", base64(&sha1(user_colon_pass.as_bytes()))),
             },
             Acl {
                 perms: PERM_READ,
