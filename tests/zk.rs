@@ -6,7 +6,7 @@ mod zk_common;
 
 use lockfn::backend::zookeeper::counters;
 use lockfn::{ErrorKind, Lock};
-use std::io::BufReader;
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,6 +69,21 @@ fn worker() {
             say(&format!("held {}", l.token()));
             // Held until killed.
             std::thread::sleep(Duration::from_secs(600));
+            0
+        }
+        "hold_check" => {
+            let mut o = opts(None);
+            o.ttl = Some(Duration::from_millis(env("W_TTL_MS").parse().unwrap()));
+            let l = Lock::acquire(&t, &o).unwrap();
+            say(&format!("held {}", l.token()));
+            let mut line = String::new();
+            while std::io::stdin().read_line(&mut line).unwrap_or(0) > 0 {
+                match l.update() {
+                    Ok(()) => say("ok"),
+                    Err(e) => say(&format!("err {:?} {e}", e.kind())),
+                }
+                line.clear();
+            }
             0
         }
         "fork" => {
@@ -388,6 +403,35 @@ fn kill9_holder_waiter_gets_it_after_session_expiry() {
 }
 
 #[test]
+fn session_expiry_of_a_stopped_holder_is_reported_lost() {
+    let Some(h) = zkhosts() else { return };
+    let t = target(&h, &unique("expire"));
+    let mut k = spawn_worker(
+        "worker",
+        "hold_check",
+        &[("W_TARGET", t.canonical()), ("W_TTL_MS", "2000".into())],
+    );
+    let mut out = BufReader::new(k.stdout.take().unwrap());
+    let mut stdin = k.stdin.take().unwrap();
+    read_until(&mut out, "held").expect("holder never held");
+    writeln!(stdin, "check").unwrap();
+    assert_eq!(read_until(&mut out, "").unwrap(), "ok");
+    // Freeze the holder: its session expires, and only then do we get the lock.
+    unsafe { libc::kill(k.id() as i32, libc::SIGSTOP) };
+    let stopped = Instant::now();
+    let l = Lock::acquire(&t, &opts(Some(Duration::from_secs(30)))).unwrap();
+    assert!(stopped.elapsed() >= Duration::from_secs(1), "{:?}", stopped.elapsed());
+    unsafe { libc::kill(k.id() as i32, libc::SIGCONT) };
+    writeln!(stdin, "check").unwrap();
+    let answer = read_until(&mut out, "").unwrap();
+    assert!(answer.starts_with("err Lost"), "{answer}");
+    drop(stdin);
+    assert!(k.wait().unwrap().success());
+    l.update().unwrap();
+    l.release().unwrap();
+}
+
+#[test]
 fn fifty_waiters_each_release_wakes_one() {
     let Some(h) = zkhosts() else { return };
     let t = target(&h, &unique("herd"));
@@ -545,7 +589,6 @@ fn kazoo(py: &PathBuf, hosts: &str, path: &str, kind: &str, leases: u32, timeout
 impl Kazoo {
     /// "held" or "busy" (or "error: …").
     fn outcome(&mut self) -> String {
-        use std::io::BufRead;
         let mut line = String::new();
         self.out.read_line(&mut line).unwrap();
         line.trim().to_string()
