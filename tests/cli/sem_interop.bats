@@ -83,3 +83,12 @@ teardown() {
   [ "$(echo "$output" | json 'j["available"]')" = 1 ]
   rm -rf "$d"
 }
+
+@test "another user's 0600 semaphore: permission denied, exit 77, with the reason" {
+  command -v setpriv >/dev/null || skip "setpriv (util-linux) missing"
+  run "$LOCKFN" run -n "$T" -- true
+  [ "$status" -eq 0 ]
+  run setpriv --reuid=nobody --regid=nogroup --clear-groups "$LOCKFN" run -n "$T" -- true
+  [ "$status" -eq 77 ]
+  [[ "$output" == *"Permission denied"*"another user"* ]]
+}
