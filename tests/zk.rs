@@ -420,7 +420,11 @@ fn session_expiry_of_a_stopped_holder_is_reported_lost() {
     unsafe { libc::kill(k.id() as i32, libc::SIGSTOP) };
     let stopped = Instant::now();
     let l = Lock::acquire(&t, &opts(Some(Duration::from_secs(30)))).unwrap();
-    assert!(stopped.elapsed() >= Duration::from_secs(1), "{:?}", stopped.elapsed());
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        stopped.elapsed()
+    );
     unsafe { libc::kill(k.id() as i32, libc::SIGCONT) };
     writeln!(stdin, "check").unwrap();
     let answer = read_until(&mut out, "").unwrap();

@@ -30,7 +30,10 @@ fn worker() {
     let mut i = 0;
     let started = Instant::now();
     while i < n {
-        assert!(started.elapsed() < Duration::from_secs(240), "worker took too long");
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "worker took too long"
+        );
         let l = match Lock::acquire(&t, &o) {
             Ok(l) => l,
             Err(e) if e.kind() == ErrorKind::Unavailable => {
@@ -77,7 +80,11 @@ fn script() -> PathBuf {
 }
 
 fn zk(args: &[&str]) -> String {
-    let out = Command::new("bash").arg(script()).args(args).output().unwrap();
+    let out = Command::new("bash")
+        .arg(script())
+        .args(args)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "zookeeper.sh {args:?}: {}",

@@ -732,11 +732,7 @@ impl ZkHeld {
         } else {
             self.cx.op_budget()
         };
-        let n = if watch {
-            Notify::new().ok()
-        } else {
-            None
-        };
+        let n = if watch { Notify::new().ok() } else { None };
         let gen = self.sess.gen();
         if let Some(n) = &n {
             self.sess.watch_state(n);
