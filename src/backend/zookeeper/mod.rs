@@ -737,7 +737,18 @@ impl ZkHeld {
         if let Some(n) = &n {
             self.sess.watch_state(n);
         }
-        match self.sess.exists(&self.node, n.as_ref(), budget) {
+        let deadline = std::time::Instant::now() + budget;
+        let mut r = self.sess.exists(&self.node, n.as_ref(), budget);
+        // A connection that broke under the request: ask again on the next one, while the
+        // session can still be alive.
+        while matches!(r, Err(ZkError::ConnectionLoss)) && std::time::Instant::now() < deadline {
+            if let Some(e) = self.local_loss() {
+                return Err(e);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            r = self.sess.exists(&self.node, n.as_ref(), left);
+        }
+        match r {
             Ok(Some(st)) => {
                 if self.ephemeral && st.ephemeral_owner != self.session_id {
                     return Err(self.lost("the node belongs to another session"));
