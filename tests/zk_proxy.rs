@@ -127,18 +127,31 @@ fn connection_loss_during_create_finds_our_node_by_guid() {
     let name = unique("createloss");
     let direct = target(&h, &name);
     // Make the lock node exist first, so the cut hits the contender's create.
-    Lock::acquire(&direct, &opts(None)).unwrap().release().unwrap();
+    Lock::acquire(&direct, &opts(None))
+        .unwrap()
+        .release()
+        .unwrap();
     let t = via(&proxy, &name);
     proxy.cut_on_create.store(true, Ordering::SeqCst);
     let mut o = opts(Some(Duration::from_secs(20)));
     o.ttl = Some(Duration::from_secs(10));
     let l = Lock::acquire(&t, &o).unwrap();
-    assert_eq!(proxy.cuts.load(Ordering::SeqCst), 1, "the create was not cut");
-    assert!(proxy.accepted.load(Ordering::SeqCst) >= 2, "no reconnection");
+    assert_eq!(
+        proxy.cuts.load(Ordering::SeqCst),
+        1,
+        "the create was not cut"
+    );
+    assert!(
+        proxy.accepted.load(Ordering::SeqCst) >= 2,
+        "no reconnection"
+    );
     let st = lockfn::status(&direct).unwrap();
     let nodes = st.details["nodes"].as_array().unwrap().len();
     assert_eq!(nodes, 1, "{st:?}");
-    assert_eq!(st.details["waiting"], 0, "a second contender of ours: {st:?}");
+    assert_eq!(
+        st.details["waiting"], 0,
+        "a second contender of ours: {st:?}"
+    );
     assert_eq!(st.holders[0].record.pid, std::process::id() as i32);
     assert_eq!(st.holders[0].record.token, l.token());
     l.release().unwrap();
@@ -159,7 +172,10 @@ fn suspended_connection_that_recovers_keeps_the_lock() {
     proxy.cut_all();
     // update waits for the reconnection (same session) and confirms the node is still ours.
     l.update().unwrap();
-    assert!(proxy.accepted.load(Ordering::SeqCst) > before, "no reconnection happened");
+    assert!(
+        proxy.accepted.load(Ordering::SeqCst) > before,
+        "no reconnection happened"
+    );
     l.check().unwrap();
     let st = lockfn::status(&target(&h, &name)).unwrap();
     assert_eq!(st.holders.len(), 1);

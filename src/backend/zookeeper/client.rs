@@ -175,6 +175,9 @@ struct Shared {
 /// One ZooKeeper session, shared by every lock of the process on the same ensemble.
 pub struct Session {
     sh: Arc<Shared>,
+    /// Contender nodes a failed or cancelled wait could not delete (connection trouble):
+    /// deleted at the next chance, so they never end up holding the lock for nobody.
+    orphans: Mutex<Vec<String>>,
 }
 
 fn lock(m: &Mutex<St>) -> MutexGuard<'_, St> {
@@ -230,7 +233,29 @@ impl Session {
         std::thread::Builder::new()
             .name("lockfn-zk".into())
             .spawn(move || run(s2))?;
-        Ok(Session { sh })
+        Ok(Session {
+            sh,
+            orphans: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn add_orphan(&self, path: String) {
+        self.orphans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path);
+    }
+
+    /// Try to delete the orphans (bounded by `budget` per node); keep those that failed on
+    /// the connection.
+    pub fn reap_orphans(&self, budget: Duration) {
+        let list = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|e| e.into_inner()));
+        for p in list {
+            match self.delete(&p, -1, budget) {
+                Ok(()) | Err(ZkError::Api(_)) | Err(ZkError::Expired) => {}
+                Err(_) => self.add_orphan(p),
+            }
+        }
     }
 
     pub fn state(&self) -> State {

@@ -119,7 +119,10 @@ impl Ctx {
         for _ in 0..3 {
             let s = self.session()?;
             match s.wait_connected(budget) {
-                Ok(()) => return Ok(s),
+                Ok(()) => {
+                    s.reap_orphans(Duration::from_millis(500));
+                    return Ok(s);
+                }
                 Err(ZkError::Expired) => continue, // a fresh one is made next round
                 Err(e) => return Err(self.err("connecting", e)),
             }
@@ -631,6 +634,9 @@ impl<'a> Contender<'a> {
                 }
             }
         }
+        if let Some(name) = self.node.take() {
+            s.add_orphan(self.full(&name));
+        }
     }
 }
 
@@ -828,6 +834,8 @@ impl Held for ZkHeld {
                 Err(e) => return Err(self.cx.err("releasing the lock", e)),
             }
         }
+        // Deleted at the next chance (the session may outlive this handle).
+        self.sess.add_orphan(self.node.clone());
         Err(self.cx.err(
             "releasing the lock",
             last.unwrap_or(ZkError::ConnectionLoss),
@@ -985,19 +993,23 @@ impl ZkBackend {
                 Notify::new().map_err(|e| Error::new(ErrorKind::Internal, format!("pipe: {e}")))?;
             sess.watch_state(&notify);
             for _ in 0..MAX_ROUNDS {
-                if let Some(stat) = sess
-                    .exists(&lease, None, b)
-                    .map_err(|e| cx.err("checking our lease", e))?
-                {
-                    return Ok(Got {
-                        node: lease.clone(),
-                        stat,
-                    });
+                match sess.exists(&lease, None, b) {
+                    Ok(Some(stat)) => {
+                        return Ok(Got {
+                            node: lease.clone(),
+                            stat,
+                        })
+                    }
+                    Ok(None) => {}
+                    Err(ZkError::ConnectionLoss) => continue,
+                    Err(e) => return Err(cx.err("checking our lease", e)),
                 }
                 notify.drain();
-                let children = sess
-                    .get_children(&cx.path, Some(&notify), b)
-                    .map_err(|e| cx.err("listing leases", e))?;
+                let children = match sess.get_children(&cx.path, Some(&notify), b) {
+                    Ok(c) => c,
+                    Err(ZkError::ConnectionLoss) => continue,
+                    Err(e) => return Err(cx.err("listing leases", e)),
+                };
                 if children.len() < limit as usize {
                     match sess.create(&lease, &data, &cx.acl, mode, b) {
                         Ok((_, stat)) => {
@@ -1025,8 +1037,12 @@ impl ZkBackend {
                 format!("{}: gave up waiting for a lease", cx.target),
             ))
         })();
-        // Always give the sub-lock back.
+        // Always give the sub-lock back; a failed wait leaves no lease behind (a create
+        // that lost its connection may have made one).
         let _ = sess.delete(&sub_got.node, -1, b);
+        if result.is_err() {
+            let _ = sess.delete(&lease, -1, b);
+        }
         let got = result?;
         self.held(cx, target, sess, got, record)
     }
