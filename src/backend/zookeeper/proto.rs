@@ -2,43 +2,43 @@
 //! strings, and the few records the lock recipes need. Plus SHA-1 and base64 for digest ACLs.
 
 /// Operation codes.
-pub const OP_DELETE: i32 = 2;
-pub const OP_EXISTS: i32 = 3;
-pub const OP_GET_DATA: i32 = 4;
-pub const OP_SET_DATA: i32 = 5;
-pub const OP_GET_CHILDREN: i32 = 8;
-pub const OP_PING: i32 = 11;
-pub const OP_CREATE2: i32 = 15;
-pub const OP_AUTH: i32 = 100;
+pub(crate) const OP_DELETE: i32 = 2;
+pub(crate) const OP_EXISTS: i32 = 3;
+pub(crate) const OP_GET_DATA: i32 = 4;
+pub(crate) const OP_SET_DATA: i32 = 5;
+pub(crate) const OP_GET_CHILDREN: i32 = 8;
+pub(crate) const OP_PING: i32 = 11;
+pub(crate) const OP_CREATE2: i32 = 15;
+pub(crate) const OP_AUTH: i32 = 100;
 
 /// Special xids.
-pub const XID_NOTIFICATION: i32 = -1;
-pub const XID_PING: i32 = -2;
-pub const XID_AUTH: i32 = -4;
+pub(crate) const XID_NOTIFICATION: i32 = -1;
+pub(crate) const XID_PING: i32 = -2;
+pub(crate) const XID_AUTH: i32 = -4;
 
 /// Error codes the recipes look at.
-pub const ERR_NO_NODE: i32 = -101;
-pub const ERR_NO_AUTH: i32 = -102;
-pub const ERR_NODE_EXISTS: i32 = -110;
-pub const ERR_NOT_EMPTY: i32 = -111;
-pub const ERR_SESSION_EXPIRED: i32 = -112;
-pub const ERR_INVALID_ACL: i32 = -114;
-pub const ERR_AUTH_FAILED: i32 = -115;
+pub(crate) const ERR_NO_NODE: i32 = -101;
+pub(crate) const ERR_NO_AUTH: i32 = -102;
+pub(crate) const ERR_NODE_EXISTS: i32 = -110;
+pub(crate) const ERR_NOT_EMPTY: i32 = -111;
+pub(crate) const ERR_SESSION_EXPIRED: i32 = -112;
+pub(crate) const ERR_INVALID_ACL: i32 = -114;
+pub(crate) const ERR_AUTH_FAILED: i32 = -115;
 
 /// Create modes.
-pub const MODE_PERSISTENT: i32 = 0;
-pub const MODE_EPHEMERAL: i32 = 1;
-pub const MODE_PERSISTENT_SEQUENTIAL: i32 = 2;
-pub const MODE_EPHEMERAL_SEQUENTIAL: i32 = 3;
+pub(crate) const MODE_PERSISTENT: i32 = 0;
+pub(crate) const MODE_EPHEMERAL: i32 = 1;
+pub(crate) const MODE_PERSISTENT_SEQUENTIAL: i32 = 2;
+pub(crate) const MODE_EPHEMERAL_SEQUENTIAL: i32 = 3;
 
 /// Watch event types.
-pub const EV_CREATED: i32 = 1;
-pub const EV_DELETED: i32 = 2;
-pub const EV_DATA_CHANGED: i32 = 3;
-pub const EV_CHILDREN_CHANGED: i32 = 4;
+pub(crate) const EV_CREATED: i32 = 1;
+pub(crate) const EV_DELETED: i32 = 2;
+pub(crate) const EV_DATA_CHANGED: i32 = 3;
+pub(crate) const EV_CHILDREN_CHANGED: i32 = 4;
 
-pub const PERM_READ: i32 = 1;
-pub const PERM_ALL: i32 = 31;
+pub(crate) const PERM_READ: i32 = 1;
+pub(crate) const PERM_ALL: i32 = 31;
 
 /// A human name for a server error code.
 pub fn err_name(code: i32) -> &'static str {
