@@ -1102,16 +1102,25 @@ impl ZkBackend {
         };
         st.details.insert("path".into(), path.into());
         let leases: Vec<&String> = children.iter().filter(|c| is_lease_name(c)).collect();
-        let holders: Vec<String> = if !leases.is_empty() {
-            let limit = s
-                .get_data(path, None, b)
+        // A semaphore node stores its max_leases (kazoo); a lock node has no data.
+        let limit = if leases.is_empty() && !contenders(&children).is_empty() {
+            None
+        } else {
+            s.get_data(path, None, b)
                 .ok()
-                .and_then(|(d, _)| String::from_utf8_lossy(&d).trim().parse::<i64>().ok());
+                .and_then(|(d, _)| String::from_utf8_lossy(&d).trim().parse::<i64>().ok())
+        };
+        let holders: Vec<String> = if !leases.is_empty() || limit.is_some() {
             if let Some(l) = limit {
                 st.limit = Some(l.clamp(0, u32::MAX as i64) as u32);
                 st.available = Some((l - leases.len() as i64).max(0));
             }
             st.details.insert("kind".into(), "semaphore".into());
+            let waiting = s
+                .get_children(&format!("{path}{SEM_LOCK_SUFFIX}"), None, b)
+                .map(|c| contenders(&c).len())
+                .unwrap_or(0);
+            st.details.insert("waiting".into(), waiting.into());
             leases.into_iter().cloned().collect()
         } else {
             let all = contenders(&children);
