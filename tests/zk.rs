@@ -71,6 +71,14 @@ fn worker() {
             std::thread::sleep(Duration::from_secs(600));
             0
         }
+        "herd" => {
+            herd(&t);
+            0
+        }
+        "check" => {
+            check_local(&t);
+            0
+        }
         "hold_check" => {
             let mut o = opts(None);
             o.ttl = Some(Duration::from_millis(env("W_TTL_MS").parse().unwrap()));
@@ -335,20 +343,21 @@ fn lost_when_node_deleted_by_operator() {
     assert_eq!(a.release().unwrap_err().kind(), ErrorKind::Lost);
 }
 
-#[test]
-fn check_notices_deletion_through_watch() {
-    let Some(h) = zkhosts() else { return };
-    let t = target(&h, &unique("check"));
-    let a = Lock::acquire(&t, &opts(None)).unwrap();
+/// Run in a worker (process-wide counters): after the first check arms a watch on our node,
+/// checks are local until the node goes; its deletion is then noticed. Prints `check ok`.
+fn check_local(t: &lockfn::Target) {
+    let a = Lock::acquire(t, &opts(None)).unwrap();
     a.check().unwrap(); // arms the watch on our node
     let before = counters().requests;
-    a.check().unwrap();
+    for _ in 0..10 {
+        a.check().unwrap();
+    }
     assert_eq!(
         counters().requests,
         before,
         "check with an armed watch must be local"
     );
-    lockfn::release_named(&t, true).unwrap();
+    lockfn::release_named(t, true).unwrap();
     let s = Instant::now();
     loop {
         match a.check() {
@@ -361,6 +370,20 @@ fn check_notices_deletion_through_watch() {
         assert!(s.elapsed() < Duration::from_secs(5));
         std::thread::sleep(Duration::from_millis(10));
     }
+    say("check ok");
+}
+
+#[test]
+fn check_is_local_and_notices_deletion_through_watch() {
+    let Some(h) = zkhosts() else { return };
+    let mut k = spawn_worker(
+        "worker",
+        "check",
+        &[("W_TARGET", target(&h, &unique("check")).canonical())],
+    );
+    let mut out = BufReader::new(k.stdout.take().unwrap());
+    assert_eq!(read_until(&mut out, "check").as_deref(), Some("check ok"));
+    assert!(k.wait().unwrap().success());
 }
 
 #[test]
@@ -435,10 +458,10 @@ fn session_expiry_of_a_stopped_holder_is_reported_lost() {
     l.release().unwrap();
 }
 
-#[test]
-fn fifty_waiters_each_release_wakes_one() {
-    let Some(h) = zkhosts() else { return };
-    let t = target(&h, &unique("herd"));
+/// The herd measurement, run in a worker process so that the process-wide request
+/// counters see only this test's traffic. Prints `herd DONE EVENTS CHILDREN`.
+fn herd(t: &lockfn::Target) {
+    let t = t.clone();
     let first = Lock::acquire(&t, &opts(None)).unwrap();
     let c0 = counters();
     let n = 50;
@@ -487,10 +510,28 @@ fn fifty_waiters_each_release_wakes_one() {
         children as f64 / n as f64,
         requests as f64 / n as f64,
     );
-    assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), n);
+    say(&format!(
+        "herd {} {events} {children}",
+        done.load(std::sync::atomic::Ordering::SeqCst)
+    ));
+}
+
+#[test]
+fn fifty_waiters_each_release_wakes_one() {
+    let Some(h) = zkhosts() else { return };
+    let mut k = spawn_worker(
+        "worker",
+        "herd",
+        &[("W_TARGET", target(&h, &unique("herd")).canonical())],
+    );
+    let mut out = BufReader::new(k.stdout.take().unwrap());
+    let line = read_until(&mut out, "herd ").expect("herd worker output");
+    assert!(k.wait().unwrap().success());
+    let v: Vec<u64> = line[5..].split(' ').map(|x| x.parse().unwrap()).collect();
+    assert_eq!(v[0], 50, "not every waiter got the lock");
     // Each release wakes exactly one waiter: one watch event and one getChildren per handoff.
-    assert_eq!(events, n as u64, "watch events per {n} handoffs");
-    assert_eq!(children, n as u64, "getChildren calls per {n} handoffs");
+    assert_eq!(v[1], 50, "watch events for 50 handoffs");
+    assert_eq!(v[2], 50, "getChildren calls for 50 handoffs");
 }
 
 #[test]
