@@ -876,3 +876,64 @@ fn persistent_lock_outlives_handle_and_is_released_by_name() {
         .release()
         .unwrap();
 }
+
+#[test]
+fn lockpick_rlock_wlock_against_ours() {
+    let (Some(h), Some(py)) = (zkhosts(), venv_python()) else {
+        return;
+    };
+    let lockpick = py.with_file_name("lockpick");
+    let name = unique("lprw");
+    let t = target(&h, &name);
+    let lp = |args: &[&str]| {
+        let mut a = vec![
+            lockpick.to_str().unwrap(),
+            "-s",
+            &h,
+            "-c",
+            "/lockfn-test",
+            "-r",
+            "1",
+            "-p",
+            "1",
+        ];
+        a.extend_from_slice(args);
+        Command::new(&py).args(&a).output().unwrap()
+    };
+    let path = format!("/{name}");
+    // lockpick's read lock: our read lock shares it, our write lock waits.
+    let out = lp(&["rlock", &path]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rnode = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(rnode.contains("__rlock__"), "{rnode:?}");
+    let mut shared = opts(Some(Duration::ZERO));
+    shared.shared = true;
+    let r = Lock::acquire(&t, &shared).unwrap();
+    assert_eq!(
+        Lock::acquire(&t, &opts(Some(Duration::ZERO)))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Busy
+    );
+    r.release().unwrap();
+    assert!(lp(&["unlock", &rnode]).status.success());
+    // lockpick's write lock: our read lock waits.
+    let out = lp(&["wlock", &path]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wnode = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(wnode.contains("__lock__"), "{wnode:?}");
+    assert_eq!(
+        Lock::acquire(&t, &shared).unwrap_err().kind(),
+        ErrorKind::Busy
+    );
+    assert!(lp(&["unlock", &wnode]).status.success());
+    Lock::acquire(&t, &shared).unwrap().release().unwrap();
+}
