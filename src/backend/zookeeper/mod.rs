@@ -504,6 +504,30 @@ impl<'a> Contender<'a> {
         notify: &Arc<Notify>,
     ) -> std::result::Result<Step<Got>, Fail> {
         let b = self.cx.op_budget();
+        // 0. Try-once: when a contender we exclude is already there, we cannot be first;
+        // say so without creating (and deleting) a node of our own.
+        if wait.is_try_once() && self.node.is_none() && !self.create_tried {
+            match s.get_children(&self.path, None, b) {
+                Ok(children) => {
+                    if children
+                        .iter()
+                        .any(|c| contender_seq(c, self.kind.exclude).is_some())
+                    {
+                        let first = contenders(&children).into_iter().find(|(_, holds)| *holds);
+                        return Err(Fail(busy(
+                            s,
+                            self.cx,
+                            wait,
+                            target,
+                            &self.path,
+                            first.map(|f| f.0),
+                        )));
+                    }
+                }
+                Err(ZkError::Api(proto::ERR_NO_NODE)) => {}
+                Err(e) => return self.on_err("listing contenders", e, wait),
+            }
+        }
         // 1. Our node: found again by its guid after a connection loss, else created.
         if self.node.is_none() {
             if self.create_tried {
