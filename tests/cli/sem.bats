@@ -280,6 +280,7 @@ assert h["token"] > 0 and h["start_time"] > 0 and len(h["boot_id"]) == 36, h
 @test "sem: with an empty name is named after the command line" {
   "$LOCKFN" run sem: -- sleep 100 &
   holder=$!
+  wait_for 10 sh -c "'$LOCKFN' list --json sem:cmd- | grep -q '\"pid\":$holder,'"
   run "$LOCKFN" -v run -w 0.2 sem: -- sleep 100
   [ "$status" -eq 1 ]
   [[ "$output" == *"named after the command line: sem:cmd-"* ]]
