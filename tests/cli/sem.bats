@@ -326,3 +326,19 @@ locked $T" ]
   wait "$H_PID"
   free "$T"
 }
+
+@test "hold: a wait ends when stdin closes (the shell died), taking nothing" {
+  "$LOCKFN" run "$T" -- sleep 100 &
+  holder=$!
+  wait_for 10 held "$T"
+  exec {w}> >("$LOCKFN" -v hold "$T" 2>"$D/hold.log"; echo "$?" >"$D/hold.rc")
+  wait_for 10 grep -q acquiring "$D/hold.log"
+  exec {w}>&-
+  wait_for 5 test -s "$D/hold.rc"
+  [ "$(cat "$D/hold.rc")" = 129 ]
+  grep -q "canceled by SIGHUP" "$D/hold.log"
+  kill -TERM "$holder"
+  wait "$holder" || true
+  run "$LOCKFN" status --json "$T"
+  [ "$(echo "$output" | json 'j["available"]')" = 1 ]
+}
