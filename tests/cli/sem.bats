@@ -331,11 +331,15 @@ locked $T" ]
   "$LOCKFN" run "$T" -- sleep 100 &
   holder=$!
   wait_for 10 held "$T"
-  exec {w}> >("$LOCKFN" -v hold "$T" 2>"$D/hold.log"; echo "$?" >"$D/hold.rc")
+  mkfifo "$D/stdin"
+  "$LOCKFN" -v hold "$T" <"$D/stdin" 2>"$D/hold.log" &
+  hold=$!
+  exec {w}>"$D/stdin"
   wait_for 10 grep -q acquiring "$D/hold.log"
   exec {w}>&-
-  wait_for 5 test -s "$D/hold.rc"
-  [ "$(cat "$D/hold.rc")" = 129 ]
+  st=0
+  wait "$hold" || st=$?
+  [ "$st" = 129 ]
   grep -q "canceled by SIGHUP" "$D/hold.log"
   kill -TERM "$holder"
   wait "$holder" || true
