@@ -59,6 +59,16 @@ pub trait Held: Send {
     fn renew_interval(&self) -> Option<Duration> {
         None
     }
+    /// How often a supervisor (`lockfn run`, `lockfn hold`) should call [`Held::check`] to
+    /// notice a loss promptly, where that is cheaper than renewing; None: only at renewals.
+    fn check_interval(&self) -> Option<Duration> {
+        None
+    }
+    /// A cheap check that the lock is still ours (no renewal): `Lost` if not. Defaults to
+    /// [`Held::update`].
+    fn check(&mut self) -> Result<()> {
+        self.update()
+    }
 }
 
 /// The backend serving a service.
@@ -212,7 +222,7 @@ impl Wait {
                 } else {
                     format!(" ({})", h.holder)
                 };
-                format!(" held by pid {} on {}{}", h.pid, h.host, text)
+                format!(": held by pid {} on {}{}", h.pid, h.host, text)
             })
             .unwrap_or_default();
         let how = match self.timeout {
@@ -237,7 +247,9 @@ pub fn poll_readable(fd: RawFd, timeout_ms: i32) -> bool {
     };
     let deadline = Instant::now() + Duration::from_millis(timeout_ms.max(0) as u64);
     loop {
-        let left = deadline.saturating_duration_since(Instant::now()).as_millis() as i32;
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis() as i32;
         let r = unsafe { libc::poll(&mut p, 1, if timeout_ms < 0 { -1 } else { left }) };
         if r > 0 {
             return p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL)
