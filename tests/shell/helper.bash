@@ -1,0 +1,70 @@
+# Shared setup for the lockfn.sh bats tests.
+ROOT=$(cd "$BATS_TEST_DIRNAME/../.." && pwd)
+: "${LOCKFN_SH:=$ROOT/shell/lockfn.sh}"
+if [[ -z ${LOCKFN_BIN:-} ]]; then
+    if [[ -x $ROOT/target/debug/lockfn ]]; then
+        LOCKFN_BIN=$ROOT/target/debug/lockfn
+    else
+        LOCKFN_BIN=lockfn
+    fi
+fi
+export LOCKFN_BIN LOCKFN_SH
+
+setup() {
+    T=$BATS_TEST_TMPDIR
+    if [[ -z ${LOCKFN_PMXCFS_DIR:-} ]]; then
+        export LOCKFN_PMXCFS_DIR=$T/pmxcfs
+        mkdir -p "$LOCKFN_PMXCFS_DIR"
+    fi
+    N="sh$$-${BATS_TEST_NUMBER}"
+}
+
+teardown() {
+    rm -f /dev/shm/sem."$N"* /dev/shm/lockfn."$N"* 2>/dev/null || true
+}
+
+# The backends to run a test against: sem, pmxcfs when the library has it, zk/consul when
+# their server is given. A left-out backend is reported on fd 3.
+backends() {
+    local b
+    for b in sem pmxcfs zk consul; do
+        case $b in
+        zk) [[ -n ${ZKHOSTS:-} ]] || { echo "# skipping zk: ZKHOSTS not set" >&3; continue; } ;;
+        consul) [[ -n ${CONSUL_HTTP_ADDR:-} ]] || { echo "# skipping consul: CONSUL_HTTP_ADDR not set" >&3; continue; } ;;
+        esac
+        if "$LOCKFN_BIN" status "$b:probe$$" 2>&1 | grep -q 'not implemented'; then
+            echo "# skipping $b: not implemented in this build" >&3
+            continue
+        fi
+        echo "$b"
+    done
+}
+
+# Wait (bounded) until FILE has a line; print it.
+wait_line() { # FILE [SECS]
+    local i
+    for ((i = 0; i < ${2:-20} * 100; i++)); do
+        if [[ -s $1 ]]; then
+            head -n1 "$1"
+            return 0
+        fi
+        sleep 0.01
+    done
+    echo "timed out waiting for a line in $1" >&2
+    return 1
+}
+
+held() { # TARGET -> 0 if held
+    "$LOCKFN_BIN" status --json "$1" | grep -q '"held":true'
+}
+
+# Wait (bounded) until TARGET is free.
+wait_free() { # TARGET [SECS]
+    local i
+    for ((i = 0; i < ${2:-20} * 20; i++)); do
+        held "$1" || return 0
+        sleep 0.05
+    done
+    echo "$1 still held" >&2
+    return 1
+}
