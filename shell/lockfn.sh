@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # lockfn.sh — locks for bash scripts (bash >= 4.3), on top of `lockfn hold`.
 #
 #   source /usr/share/lockfn/lockfn.sh
@@ -32,6 +33,7 @@
 
 if [[ -z ${BASH_VERSINFO:-} ]] || ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 3))); then
     echo "lockfn.sh: bash >= 4.3 is needed" >&2
+    # shellcheck disable=SC2317 # exit when executed instead of sourced
     return 64 2>/dev/null || exit 64
 fi
 

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Take a lock, show who holds it, release it:  bash hello_lock.sh sem:hello
 set -euo pipefail
+# shellcheck source=/dev/null
 source "${LOCKFN_SH:-/usr/share/lockfn/lockfn.sh}"
 
 target=${1:-sem:hello}
@@ -12,4 +13,5 @@ lock_release "$target"
 echo "released $target"
 
 # Or for one command (or shell function):
+# shellcheck disable=SC2016 # expanded by the command, not here
 with_lock "$target" sh -c 'echo "ran under $LOCKFN_TARGET with token $LOCKFN_TOKEN"'

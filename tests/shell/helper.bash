@@ -2,7 +2,9 @@
 ROOT=$(cd "$BATS_TEST_DIRNAME/../.." && pwd)
 : "${LOCKFN_SH:=$ROOT/shell/lockfn.sh}"
 if [[ -z ${LOCKFN_BIN:-} ]]; then
-    if [[ -x $ROOT/target/debug/lockfn ]]; then
+    if [[ -n ${LOCKFN:-} ]]; then
+        LOCKFN_BIN=$LOCKFN
+    elif [[ -x $ROOT/target/debug/lockfn ]]; then
         LOCKFN_BIN=$ROOT/target/debug/lockfn
     else
         LOCKFN_BIN=lockfn

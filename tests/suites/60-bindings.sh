@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2016 # single-quoted programs for perl/bash -c
 # Bindings and install: the bash helper (bats tests/shell), the Python package (pytest with
 # $LOCKFN_VENV's python), the Perl module (prove), and `make install` into a temporary
 # DESTDIR, after which a C example (built with pkg-config), a Perl one-liner, a Python
