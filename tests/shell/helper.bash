@@ -34,7 +34,7 @@ backends() {
         zk) [[ -n ${ZKHOSTS:-} ]] || { echo "# skipping zk: ZKHOSTS not set" >&3; continue; } ;;
         consul) [[ -n ${CONSUL_HTTP_ADDR:-} ]] || { echo "# skipping consul: CONSUL_HTTP_ADDR not set" >&3; continue; } ;;
         esac
-        if "$LOCKFN_BIN" status "$b:probe$$" 2>&1 | grep -q 'not implemented'; then
+        if [[ $("$LOCKFN_BIN" status "$b:probe$$" 2>&1) == *"not implemented"* ]]; then
             echo "# skipping $b: not implemented in this build" >&3
             continue
         fi
