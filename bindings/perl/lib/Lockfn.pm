@@ -11,6 +11,9 @@ use Time::HiRes ();
 
 our $VERSION = '0.1.0';
 
+# How long one wait lasts while the application has Perl signal handlers (seconds).
+our $SLICE = 0.1;
+
 use constant {
     LOCK_OK           => 0,
     LOCK_BUSY         => 1,
@@ -175,10 +178,35 @@ sub acquire {
         my ($ptr) = scalar_to_buffer($holder);
         $o->holder($ptr);
     }
-    my $h;
-    my $rc = lock_acquire($target, $o, \$h);
-    die _error($rc, $target) if $rc != LOCK_OK;
-    return bless { handle => $h, pid => $$, target => $target }, ref($class) || $class;
+    # The guard exists before the call, and the library writes the handle straight into it:
+    # a signal handler that dies right after the call still finds the lock and releases it.
+    my $self = bless { handle => undef, pid => $$, target => $target }, ref($class) || $class;
+    my $timeout = $o->timeout;
+    my $slices = _signal_handlers_set() && $timeout != 0;
+    my $deadline = $timeout < 0 ? undef : Time::HiRes::time() + $timeout;
+    while (1) {
+        if ($slices) {
+            # Perl runs its signal handlers only between calls ("safe signals"): wait in short
+            # slices so that a $SIG{INT}/$SIG{ALRM} handler runs (and may die) promptly.
+            my $left = defined $deadline ? $deadline - Time::HiRes::time() : $SLICE;
+            $left = 0 if $left < 0;
+            $o->timeout($left < $SLICE ? $left : $SLICE);
+        }
+        my $rc = lock_acquire($target, $o, \$self->{handle});
+        return $self if $rc == LOCK_OK;
+        my $err = _error($rc, $target);
+        $self->{handle} = undef;
+        die $err if !$slices || $rc != LOCK_BUSY;
+        die $err if defined $deadline && Time::HiRes::time() >= $deadline;
+    }
+}
+
+sub _signal_handlers_set {
+    for my $sig (qw(INT TERM HUP QUIT ALRM USR1 USR2 CHLD)) {
+        my $h = $SIG{$sig};
+        return 1 if defined($h) && (ref($h) || ($h ne '' && $h ne 'DEFAULT' && $h ne 'IGNORE'));
+    }
+    return 0;
 }
 
 =head2 $lock->release
