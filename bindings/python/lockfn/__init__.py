@@ -200,25 +200,29 @@ class _SignalWakeup:
     def __exit__(self, *exc: Any) -> None:
         if self.fd < 0:
             return
-        try:
-            signal.set_wakeup_fd(self._prev)
-        except (ValueError, OSError):
-            # The application's fd was closed meanwhile: leave no fd of ours installed.
-            signal.set_wakeup_fd(-1)
+        # Nested try/finally: a KeyboardInterrupt raised by the handler of the signal that
+        # ended the wait may land anywhere in here; every step still runs.
         data = b""
-        while True:
+        try:
             try:
-                chunk = os.read(self.fd, 512)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                break
-            if not chunk:
-                break
-            data += chunk
-        os.close(self.fd)
-        os.close(self._w)
-        self.fd = -1
+                signal.set_wakeup_fd(self._prev)
+            except (ValueError, OSError):
+                # The application's fd was closed meanwhile: leave no fd of ours installed.
+                signal.set_wakeup_fd(-1)
+        finally:
+            try:
+                while True:
+                    try:
+                        chunk = os.read(self.fd, 512)
+                    except OSError:  # BlockingIOError: drained
+                        break
+                    if not chunk:
+                        break
+                    data += chunk
+            finally:
+                os.close(self.fd)
+                os.close(self._w)
+                self.fd = -1
         if data:
             self.signalled = True
             if self._prev >= 0:

@@ -339,14 +339,17 @@ def test_fork_child_gets_error_parent_keeps_lock(target):
 # --- Ctrl-C ------------------------------------------------------------------------------
 
 CTRL_C_CHILD = """
-    import sys, time, lockfn
+    import os, signal, sys, time, lockfn
     lock = lockfn.Lock(sys.argv[1])
+    fds = sorted(os.listdir("/proc/self/fd"))
     print("waiting", flush=True)
     try:
         lock.acquire()
         print("ACQUIRED", flush=True)
     except KeyboardInterrupt:
-        print("KeyboardInterrupt %.6f" % time.monotonic(), flush=True)
+        t = time.monotonic()
+        clean = signal.set_wakeup_fd(-1) == -1 and sorted(os.listdir("/proc/self/fd")) == fds
+        print("clean" if clean else "LEAK", "KeyboardInterrupt %.6f" % t, flush=True)
         sys.exit(3)
 """
 
@@ -370,6 +373,7 @@ def test_ctrl_c_while_waiting_raises_keyboardinterrupt_fast(target):
         if p.poll() is None:
             p.kill()
     assert p.returncode == 3, (out, err)
+    assert out.startswith("clean "), out  # no wakeup fd or pipe of ours left in the child
     raised = float(out.split()[-1])
     latency = raised - sent
     print(f"Ctrl-C latency [{target.split(':')[0]}]: {latency * 1000:.1f} ms "
