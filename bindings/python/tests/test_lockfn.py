@@ -451,3 +451,39 @@ def test_uncontended_cycle_time(sem_target):
     per = (time.perf_counter() - t0) / n
     print(f"Python uncontended acquire+release on sem: {per * 1e6:.1f} us")
     assert per < 0.05
+
+
+# --- lost --------------------------------------------------------------------------------
+
+def lockfn_cli():
+    from conftest import ROOT
+    return os.environ.get("LOCKFN") or os.path.join(ROOT, "target", "debug", "lockfn")
+
+
+def force_release(target):
+    r = subprocess.run([lockfn_cli(), "release", "--force", target], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_update_reports_lost_lock_then_release_is_quiet(sem_target):
+    lock = lockfn.Lock(sem_target)
+    lock.acquire()
+    force_release(sem_target)
+    with pytest.raises(lockfn.LockLost) as ei:
+        lock.update()
+    assert ei.value.code == 3 and sem_target in str(ei.value)
+    lock.release()  # the loss was reported by update(): no second error
+    assert not lock.locked()
+
+
+def test_release_of_a_lost_lock_raises_lost(sem_target):
+    lock = lockfn.Lock(sem_target)
+    lock.acquire()
+    force_release(sem_target)
+    with pytest.raises(lockfn.LockLost):
+        lock.release()
+    assert not lock.locked()
+    with pytest.raises(lockfn.LockLost):
+        with lockfn.Lock(sem_target) as l2:
+            force_release(sem_target)
+    assert not l2.locked()
