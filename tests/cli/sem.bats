@@ -283,7 +283,7 @@ assert h["token"] > 0 and h["start_time"] > 0 and len(h["boot_id"]) == 36, h
   run "$LOCKFN" -v run -w 0.2 sem: -- sleep 100
   [ "$status" -eq 1 ]
   [[ "$output" == *"named after the command line: sem:cmd-"* ]]
-  run "$LOCKFN" run -n sem: -- sleep 99
+  run "$LOCKFN" run -n sem: -- true
   [ "$status" -eq 0 ]
   kill -TERM "$holder"
   wait "$holder" || true
