@@ -25,20 +25,31 @@ teardown() {
     rm -f /dev/shm/sem."$N"* /dev/shm/lockfn."$N"* 2>/dev/null || true
 }
 
-# The backends to run a test against: sem, pmxcfs when the library has it, zk/consul when
-# their server is given. A left-out backend is reported on fd 3.
+# The backends to run a test against, in BACKENDS: sem, pmxcfs when the library has it,
+# zk/consul when their server is given (a missing one is a failure when
+# LOCKFN_TEST_REQUIRE_SERVERS=1). A left-out backend is reported on fd 3.
 backends() {
-    local b
+    local b env
+    BACKENDS=()
     for b in sem pmxcfs zk consul; do
+        env=""
         case $b in
-        zk) [[ -n ${ZKHOSTS:-} ]] || { echo "# skipping zk: ZKHOSTS not set" >&3; continue; } ;;
-        consul) [[ -n ${CONSUL_HTTP_ADDR:-} ]] || { echo "# skipping consul: CONSUL_HTTP_ADDR not set" >&3; continue; } ;;
+        zk) env=ZKHOSTS ;;
+        consul) env=CONSUL_HTTP_ADDR ;;
         esac
+        if [[ -n $env && -z ${!env:-} ]]; then
+            if [[ ${LOCKFN_TEST_REQUIRE_SERVERS:-} == 1 ]]; then
+                echo "$env is not set but LOCKFN_TEST_REQUIRE_SERVERS=1" >&2
+                return 1
+            fi
+            echo "# skipping $b: $env not set" >&3
+            continue
+        fi
         if [[ $("$LOCKFN_BIN" status "$b:probe$$" 2>&1) == *"not implemented"* ]]; then
             echo "# skipping $b: not implemented in this build" >&3
             continue
         fi
-        echo "$b"
+        BACKENDS+=("$b")
     done
 }
 

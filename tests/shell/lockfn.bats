@@ -5,7 +5,8 @@ bats_require_minimum_version 1.5.0
 load helper
 
 @test "acquire and release print nothing, set the token, and free the lock" {
-    for b in $(backends); do
+    backends
+    for b in "${BACKENDS[@]}"; do
         t="$b:$N"
         run bash -c '
             set -euo pipefail
@@ -27,7 +28,8 @@ load helper
 }
 
 @test "a second script gets 1 when busy, with -n and after -w SECS" {
-    for b in $(backends); do
+    backends
+    for b in "${BACKENDS[@]}"; do
         t="$b:$N"
         source "$LOCKFN_SH"
         lock_acquire "$t"
@@ -46,7 +48,8 @@ load helper
 }
 
 @test "SIGKILL of the shell releases its locks" {
-    for b in $(backends); do
+    backends
+    for b in "${BACKENDS[@]}"; do
         t="$b:$N"
         mkfifo "$T/block"
         bash -c '
@@ -92,7 +95,8 @@ load helper
 }
 
 @test "two scripts contending never overlap" {
-    for b in $(backends); do
+    backends
+    for b in "${BACKENDS[@]}"; do
         t="$b:$N"
         echo 0 >"$T/count"
         script='
