@@ -487,3 +487,18 @@ def test_release_of_a_lost_lock_raises_lost(sem_target):
         with lockfn.Lock(sem_target) as l2:
             force_release(sem_target)
     assert not l2.locked()
+
+
+def test_library_next_to_the_package_is_found(tmp_path):
+    import shutil
+    pkg = tmp_path / "lockfn"
+    shutil.copytree(os.path.join(PKG, "lockfn"), pkg,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(lockfn.library_path(), pkg / "liblockfn.so")
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCKFN_LIBRARY", "LD_LIBRARY_PATH")}
+    env["PYTHONPATH"] = str(tmp_path)
+    r = subprocess.run([sys.executable, "-c",
+                        "import lockfn; print(lockfn.library_path()); print(lockfn.version())"],
+                       capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(pkg / "liblockfn.so"), lockfn.__version__]
