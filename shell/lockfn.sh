@@ -31,9 +31,15 @@
 #
 # The lockfn binary is $LOCKFN_BIN if set, else `lockfn` from PATH.
 
-if [[ -z ${BASH_VERSINFO:-} ]] || ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 3))); then
+# POSIX syntax up to here, so that another shell stops with a message, not a syntax error.
+if [ -z "${BASH_VERSION:-}" ]; then
     echo "lockfn.sh: bash >= 4.3 is needed" >&2
     # shellcheck disable=SC2317 # exit when executed instead of sourced
+    return 64 2>/dev/null || exit 64
+fi
+if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 3))); then
+    echo "lockfn.sh: bash >= 4.3 is needed, this is $BASH_VERSION" >&2
+    # shellcheck disable=SC2317
     return 64 2>/dev/null || exit 64
 fi
 
