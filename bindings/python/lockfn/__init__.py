@@ -282,7 +282,8 @@ class Lock:
     ``consul:NAME``, ``zk://h:p/PATH``, ``consul://h:p/KEY`` or a bare ``NAME``.
 
     Works like :class:`threading.Lock` (``acquire(blocking=True, timeout=-1) -> bool``,
-    ``release()``, ``locked()``, context manager) across processes and hosts.
+    ``release()``, ``locked()``, context manager) across processes and hosts; ``held`` says
+    whether this object holds it.
 
     :param ttl: seconds the lock survives without :meth:`update` where the service has a TTL.
     :param limit: holders at once; > 1 makes a counting semaphore.
@@ -335,7 +336,7 @@ class Lock:
         self._local = threading.Lock()
 
     def __repr__(self) -> str:
-        state = f"held, token {self.token}" if self._handle else "not held"
+        state = f"held, token {self.token}" if self.held else "not held"
         return f"<lockfn.Lock {self.target!r} {state}>"
 
     def _options(self) -> _ffi.LockOptions:
@@ -422,9 +423,21 @@ class Lock:
                 self._lost_reported = True
             raise _error(rc, self.target)
 
-    def locked(self) -> bool:
+    @property
+    def held(self) -> bool:
         """True while this object holds the lock."""
         return self._handle is not None and self._pid == os.getpid()
+
+    def locked(self) -> bool:
+        """True if the lock is taken, by this object or anyone else (like threading.Lock's and
+        pmxlock's ``locked()``; asks the service, never acquires). With ``limit > 1``: True
+        when no slot is free."""
+        if self.held:
+            return True
+        st = status(self.target)
+        if self.limit > 1 and isinstance(st.get("available"), int):
+            return bool(st["available"] == 0)
+        return bool(st.get("held"))
 
     @property
     def token(self) -> Optional[int]:

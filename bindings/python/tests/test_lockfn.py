@@ -46,10 +46,12 @@ def wait_sleeping(pid, limit=10.0):
 
 def test_acquire_release_status(target):
     lock = lockfn.Lock(target, holder="pytest holder text")
-    assert not lock.locked()
+    other = lockfn.Lock(target)
+    assert not lock.locked() and not lock.held
     assert lock.token is None
     assert lock.acquire() is True
-    assert lock.locked()
+    assert lock.locked() and lock.held
+    assert other.locked() and not other.held  # taken, by someone else
     st = lockfn.status(target)
     assert st["held"] is True
     assert [h["pid"] for h in st["holders"]] == [os.getpid()]
@@ -70,7 +72,7 @@ def test_try_once_and_timeout_when_busy(target):
     assert b.acquire(timeout=0.4) is False
     took = time.monotonic() - t0
     assert 0.35 <= took < 5, took
-    assert not b.locked()
+    assert not b.held and b.locked()
     a.release()
     assert b.acquire(blocking=False) is True
     b.release()
@@ -122,7 +124,9 @@ def test_limit_is_a_semaphore(backend, target):
     assert locks[1].acquire(blocking=False)
     assert not locks[2].acquire(blocking=False)
     assert len(holders(target)) == 2
+    assert locks[2].locked() and not locks[2].held  # no slot free
     locks[0].release()
+    assert not locks[2].locked()
     assert locks[2].acquire(blocking=False)
     locks[1].release()
     locks[2].release()
@@ -304,7 +308,7 @@ def test_fork_child_gets_error_parent_keeps_lock(target):
         code = 0
         try:
             os.close(r)
-            if lock.locked():
+            if lock.held or not lock.locked():  # not ours here, but taken (by the parent)
                 code |= 1
             for op in (lock.update, lambda: lock.acquire(blocking=False), lock.release):
                 try:
@@ -313,7 +317,7 @@ def test_fork_child_gets_error_parent_keeps_lock(target):
                 except lockfn.LockForked:
                     pass
             # released (forgotten) in the child: the object is usable again, and busy
-            if lock.locked() or lock.acquire(blocking=False):
+            if lock.held or lock.acquire(blocking=False):
                 code |= 4
             # the child can take its own lock (busy: the parent holds it)
             if lockfn.Lock(target).acquire(blocking=False):
@@ -328,7 +332,7 @@ def test_fork_child_gets_error_parent_keeps_lock(target):
     os.waitpid(pid, 0)
     assert result == b"\x00", result
     # the parent still holds it, unchanged
-    assert lock.locked() and lock.token == token
+    assert lock.held and lock.token == token
     assert [h["pid"] for h in holders(target)] == [os.getpid()]
     assert not lockfn.Lock(target).acquire(blocking=False)
     lock.update()
