@@ -15,14 +15,18 @@ export LOCKFN_BIN LOCKFN_SH
 setup() {
     T=$BATS_TEST_TMPDIR
     if [[ -z ${LOCKFN_PMXCFS_DIR:-} ]]; then
-        export LOCKFN_PMXCFS_DIR=$T/pmxcfs
-        mkdir -p "$LOCKFN_PMXCFS_DIR"
+        # pmxcfs: a plain lock directory on tmpfs (inode numbers, the fencing tokens, are
+        # not reused at once there, as on pmxcfs), with the node-local directories beside it.
+        PMX=$(mktemp -d /dev/shm/lockfn-bats-pmxcfs.XXXXXX)
+        mkdir "$PMX/lock" "$PMX/pmxlock" "$PMX/run"
+        export LOCKFN_PMXCFS_DIR=$PMX/lock LOCKFN_PMXLOCK_DIR=$PMX/pmxlock LOCKFN_RUN_DIR=$PMX/run
     fi
     N="sh$$-${BATS_TEST_NUMBER}"
 }
 
 teardown() {
     rm -f /dev/shm/sem."$N"* /dev/shm/lockfn."$N"* 2>/dev/null || true
+    if [[ -n ${PMX:-} ]]; then rm -rf "$PMX"; fi
 }
 
 # The backends to run a test against, in BACKENDS: sem, pmxcfs when the library has it,

@@ -28,9 +28,13 @@ check() { # NAME CMD...
 }
 
 WORK=$(mktemp -d /tmp/lockfn-bindings.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
-export LOCKFN_PMXCFS_DIR=${LOCKFN_PMXCFS_DIR:-$WORK/pmxcfs}
-mkdir -p "$LOCKFN_PMXCFS_DIR"
+PMX=$(mktemp -d /dev/shm/lockfn-bindings-pmxcfs.XXXXXX)
+trap 'rm -rf "$WORK" "$PMX"' EXIT
+# pmxcfs: a plain lock directory on tmpfs (inode numbers, the fencing tokens, are not reused
+# at once there, as on pmxcfs), with the node-local flock and record directories beside it.
+mkdir "$PMX/lock" "$PMX/pmxlock" "$PMX/run"
+export LOCKFN_PMXCFS_DIR=${LOCKFN_PMXCFS_DIR:-$PMX/lock}
+export LOCKFN_PMXLOCK_DIR=${LOCKFN_PMXLOCK_DIR:-$PMX/pmxlock} LOCKFN_RUN_DIR=${LOCKFN_RUN_DIR:-$PMX/run}
 
 if [[ ! -e target/debug/liblockfn.so || ! -e target/debug/lockfn ]]; then
     cargo build --quiet || { echo "cargo build failed"; echo "0 passed, 1 failed"; exit 1; }
@@ -84,7 +88,8 @@ check "installed layout, soname links" installed_layout
 # A clean environment: no build tree on any path, the library only from DESTDIR.
 run_installed() { # CMD... (in $WORK, with only the installed files)
     (cd "$WORK" && env -i PATH="$DEST/usr/bin:/usr/bin:/bin" HOME="$WORK" TMPDIR="${TMPDIR:-/tmp}" \
-        LD_LIBRARY_PATH="$LIBDIR" LOCKFN_PMXCFS_DIR="$LOCKFN_PMXCFS_DIR" "$@")
+        LD_LIBRARY_PATH="$LIBDIR" LOCKFN_PMXCFS_DIR="$LOCKFN_PMXCFS_DIR" \
+        LOCKFN_PMXLOCK_DIR="$LOCKFN_PMXLOCK_DIR" LOCKFN_RUN_DIR="$LOCKFN_RUN_DIR" "$@")
 }
 NAME=inst$$
 

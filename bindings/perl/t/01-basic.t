@@ -50,6 +50,11 @@ for my $b (backends()) {
         }
         ok(!Lockfn::status($t)->{held}, 'guard released at end of scope');
 
+        if ($b eq 'pmxcfs') {    # pmxcfs locks are exclusive, as in Proxmox
+            ok(!eval { Lockfn->acquire("$t-lim", limit => 2, timeout => 0) }, 'pmxcfs: no limit');
+            is($@->code, Lockfn::LOCK_EINVAL, 'pmxcfs limit: EINVAL');
+            return;
+        }
         my @sem = map { Lockfn->acquire("$t-lim", limit => 2, timeout => 0) } 1 .. 2;
         is(scalar(@sem), 2, 'limit 2: two holders');
         ok(!eval { Lockfn->acquire("$t-lim", limit => 2, timeout => 0) }, 'limit 2: third busy');

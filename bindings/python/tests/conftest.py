@@ -24,10 +24,16 @@ if not os.environ.get("LOCKFN_LIBRARY"):
             os.environ["LOCKFN_LIBRARY"] = os.path.join(ROOT, cand)
             break
 
+# pmxcfs: a plain lock directory on tmpfs (inode numbers, the fencing tokens, are not reused
+# at once there, as on pmxcfs), with the node-local flock and record directories beside it.
 _PMXCFS_TMP = None
 if not os.environ.get("LOCKFN_PMXCFS_DIR"):
-    _PMXCFS_TMP = tempfile.mkdtemp(prefix="lockfn-py-pmxcfs-")
-    os.environ["LOCKFN_PMXCFS_DIR"] = _PMXCFS_TMP
+    _PMXCFS_TMP = tempfile.mkdtemp(prefix="lockfn-py-pmxcfs-",
+                                   dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    for var, sub in (("LOCKFN_PMXCFS_DIR", "lock"), ("LOCKFN_PMXLOCK_DIR", "pmxlock"),
+                     ("LOCKFN_RUN_DIR", "run")):
+        os.makedirs(os.path.join(_PMXCFS_TMP, sub))
+        os.environ.setdefault(var, os.path.join(_PMXCFS_TMP, sub))
 
 import lockfn  # noqa: E402
 

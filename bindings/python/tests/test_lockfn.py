@@ -119,6 +119,10 @@ def test_context_manager_releases_on_exception(target):
 
 
 def test_limit_is_a_semaphore(backend, target):
+    if backend == "pmxcfs":  # pmxcfs locks are exclusive, as in Proxmox
+        with pytest.raises(lockfn.LockInvalid):
+            lockfn.Lock(target, limit=2).acquire(blocking=False)
+        return
     locks = [lockfn.Lock(target, limit=2) for _ in range(3)]
     assert locks[0].acquire(blocking=False)
     assert locks[1].acquire(blocking=False)

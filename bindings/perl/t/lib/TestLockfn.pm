@@ -16,7 +16,15 @@ if (!$ENV{LOCKFN_LIBRARY}) {
         if (-e $c) { $ENV{LOCKFN_LIBRARY} = $c; last }
     }
 }
-$ENV{LOCKFN_PMXCFS_DIR} ||= tempdir('lockfn-perl-pmxcfs-XXXXXX', TMPDIR => 1, CLEANUP => 1);
+# pmxcfs: a plain lock directory on tmpfs (inode numbers, the fencing tokens, are not reused
+# at once there, as on pmxcfs), with the node-local flock and record directories beside it.
+if (!$ENV{LOCKFN_PMXCFS_DIR}) {
+    my $d = tempdir('lockfn-perl-pmxcfs-XXXXXX', DIR => (-d '/dev/shm' ? '/dev/shm' : '/tmp'), CLEANUP => 1);
+    for ([LOCKFN_PMXCFS_DIR => 'lock'], [LOCKFN_PMXLOCK_DIR => 'pmxlock'], [LOCKFN_RUN_DIR => 'run']) {
+        mkdir "$d/$_->[1]" or die "mkdir $d/$_->[1]: $!";
+        $ENV{ $_->[0] } ||= "$d/$_->[1]";
+    }
+}
 
 require Lockfn;
 
