@@ -197,7 +197,12 @@ sub acquire {
         my $err = _error($rc, $target);
         $self->{handle} = undef;
         die $err if !$slices || $rc != LOCK_BUSY;
-        die $err if defined $deadline && Time::HiRes::time() >= $deadline;
+        if (defined $deadline && Time::HiRes::time() >= $deadline) {
+            # The library saw only the last slice: say how long the whole wait was.
+            my $total = sprintf('%.3f', $timeout);
+            $err->{message} =~ s/\b(timed out after|waited) [0-9.]+ s\b/$1 $total s/g;
+            die $err;
+        }
     }
 }
 

@@ -37,7 +37,8 @@ for my $b (backends()) {
             my $pid = fork() // die;
             if (!$pid) { Time::HiRes::sleep(0.3); kill 'USR1', getppid(); POSIX::_exit(0) }
             my $l = eval { Lockfn->acquire($t, timeout => 1) };
-            like($@, qr/timed out|busy/, 'still busy after the handler ran');
+            is(ref($@) && $@->code, Lockfn::LOCK_BUSY, 'still busy after the handler ran');
+            like("$@", qr/(?:timed out after|waited) 1\.000 s/, "the message has the whole wait: $@");
             waitpid($pid, 0);
         }
         is($seen, 1, 'USR1 handler ran once');
