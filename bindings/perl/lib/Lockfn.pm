@@ -44,6 +44,8 @@ package Lockfn::Options {
         opaque => 'holder',
         int    => 'cancel_fd',
         uint32 => 'mode',
+        double => 'lock_delay',
+        'uint64[4]' => 'reserved',
     );
 }
 

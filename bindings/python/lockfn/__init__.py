@@ -342,6 +342,11 @@ class Lock:
     def _options(self) -> _ffi.LockOptions:
         opts = _ffi.LockOptions()
         _ffi.lib().lock_options_init(ctypes.byref(opts))
+        if opts.size != ctypes.sizeof(opts):
+            raise LockInternalError(
+                f"liblockfn's lock_options is {opts.size} bytes, this binding knows "
+                f"{ctypes.sizeof(opts)}: the library and the binding are from different versions"
+            )
         opts.ttl = self.ttl or 0
         opts.limit = self.limit
         opts.flags = self._flags

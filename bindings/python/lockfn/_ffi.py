@@ -39,6 +39,8 @@ class LockOptions(ctypes.Structure):
         ("holder", ctypes.c_char_p),
         ("cancel_fd", ctypes.c_int),
         ("mode", ctypes.c_uint32),
+        ("lock_delay", ctypes.c_double),
+        ("reserved", ctypes.c_uint64 * 4),
     ]
 
 
