@@ -21,6 +21,8 @@ struct Proxy {
     cuts: Arc<AtomicUsize>,
     accepted: Arc<AtomicUsize>,
     live: Arc<Mutex<Vec<TcpStream>>>,
+    /// Drop new connections at once (the ensemble "vanished").
+    refuse: Arc<AtomicBool>,
 }
 
 fn read_exact_or_none(s: &mut TcpStream, buf: &mut [u8]) -> bool {
@@ -37,7 +39,9 @@ impl Proxy {
             cuts: Arc::new(AtomicUsize::new(0)),
             accepted: Arc::new(AtomicUsize::new(0)),
             live: Arc::new(Mutex::new(Vec::new())),
+            refuse: Arc::new(AtomicBool::new(false)),
         };
+        let refuse = p.refuse.clone();
         let (cut, cuts, accepted, live) = (
             p.cut_on_create.clone(),
             p.cuts.clone(),
@@ -47,6 +51,10 @@ impl Proxy {
         std::thread::spawn(move || {
             for c in l.incoming() {
                 let Ok(client) = c else { continue };
+                if refuse.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(&upstream) else {
                     continue;
                 };
@@ -181,4 +189,52 @@ fn suspended_connection_that_recovers_keeps_the_lock() {
     assert_eq!(st.holders.len(), 1);
     assert_eq!(st.holders[0].record.token, l.token());
     l.release().unwrap();
+}
+
+#[test]
+fn waiting_forever_ends_unavailable_when_the_ensemble_vanishes() {
+    let Some(h) = zkhosts() else { return };
+    let upstream = h.split(',').next().unwrap().to_string();
+    let proxy = Proxy::start(upstream);
+    let name = unique("vanish");
+    let direct = target(&h, &name);
+    let holder = Lock::acquire(&direct, &opts(None)).unwrap();
+    let t = via(&proxy, &name);
+    let waiter = std::thread::spawn(move || {
+        let mut o = opts(None); // forever
+        o.ttl = Some(Duration::from_secs(2));
+        let r = Lock::acquire(&t, &o);
+        r.map(|_| ())
+    });
+    let s = std::time::Instant::now();
+    while lockfn::status(&direct).unwrap().details["waiting"] != 1 {
+        assert!(s.elapsed() < Duration::from_secs(10), "waiter never queued");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    proxy.refuse.store(true, Ordering::SeqCst);
+    proxy.cut_all();
+    let cut = std::time::Instant::now();
+    let e = waiter.join().unwrap().unwrap_err();
+    let took = cut.elapsed();
+    eprintln!(
+        "zk: waiter cut off from the ensemble gave up after {:.2} s: {e}",
+        took.as_secs_f64()
+    );
+    assert_eq!(e.kind(), lockfn::ErrorKind::Unavailable, "{e}");
+    assert!(
+        e.to_string().contains(&format!("127.0.0.1:{}", proxy.port)),
+        "{e}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // Its node goes with its session; the holder is unaffected.
+    holder.update().unwrap();
+    let s = std::time::Instant::now();
+    while lockfn::status(&direct).unwrap().details["waiting"] != 0 {
+        assert!(
+            s.elapsed() < Duration::from_secs(15),
+            "the cut-off waiter's node stayed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    holder.release().unwrap();
 }

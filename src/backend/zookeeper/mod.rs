@@ -20,9 +20,11 @@
 //!   `gc` removes persistent nodes of this host whose process is dead and that were still
 //!   waiting (or not meant to persist); a persistent lock that was granted stays until
 //!   `release_named`.
-//! - unreachable ensemble: `Unavailable`, naming the hosts, after the wait's timeout, or the
-//!   session timeout when that is shorter or the wait is unbounded (at least 1 s for a
-//!   try-once), never a hang.
+//! - unreachable ensemble: `Unavailable`, naming the hosts, never a hang. Before the first
+//!   contact: after the wait's timeout, or the session timeout when that is shorter or the
+//!   wait is unbounded (1 s for a try-once). A waiter cut off from every server later gives
+//!   up once no server answered for the session timeout (plus at most 2 s of cleanup); a
+//!   short outage (leader election, one server lost) is ridden out on the same session.
 //! - auth: `user:password` (URL or `LOCKFN_ZK_AUTH`) is sent as digest auth on every
 //!   connection, and the nodes we create carry an ACL that lets only that identity modify
 //!   them (anyone may read). The password never appears in messages.
@@ -638,23 +640,26 @@ impl<'a> Contender<'a> {
     /// Remove our contender node (best effort, bounded): a failed or cancelled wait leaves
     /// nothing behind.
     fn cleanup(&mut self, s: &Session) {
-        let b = self.cx.op_budget();
+        // Short: when no server answers, the node is left for the next chance (or for the
+        // session's expiry) rather than holding up the caller's error.
+        let b = Duration::from_secs(2).min(self.cx.op_budget());
         for _ in 0..3 {
             let name = match self.node.take() {
                 Some(n) => Some(n),
                 None if self.create_tried => match self.find_node(s) {
                     Ok(n) => n,
-                    Err(ZkError::Api(_)) => None,
-                    Err(_) => continue,
+                    Err(ZkError::ConnectionLoss) => continue,
+                    Err(_) => None,
                 },
                 None => None,
             };
             let Some(name) = name else { return };
             match s.delete(&self.full(&name), -1, b) {
                 Ok(()) | Err(ZkError::Api(_)) | Err(ZkError::Expired) => return,
-                Err(_) => {
+                Err(ZkError::ConnectionLoss) => self.node = Some(name),
+                Err(ZkError::Unreachable(_)) => {
                     self.node = Some(name);
-                    continue;
+                    break;
                 }
             }
         }
@@ -1063,9 +1068,18 @@ impl ZkBackend {
         })();
         // Always give the sub-lock back; a failed wait leaves no lease behind (a create
         // that lost its connection may have made one).
-        let _ = sess.delete(&sub_got.node, -1, b);
+        let short = Duration::from_secs(2).min(b);
+        if let Err(ZkError::ConnectionLoss | ZkError::Unreachable(_)) =
+            sess.delete(&sub_got.node, -1, short)
+        {
+            sess.add_orphan(sub_got.node.clone());
+        }
         if result.is_err() {
-            let _ = sess.delete(&lease, -1, b);
+            if let Err(ZkError::ConnectionLoss | ZkError::Unreachable(_)) =
+                sess.delete(&lease, -1, short)
+            {
+                sess.add_orphan(lease.clone());
+            }
         }
         let got = result?;
         self.held(cx, target, sess, got, record)
