@@ -135,7 +135,7 @@ fn leader_stop_never_two_holders() {
     let mut o = opts(None);
     o.ttl = Some(Duration::from_secs(8));
     let held = Lock::acquire(&t, &o).unwrap();
-    let n = 15;
+    let n = 40;
     let mut kids: Vec<_> = (0..4)
         .map(|_| {
             spawn_worker(
@@ -155,7 +155,6 @@ fn leader_stop_never_two_holders() {
     zk(&["stop-node", zdir.to_str().unwrap(), &leader]);
     // The holder either keeps the lock (reconnected within the session timeout) or says Lost;
     // while it holds, nobody else enters (workers would trip on the marker).
-    std::fs::write(work.join("marker"), b"held by the test process").unwrap();
     let r = held.update();
     let kept = match &r {
         Ok(()) => true,
@@ -175,9 +174,32 @@ fn leader_stop_never_two_holders() {
             Err(e) => e.to_string(),
         }
     );
-    std::thread::sleep(Duration::from_millis(300));
-    std::fs::remove_file(work.join("marker")).unwrap();
+    if kept {
+        // Still ours: nobody else may be inside while we sit in the critical section.
+        let m = work.join("marker");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&m)
+            .expect("a worker is inside while the holder still holds the lock");
+        std::thread::sleep(Duration::from_millis(300));
+        held.update()
+            .expect("holder lost the lock after the ensemble recovered");
+        std::fs::remove_file(&m).unwrap();
+    }
     let _ = held.release();
+    // Second fault, during handoffs: bring the old leader back, then stop the new one while
+    // the workers are taking turns.
+    zk(&["start-node", zdir.to_str().unwrap(), &leader]);
+    let total = 4 * n as u64;
+    let s = Instant::now();
+    while read_counter(&work) < total / 3 && s.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let at = read_counter(&work);
+    let leader2 = zk(&["leader", zdir.to_str().unwrap()]);
+    zk(&["stop-node", zdir.to_str().unwrap(), &leader2]);
+    eprintln!("zk ensemble: stopped leader node {leader2} after {at} of {total} turns");
     for k in &mut kids {
         let mut out = std::io::BufReader::new(k.stdout.take().unwrap());
         let line = read_until(&mut out, "").unwrap_or_default();
@@ -185,10 +207,10 @@ fn leader_stop_never_two_holders() {
         let st = k.wait().unwrap();
         assert!(st.success(), "worker: {st:?} ({line})");
     }
-    assert_eq!(read_counter(&work), 4 * n as u64);
+    assert_eq!(read_counter(&work), total);
     eprintln!(
         "zk ensemble: {} turns after the leader stop in {:.1} s, holder kept its lock: {kept}",
-        4 * n,
+        total,
         stopped.elapsed().as_secs_f64()
     );
     drop(ens);
