@@ -71,6 +71,13 @@ fn worker() {
             std::thread::sleep(Duration::from_secs(600));
             0
         }
+        "scrub" => {
+            let n = lockfn::backend::zookeeper::hide_credentials_in_cmdline();
+            say(&format!("scrubbed {n}"));
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            0
+        }
         "herd" => {
             herd(&t);
             0
@@ -936,4 +943,37 @@ fn lockpick_rlock_wlock_against_ours() {
     );
     assert!(lp(&["unlock", &wnode]).status.success());
     Lock::acquire(&t, &shared).unwrap().release().unwrap();
+}
+
+#[test]
+fn password_in_a_url_argument_is_hidden_from_ps() {
+    let exe = std::env::current_exe().unwrap();
+    let secret_arg = "zk://bob:topsecret@127.0.0.1:1,127.0.0.2:2/locks/x";
+    let mut k = Command::new(exe)
+        .args([
+            "worker",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+            secret_arg,
+        ])
+        .env("LOCKFN_ZK_WORKER", "scrub")
+        .env("W_TARGET", "zk:unused")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(k.stdout.take().unwrap());
+    let line = read_until(&mut out, "scrubbed").expect("scrub worker output");
+    assert_eq!(line, "scrubbed 1");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", k.id())).unwrap();
+    let text = String::from_utf8_lossy(&cmdline);
+    assert!(!text.contains("topsecret"), "{text}");
+    assert!(
+        text.contains("zk://bob:*********@127.0.0.1:1,127.0.0.2:2/locks/x"),
+        "{text}"
+    );
+    drop(k.stdin.take());
+    assert!(k.wait().unwrap().success());
 }
