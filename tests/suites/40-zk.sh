@@ -82,7 +82,7 @@ code 1 "run -w 0.5 times out" "$LOCKFN" run -w 0.5 "$T" -- true
 s=$(since "$t0")
 if awk -v s="$s" 'BEGIN{exit !(s >= 0.5 && s < 4)}'; then ok "timeout took $s s"; else bad "timeout took $s s"; fi
 pid=$("$LOCKFN" status --json "$T" | json 'j["holders"][0]["pid"]')
-[[ $pid == "$HOLDER" ]] && ok "status --json names the holder pid" || bad "status pid $pid, want $HOLDER"
+if [[ $pid == "$HOLDER" ]]; then ok "status --json names the holder pid"; else bad "status pid $pid, want $HOLDER"; fi
 code 65 "release of a lock held by a running process (no --force)" "$LOCKFN" release "$T"
 kill "$HOLDER"
 wait "$HOLDER" 2>/dev/null
@@ -94,15 +94,16 @@ code 64 "invalid zk name" "$LOCKFN" run -n "zk:a//b" -- true
 t0=$(now)
 code 69 "unreachable ensemble" "$LOCKFN" run -w 1 "zk://127.0.0.1:1/x" -- true
 s=$(since "$t0")
-grep -q "127.0.0.1:1" "$TMP/err" && ok "message names the hosts" || bad "hosts missing: $(cat "$TMP/err")"
-awk -v s="$s" 'BEGIN{exit !(s < 4)}' && ok "unavailable after $s s" || bad "unavailable took $s s"
+if grep -q "127.0.0.1:1" "$TMP/err"; then ok "message names the hosts"; else bad "hosts missing: $(cat "$TMP/err")"; fi
+if awk -v s="$s" 'BEGIN{exit !(s < 4)}'; then ok "unavailable after $s s"; else bad "unavailable took $s s"; fi
 
 # --- persistent locks
 T=zk:$(name persist)
 code 0 "acquire --persist" "$LOCKFN" acquire --persist -n "$T"
 code 1 "persistent lock excludes run" "$LOCKFN" run -n "$T" -- true
-[[ $("$LOCKFN" status --json "$T" | json 'j["holders"][0].get("persist", False)') == True ]] &&
-  ok "status shows persist" || bad "status lacks persist"
+if [[ $("$LOCKFN" status --json "$T" | json 'j["holders"][0].get("persist", False)') == True ]]; then
+  ok "status shows persist"
+else bad "status lacks persist"; fi
 code 0 "update of a persistent lock" "$LOCKFN" update "$T"
 code 0 "release of our persistent lock" "$LOCKFN" release "$T"
 code 65 "second release: not held" "$LOCKFN" release "$T"
@@ -113,7 +114,7 @@ T=zk:$(name gc)
 "$LOCKFN" acquire --persist -n "$T" >/dev/null 2>&1
 "$LOCKFN" acquire --persist -w 60 "$T" >/dev/null 2>&1 &
 W=$!
-BG+=($W)
+BG+=("$W")
 if wait_for 10 bash -c "[[ \$('$LOCKFN' status --json '$T' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"details\"][\"waiting\"])') == 1 ]]"; then
   ok "persistent waiter queued"
 else bad "persistent waiter never queued"; fi
@@ -130,14 +131,15 @@ code 0 "release it" "$LOCKFN" release "$T"
 T=zk:$(name lost)
 "$LOCKFN" run "$T" -- sleep 60 &
 R=$!
-BG+=($R)
+BG+=("$R")
 wait_for 10 held "$T" || bad "run never held $T"
 t0=$(now)
 code 0 "release --force of a running holder" "$LOCKFN" release --force "$T"
 wait "$R"
 rc=$?
-[[ $rc == 75 ]] && ok "lockfn run exits 75 when the lock is lost ($(since "$t0") s)" ||
+if [[ $rc == 75 ]]; then ok "lockfn run exits 75 when the lock is lost ($(since "$t0") s)"; else
   bad "lockfn run exited $rc after losing the lock, want 75"
+fi
 
 # --- kazoo holds, lockfn run waits, and the other way round
 if [[ -x $PY ]]; then
@@ -146,11 +148,11 @@ if [[ -x $PY ]]; then
   mkfifo "$TMP/kin"
   "$PY" "$ROOT/tests/zk/kazoo_hold.py" "$ZKHOSTS" "/lockfn/$N" lock 1 10 <"$TMP/kin" >"$TMP/kout" &
   K=$!
-  BG+=($K)
+  BG+=("$K")
   exec 9>"$TMP/kin"
   if wait_for 20 grep -q held "$TMP/kout"; then ok "kazoo holds /lockfn/$N"; else bad "kazoo never held"; fi
   code 1 "lockfn run -n while kazoo holds" "$LOCKFN" run -n "$T" -- true
-  grep -q kazoo-test "$TMP/err" && ok "busy message shows kazoo's identifier" || bad "no identifier: $(cat "$TMP/err")"
+  if grep -q kazoo-test "$TMP/err"; then ok "busy message shows kazoo's identifier"; else bad "no identifier: $(cat "$TMP/err")"; fi
   exec 9>&-
   wait "$K"
   code 0 "lockfn run after kazoo released" "$LOCKFN" run -w 10 "$T" -- true
