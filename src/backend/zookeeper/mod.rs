@@ -920,8 +920,22 @@ impl ZkBackend {
         record.token = got.stat.czxid as u64;
         let ephemeral = got.stat.ephemeral_owner != 0;
         if !ephemeral {
-            // The final record: holding, with its token (best effort: the lock is ours anyway).
-            let _ = sess.set_data(&got.node, &node_data(&record, false), cx.op_budget());
+            // The final record: holding, with its token. Until it is written the node says
+            // "waiting", which gc may remove once this process is gone: so it must land.
+            let data = node_data(&record, false);
+            let mut r = sess.set_data(&got.node, &data, cx.op_budget());
+            for _ in 0..3 {
+                if !matches!(r, Err(ZkError::ConnectionLoss)) {
+                    break;
+                }
+                r = sess.set_data(&got.node, &data, cx.op_budget());
+            }
+            if let Err(e) = r {
+                if sess.delete(&got.node, -1, cx.op_budget()).is_err() {
+                    sess.add_orphan(got.node.clone());
+                }
+                return Err(cx.err("recording the persistent lock's holder", e));
+            }
         }
         Ok(Box::new(ZkHeld {
             target: target.clone(),
