@@ -257,6 +257,8 @@ fn main() -> ExitCode {
         }
     };
     VERBOSITY.store(cli.verbose, Ordering::Relaxed);
+    // A zk://user:password@… argument must not show in `ps`: overwrite it in our argv.
+    lockfn::backend::zookeeper::hide_credentials_in_cmdline();
     let r = match cli.command {
         Command::Run(a) => run::run(a),
         Command::Hold(a) => hold(a),
