@@ -6,7 +6,7 @@
 //! Child processes are this test binary re-run in worker mode (`worker_main`, driven by
 //! PMX_WORKER), so they use the library exactly as a user program does.
 
-use lockfn::{ErrorKind, Lock, Location, Options, Target};
+use lockfn::{ErrorKind, Location, Lock, Options, Target};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -156,11 +156,17 @@ fn venv_python() -> Option<PathBuf> {
 fn worker(mode: &str) -> Command {
     env();
     let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args(["worker_main", "--exact", "--nocapture", "--test-threads=1", "-q"])
-        .env("PMX_WORKER", mode)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    c.args([
+        "worker_main",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .env("PMX_WORKER", mode)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
     c
 }
 
@@ -202,6 +208,17 @@ impl Proc {
         let l = self.expect(t);
         assert!(l.starts_with(prefix), "expected {prefix}…, got {l:?}");
         l
+    }
+
+    /// Skip protocol lines until one starts with `prefix`, within `t`.
+    fn wait_for(&self, prefix: &str, t: Duration) -> String {
+        let deadline = Instant::now() + t;
+        loop {
+            let l = self.expect(deadline.saturating_duration_since(Instant::now()));
+            if l.starts_with(prefix) {
+                return l;
+            }
+        }
     }
 
     /// No protocol line within `t`.
@@ -255,7 +272,7 @@ impl Drop for Proc {
     }
 }
 
-const PROTO: [&str; 6] = ["ACQUIRED", "RELEASED", "UPDATE", "ERR", "OK", "DONE"];
+const PROTO: [&str; 7] = ["ACQUIRED", "RELEASED", "UPDATE", "ERR", "OK", "DONE", "IN"];
 
 fn field(line: &str, i: usize) -> &str {
     line.split_whitespace().nth(i).unwrap_or("")
@@ -268,13 +285,19 @@ fn inside_enter(mark: &Path) {
         .mode(0o644)
         .open(mark.join("inside"));
     if r.is_err() {
-        append(&mark.join("violations"), &format!("lockfn {} found someone inside\n", std::process::id()));
+        append(
+            &mark.join("violations"),
+            &format!("lockfn {} found someone inside\n", std::process::id()),
+        );
     }
 }
 
 fn inside_leave(mark: &Path) {
     let _ = std::fs::remove_file(mark.join("inside"));
-    append(&mark.join("count"), &format!("lockfn {}\n", std::process::id()));
+    append(
+        &mark.join("count"),
+        &format!("lockfn {}\n", std::process::id()),
+    );
 }
 
 fn append(p: &Path, text: &str) {
@@ -310,7 +333,9 @@ fn worker_main() {
     };
     let name = std::env::var("PMX_NAME").unwrap();
     let mark = std::env::var("PMX_MARK").ok().map(PathBuf::from);
-    let timeout: Option<f64> = std::env::var("PMX_TIMEOUT").ok().map(|t| t.parse().unwrap());
+    let timeout: Option<f64> = std::env::var("PMX_TIMEOUT")
+        .ok()
+        .map(|t| t.parse().unwrap());
     let t = Target::parse(&format!("pmxcfs:{name}")).unwrap();
     let mut o = opts(timeout);
     o.holder = Some(format!("worker {mode}"));
@@ -420,11 +445,16 @@ fn acquire_release_token_is_inode_and_grows() {
     assert_eq!(st.holders[0].record.pid, std::process::id() as i32);
     assert_eq!(st.holders[0].record.token, i1);
     let listed = lockfn::list("pmxcfs:bas").unwrap();
-    assert!(listed.iter().any(|s| s.target == "pmxcfs:basic" && s.details.contains_key("age_s")));
+    assert!(listed
+        .iter()
+        .any(|s| s.target == "pmxcfs:basic" && s.details.contains_key("age_s")));
     l.update().unwrap();
     l.release().unwrap();
     assert_eq!(ino("basic"), None, "released: directory removed");
-    assert!(!env().root.join("run/pmxcfs/basic").exists(), "record removed");
+    assert!(
+        !env().root.join("run/pmxcfs/basic").exists(),
+        "record removed"
+    );
     assert!(!lockfn::status(&t).unwrap().held);
     let l2 = Lock::acquire(&t, &opts(Some(0.0))).unwrap();
     assert!(l2.token() > i1, "token grows: {} then {}", i1, l2.token());
@@ -462,18 +492,33 @@ fn try_once_and_timeout_against_same_node_holder() {
     let e = Lock::acquire(&t, &opts(Some(0.0))).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Busy);
     assert!(start.elapsed() < Duration::from_millis(200));
-    assert!(e.message().starts_with("cfs-lock 'busy-node' error: lock is busy"), "{e}");
-    assert!(e.message().contains(&format!("pid {}", std::process::id())), "{e}");
+    assert!(
+        e.message()
+            .starts_with("cfs-lock 'busy-node' error: lock is busy"),
+        "{e}"
+    );
+    assert!(
+        e.message().contains(&format!("pid {}", std::process::id())),
+        "{e}"
+    );
     let start = Instant::now();
     let e = Lock::acquire(&t, &opts(Some(0.5))).unwrap_err();
     let el = start.elapsed();
     assert_eq!(e.kind(), ErrorKind::Busy);
     assert!(
-        e.message().starts_with("cfs-lock 'busy-node' error: got lock request timeout"),
+        e.message()
+            .starts_with("cfs-lock 'busy-node' error: got lock request timeout"),
         "{e}"
     );
-    assert!(el >= Duration::from_millis(490) && el < Duration::from_secs(2), "{el:?}");
-    assert_eq!(ino("busy-node"), Some(held.token()), "the holder's directory is untouched");
+    assert!(
+        el >= Duration::from_millis(490) && el < Duration::from_secs(2),
+        "{el:?}"
+    );
+    assert_eq!(
+        ino("busy-node"),
+        Some(held.token()),
+        "the holder's directory is untouched"
+    );
     held.release().unwrap();
 }
 
@@ -489,14 +534,23 @@ fn timeout_against_foreign_directory() {
     assert_eq!(e.kind(), ErrorKind::Busy);
     assert!(e.message().contains("got lock request timeout"), "{e}");
     assert!(e.message().contains("held outside lockfn"), "{e}");
-    assert!(el >= Duration::from_millis(790) && el < Duration::from_secs(3), "{el:?}");
+    assert!(
+        el >= Duration::from_millis(790) && el < Duration::from_secs(3),
+        "{el:?}"
+    );
     assert_eq!(ino("busy-foreign"), before);
     let st = lockfn::status(&t).unwrap();
     assert!(st.held && st.holders.is_empty() && st.details.contains_key("holder"));
     // try-once, then released by its owner: we get it.
-    assert_eq!(Lock::acquire(&t, &opts(Some(0.0))).unwrap_err().kind(), ErrorKind::Busy);
+    assert_eq!(
+        Lock::acquire(&t, &opts(Some(0.0))).unwrap_err().kind(),
+        ErrorKind::Busy
+    );
     std::fs::remove_dir(lock_path("busy-foreign")).unwrap();
-    Lock::acquire(&t, &opts(Some(0.0))).unwrap().release().unwrap();
+    Lock::acquire(&t, &opts(Some(0.0)))
+        .unwrap()
+        .release()
+        .unwrap();
 }
 
 #[test]
@@ -525,7 +579,10 @@ fn cancel_stops_waiting_and_leaves_nothing() {
         let t0 = canceller.join().unwrap();
         let lag = t0.elapsed();
         assert_eq!(e.kind(), ErrorKind::Canceled, "{name}: {e}");
-        assert!(lag < Duration::from_millis(300), "{name}: cancel noticed after {lag:?}");
+        assert!(
+            lag < Duration::from_millis(300),
+            "{name}: cancel noticed after {lag:?}"
+        );
         unsafe {
             libc::close(fds[0]);
             libc::close(fds[1]);
@@ -537,7 +594,10 @@ fn cancel_stops_waiting_and_leaves_nothing() {
             std::fs::remove_dir(lock_path(name)).unwrap();
         }
         // Nothing left behind: the flock is free and there is no record.
-        Lock::acquire(&t, &opts(Some(0.0))).unwrap().release().unwrap();
+        Lock::acquire(&t, &opts(Some(0.0)))
+            .unwrap()
+            .release()
+            .unwrap();
         assert!(!env().root.join("run/pmxcfs").join(name).exists());
     }
 }
@@ -554,7 +614,10 @@ fn unavailable_and_permission() {
     };
     let e = Lock::acquire(&t, &opts(Some(0.0))).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
-    assert!(e.message().contains("not online") && e.message().contains("is empty"), "{e}");
+    assert!(
+        e.message().contains("not online") && e.message().contains("is empty"),
+        "{e}"
+    );
     // priv exists but no lock/ yet: created, as cfs_lock does (mkdir $lockdir).
     std::fs::create_dir_all(base.join("pve/priv")).unwrap();
     let l = Lock::acquire(&t, &opts(Some(0.0))).unwrap();
@@ -572,17 +635,27 @@ fn non_root_gets_permission_error() {
     // priv/ is 0700 root: nobody cannot even look inside.
     let base = env().root.join("eperm");
     std::fs::create_dir_all(base.join("pve/priv/lock")).unwrap();
-    std::fs::set_permissions(base.join("pve/priv"), std::fs::Permissions::from_mode(0o700))
-        .unwrap();
+    std::fs::set_permissions(
+        base.join("pve/priv"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
     std::fs::set_permissions(&env().root, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut c = worker("try");
     c.env("PMX_NAME", "eperm")
         .env("PMX_TIMEOUT", "0")
         .env("LOCKFN_PMXCFS_DIR", base.join("pve/priv/lock"));
     let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups", "--"])
-        .arg(c.get_program())
-        .args(c.get_args());
+    cmd.args([
+        "--reuid",
+        "nobody",
+        "--regid",
+        "nogroup",
+        "--clear-groups",
+        "--",
+    ])
+    .arg(c.get_program())
+    .args(c.get_args());
     for (k, v) in c.get_envs() {
         cmd.env(k, v.unwrap());
     }
@@ -628,8 +701,10 @@ fn kill9_holder_is_taken_over_by_same_node_waiter_within_1s() {
     let waiter = spawn_hold("kill9", &[]);
     waiter.quiet_for(Duration::from_millis(500));
     let t_kill = now_secs();
-    holder.kill9();
+    // Not reaped until the waiter is in: a zombie (exited, files closed) is a dead holder.
+    unsafe { libc::kill(holder.child.id() as i32, libc::SIGKILL) };
     let l = waiter.expect_prefix("ACQUIRED", Duration::from_secs(5));
+    let _ = holder.child.wait();
     let took = field(&l, 2).parse::<f64>().unwrap() - t_kill;
     let new: u64 = field(&l, 1).parse().unwrap();
     eprintln!("FIGURE takeover after kill -9: {:.1} ms", took * 1000.0);
@@ -668,12 +743,19 @@ fn orphan_of_ours_is_not_taken_when_directory_is_another_incarnation() {
     let t = target("reincarnated");
     let e = Lock::acquire(&t, &opts(Some(1.5))).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
-    assert_eq!(ino("reincarnated"), Some(y), "the other holder's directory is untouched");
+    assert_eq!(
+        ino("reincarnated"),
+        Some(y),
+        "the other holder's directory is untouched"
+    );
     // gc does not touch it either.
     lockfn::gc("pmxcfs:reincarnated").unwrap();
     assert_eq!(ino("reincarnated"), Some(y));
     std::fs::remove_dir(lock_path("reincarnated")).unwrap();
-    Lock::acquire(&t, &opts(Some(0.0))).unwrap().release().unwrap();
+    Lock::acquire(&t, &opts(Some(0.0)))
+        .unwrap()
+        .release()
+        .unwrap();
 }
 
 #[test]
@@ -720,7 +802,10 @@ fn gc_releases_dead_holders_only() {
     // force: an operator override of whatever holds it.
     std::fs::create_dir(lock_path("gc-foreign")).unwrap();
     let t = target("gc-foreign");
-    assert_eq!(lockfn::release_named(&t, false).unwrap_err().kind(), ErrorKind::NotHeld);
+    assert_eq!(
+        lockfn::release_named(&t, false).unwrap_err().kind(),
+        ErrorKind::NotHeld
+    );
     assert_eq!(lockfn::release_named(&t, true).unwrap(), 1);
     assert_eq!(ino("gc-foreign"), None);
 }
@@ -748,7 +833,10 @@ fn expired_lock_is_taken_after_ttl_and_old_holder_sees_lost() {
     let b = Proc::spawn(b);
     b.expect_prefix("ACQUIRED", Duration::from_secs(10));
     let el = t0.elapsed();
-    assert!(el >= Duration::from_millis(1500) && el < Duration::from_secs(5), "{el:?}");
+    assert!(
+        el >= Duration::from_millis(1500) && el < Duration::from_secs(5),
+        "{el:?}"
+    );
     a.send("update");
     let u = a.expect_prefix("UPDATE", Duration::from_secs(5));
     assert!(u.starts_with("UPDATE lost"), "{u}");
@@ -767,7 +855,10 @@ fn traffic(log: &Path, pid: u32, op: &str) -> (usize, usize) {
         .collect();
     let mut most = 0;
     for (i, t) in times.iter().enumerate() {
-        let n = times[i..].iter().take_while(|u| **u < t + 1_000_000_000).count();
+        let n = times[i..]
+            .iter()
+            .take_while(|u| **u < t + 1_000_000_000)
+            .count();
         most = most.max(n);
     }
     (times.len(), most)
@@ -793,10 +884,19 @@ fn traffic_while_waiting_5s_is_within_limits() {
          {unlocks} unlock requests ({unlock_peak} max in 1 s)"
     );
     assert!(mkdir_peak <= 4, "{mkdir_peak} mkdir in one second");
-    assert!(unlock_peak <= 1, "{unlock_peak} unlock requests in one second");
-    assert!(mkdirs >= 10 && unlocks >= 3, "it kept trying: {mkdirs} mkdir, {unlocks} unlock");
+    assert!(
+        unlock_peak <= 1,
+        "{unlock_peak} unlock requests in one second"
+    );
+    assert!(
+        mkdirs >= 10 && unlocks >= 3,
+        "it kept trying: {mkdirs} mkdir, {unlocks} unlock"
+    );
     let refreshes = traffic(&log, pid, "refresh").0 + traffic(&log, pid, "rmdir").0;
-    assert_eq!(refreshes, 0, "a waiter never refreshes or removes someone else's lock");
+    assert_eq!(
+        refreshes, 0,
+        "a waiter never refreshes or removes someone else's lock"
+    );
     std::fs::remove_dir(lock_path("traffic")).unwrap();
 
     // Waiting behind a same-node holder (on the node-local flock): no cluster traffic at all.
@@ -807,7 +907,10 @@ fn traffic_while_waiting_5s_is_within_limits() {
     let p = Proc::spawn(c);
     let pid = p.child.id();
     assert!(p.expect(Duration::from_secs(30)).starts_with("ERR busy"));
-    assert_eq!(traffic(&log, pid, "mkdir").0 + traffic(&log, pid, "unlock").0, 0);
+    assert_eq!(
+        traffic(&log, pid, "mkdir").0 + traffic(&log, pid, "unlock").0,
+        0
+    );
     held.release().unwrap();
 }
 
@@ -846,7 +949,7 @@ fn interop_with_cfs_lock_perl_loop() {
     for p in ours {
         p.expect_prefix("DONE", Duration::from_secs(120));
     }
-    perl.expect_prefix("DONE", Duration::from_secs(120));
+    perl.wait_for("DONE", Duration::from_secs(120));
     assert_no_violations(&mark);
     let count = read_lines(&mark.join("count"));
     assert_eq!(count.len(), 180);
@@ -874,7 +977,10 @@ fn live_cfs_lock_holder_is_not_taken_over_after_our_holder_died() {
     emulate(&mut c, 120.0, None);
     let ours = Proc::spawn(c);
     let l = ours.expect_prefix("ACQUIRED", Duration::from_secs(10));
-    assert!(t_in.elapsed() > Duration::from_millis(1500), "took over the live cfs_lock holder");
+    assert!(
+        t_in.elapsed() > Duration::from_millis(1500),
+        "took over the live cfs_lock holder"
+    );
     assert!(field(&l, 1).parse::<u64>().unwrap() > y);
     perl.expect_prefix("DONE", Duration::from_secs(5));
     drop(ours);
@@ -897,7 +1003,9 @@ fn interop_with_pmxlock() {
         return;
     };
     let mark = markdir("pmxlock");
-    let ours: Vec<Proc> = (0..2).map(|_| our_loop("pmxlock", 100, &mark, 120.0)).collect();
+    let ours: Vec<Proc> = (0..2)
+        .map(|_| our_loop("pmxlock", 100, &mark, 120.0))
+        .collect();
     let script = format!(
         "set -C; : > {m}/inside || echo pmxlock found someone inside >> {m}/violations; \
          sleep 0.01; rm -f {m}/inside; echo pmxlock >> {m}/count",
@@ -905,7 +1013,7 @@ fn interop_with_pmxlock() {
     );
     let mut ok = 0;
     for _ in 0..15 {
-        let mut c = pmxlock_cmd(&py, &["-w", "60", "pmxlock", "sh", "-c", &script]);
+        let mut c = pmxlock_cmd(&py, &["-w", "60", "--", "pmxlock", "sh", "-c", &script]);
         emulate(&mut c, 120.0, None);
         let st = c.status().unwrap();
         assert!(st.success(), "pmxlock failed: {st:?}");
@@ -932,20 +1040,29 @@ fn pmxlock_holder_excludes_us_and_we_exclude_pmxlock() {
         "set -C; : > {m}/inside || echo V >> {m}/violations; echo IN; sleep 2; rm -f {m}/inside",
         m = mark.display()
     );
-    let p = Proc::spawn(pmxlock_cmd(&py, &["pmxlock-x", "sh", "-c", &script]));
+    let p = Proc::spawn(pmxlock_cmd(&py, &["--", "pmxlock-x", "sh", "-c", &script]));
     p.lines.recv_timeout(Duration::from_secs(30)).unwrap(); // "IN"
     let t0 = Instant::now();
     let ours = Lock::acquire(&target("pmxlock-x"), &opts(Some(20.0))).unwrap();
-    assert!(t0.elapsed() > Duration::from_millis(1000), "did not wait for pmxlock");
+    assert!(
+        t0.elapsed() > Duration::from_millis(1000),
+        "did not wait for pmxlock"
+    );
     assert!(!mark.join("inside").exists(), "pmxlock still inside");
     // We hold: pmxlock -n fails with its conflict code, pmxlock -w 1 times out.
-    let st = pmxlock_cmd(&py, &["-n", "-E", "7", "pmxlock-x", "true"]).status().unwrap();
+    let st = pmxlock_cmd(&py, &["-n", "-E", "7", "pmxlock-x", "true"])
+        .status()
+        .unwrap();
     assert_eq!(st.code(), Some(7));
-    let st = pmxlock_cmd(&py, &["-w", "1", "pmxlock-x", "true"]).status().unwrap();
+    let st = pmxlock_cmd(&py, &["-w", "1", "pmxlock-x", "true"])
+        .status()
+        .unwrap();
     assert_eq!(st.code(), Some(1));
     assert_eq!(ino("pmxlock-x"), Some(ours.token()));
     ours.release().unwrap();
-    let st = pmxlock_cmd(&py, &["-n", "pmxlock-x", "true"]).status().unwrap();
+    let st = pmxlock_cmd(&py, &["-n", "pmxlock-x", "true"])
+        .status()
+        .unwrap();
     assert!(st.success());
     assert_no_violations(&mark);
 }

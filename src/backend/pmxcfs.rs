@@ -560,7 +560,7 @@ fn recover_orphan(target: &Target, dir: &Path, path: &Path) -> Result<bool> {
     let Some(rec) = read_record_for(dir, &target.name) else {
         return Ok(false);
     };
-    if rec.holder.persist || rec.holder.liveness() != Liveness::Dead {
+    if rec.holder.persist || !holder_is_dead(&rec.holder) {
         return Ok(false);
     }
     let pinned =
@@ -571,6 +571,29 @@ fn recover_orphan(target: &Target, dir: &Path, path: &Path) -> Result<bool> {
     std::fs::remove_dir(path).map_err(|e| rmdir_error(target, path, e))?;
     remove_record_if(dir, &target.name, rec.ino);
     Ok(true)
+}
+
+/// Is this holder provably dead: of this host and boot, and its process gone, reused, or a
+/// zombie (exited, not yet reaped: its files, the flock among them, are already closed).
+fn holder_is_dead(h: &HolderRecord) -> bool {
+    match h.liveness() {
+        Liveness::Dead => true,
+        Liveness::Remote => false,
+        Liveness::Alive => is_zombie(h.pid, h.start_time),
+    }
+}
+
+fn is_zombie(pid: i32, start_time: u64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return false;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is the state (field 3), f[19] the start time (field 22).
+    let same = start_time == 0 || f.get(19).and_then(|t| t.parse().ok()) == Some(start_time);
+    same && matches!(f.first(), Some(&"Z") | Some(&"X"))
 }
 
 /// Who holds the directory, as far as this node knows.
@@ -598,14 +621,14 @@ fn acquire_dir(target: &Target, dir: &Path, path: &Path, wait: &Wait) -> Result<
     let mut attempts = 0u32;
     let mut next_unlock = Instant::now();
     loop {
-        if taken {
-            // Local checks first (record, stat); cluster messages only when needed.
-            if !recover_orphan(target, dir, path)? && Instant::now() >= next_unlock {
-                next_unlock = Instant::now() + UNLOCK_REQUEST_EVERY;
-                // ExpiredAndDeleted: the mkdir below may succeed. Young or NotAnExpiry: the
-                // mkdir below will most likely fail, and we wait on.
-                unlock_request(path).map_err(|e| os_error(target, "unlock request", path, e))?;
-            }
+        // Local checks first (our record, a stat): an orphan of ours goes at once, also before
+        // the first mkdir. Cluster messages (the unlock request) only when needed.
+        let recovered = recover_orphan(target, dir, path)?;
+        if taken && !recovered && Instant::now() >= next_unlock {
+            next_unlock = Instant::now() + UNLOCK_REQUEST_EVERY;
+            // ExpiredAndDeleted: the mkdir below may succeed. Young or NotAnExpiry: the
+            // mkdir below will most likely fail, and we wait on.
+            unlock_request(path).map_err(|e| os_error(target, "unlock request", path, e))?;
         }
         let next_mkdir = Instant::now() + MKDIR_EVERY;
         attempts += 1;
@@ -794,7 +817,7 @@ impl super::Backend for PmxcfsBackend {
             Some(r) if r.holder.persist && r.holder.is_this_boot() => true,
             // A dead holder's orphan: only with the node-local flock, so that we never race a
             // same-node waiter recovering it (it holds the flock while doing so).
-            Some(r) if r.holder.liveness() == Liveness::Dead => {
+            Some(r) if holder_is_dead(&r.holder) => {
                 return match gc_one(target, &dir)? {
                     0 => Err(not_released(
                         target,
@@ -912,7 +935,7 @@ fn gc_one(target: &Target, dir: &Path) -> Result<u32> {
     } else if let Some(r) = read_record_for(dir, name) {
         // A record whose incarnation is gone, of a holder that is dead or persistent: stale.
         let gone = current_ino(&path).is_ok_and(|i| i != Some(r.ino));
-        let ended = r.holder.persist || r.holder.liveness() == Liveness::Dead;
+        let ended = r.holder.persist || holder_is_dead(&r.holder);
         if gone && ended && r.ino == rec.ino {
             let _ = std::fs::remove_file(record_path(name));
             removed += 1;

@@ -9,7 +9,7 @@
  *                                    utime (OP: mkdir rmdir unlock refresh expire)
  *
  * Emulated for a lock path:
- *   utime(0, 0)     the unlock request: ENOENT if missing; if older than TTL (by mtime):
+ *   utime(0, 0)     the unlock request: ENOENT if missing; if older than TTL (by ctime):
  *                   rmdir it and fail with ENOENT; else fail with EACCES. Never sets times.
  *   utime(0, T)     the refresh: EACCES if T is older than the current mtime; else sets it.
  * Not emulated: node identity (a refresh from "another node"), FUSE stat caching.
@@ -98,8 +98,11 @@ static int emu_utime(const char *path, const char *name, const struct timespec *
         } else {
             double age;
             clock_gettime(CLOCK_REALTIME, &now);
-            age = (double)(now.tv_sec - st.st_mtim.tv_sec) +
-                  (double)(now.tv_nsec - st.st_mtim.tv_nsec) / 1e9;
+            /* Age from the last change pmxcfs saw (creation or refresh): the ctime, which the
+             * kernel sets to "now" on mkdir and on every utime that goes through; the mtime a
+             * refresh passes is the caller's (whole seconds) and can lie in the past. */
+            age = (double)(now.tv_sec - st.st_ctim.tv_sec) +
+                  (double)(now.tv_nsec - st.st_ctim.tv_nsec) / 1e9;
             if (age >= ttl()) {
                 if (real_rmdir(path) == 0) {
                     logop("expire", name, 0, 0);
