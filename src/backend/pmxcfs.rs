@@ -516,16 +516,33 @@ fn flock_holder_pid(file: &File) -> Option<i32> {
     })
 }
 
+/// The node-local flock while held, with the inotify watch used to wait for it (if any).
+/// The watch is kept, not closed at once: closing an inotify instance waits for an RCU grace
+/// period (~5-15 ms measured), which would delay every handoff.
+struct NodeFlock {
+    // Declaration order is drop order: the flock goes first, then the (slow) watch.
+    _file: File,
+    _watch: Option<CloseWatch>,
+}
+
 /// Take the node-local flock of `name`, waiting as `wait` says.
-fn acquire_flock(target: &Target, wait: &Wait) -> Result<File> {
+fn acquire_flock(target: &Target, wait: &Wait) -> Result<NodeFlock> {
     let path = flock_path(&target.name);
+    let mut watch: Option<CloseWatch> = None;
     for _ in 0..MAX_REOPEN {
         let file = open_flock_file(&path)
             .map_err(|e| os_error(target, "cannot open the node-local lock", &path, e))?;
-        let watch = CloseWatch::new(&path);
+        let mut first = true;
         loop {
             if try_flock(&file).map_err(|e| os_error(target, "flock", &path, e))? {
                 break;
+            }
+            if first && !wait.is_try_once() {
+                // Watch only once we have to wait (set up after a failed try, then one more
+                // try below, so a close in between is not missed).
+                first = false;
+                watch = CloseWatch::new(&path);
+                continue;
             }
             if wait.is_try_once() || wait.expired() {
                 let who = match flock_holder_pid(&file) {
@@ -537,9 +554,13 @@ fn acquire_flock(target: &Target, wait: &Wait) -> Result<File> {
             sleep_on(watch.as_ref(), wait, FLOCK_POLL)?;
         }
         if still_linked(&file, &path) {
-            return Ok(file);
+            return Ok(NodeFlock {
+                _file: file,
+                _watch: watch,
+            });
         }
-        // The file was replaced while we waited: our flock excludes nobody; take the new one.
+        watch = None; // it watched the replaced file
+                      // The file was replaced while we waited: our flock excludes nobody; take the new one.
     }
     Err(Error::new(
         ErrorKind::Internal,
@@ -955,7 +976,7 @@ struct PmxcfsHeld {
     ino: u64,
     record: HolderRecord,
     /// The node-local flock, held until the directory is removed (then closed).
-    flock: Option<File>,
+    flock: Option<NodeFlock>,
 }
 
 impl PmxcfsHeld {
