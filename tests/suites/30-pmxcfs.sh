@@ -124,12 +124,12 @@ t_interop_pmxlock() {
   fi
   mark_init
   export M=$T/mark
-  local i pids=()
-  for w in a b; do
-    (for i in $(seq 40); do W=lockfn "$LOCKFN" run pmxcfs:px -- sh -c "$CRIT" || echo "lockfn run failed" >> "$M/violations"; done) &
+  local pids=()
+  for _ in a b; do
+    (for _ in $(seq 40); do W=lockfn "$LOCKFN" run pmxcfs:px -- sh -c "$CRIT" || echo "lockfn run failed" >> "$M/violations"; done) &
     pids+=($!)
   done
-  (for i in $(seq 15); do W=pmxlock pmxlock -w 60 -- px sh -c "$CRIT" || echo "pmxlock failed" >> "$M/violations"; done) &
+  (for _ in $(seq 15); do W=pmxlock pmxlock -w 60 -- px sh -c "$CRIT" || echo "pmxlock failed" >> "$M/violations"; done) &
   pids+=($!)
   PIDS+=("${pids[@]}")
   wait "${pids[@]}"
@@ -151,8 +151,8 @@ t_interop_cfs_lock_perl() {
   local pids=()
   perl tests/pmxcfs/cfs_lock_loop.pl "$LD" pl 40 "$M" 0.003 >/dev/null &
   pids+=($!)
-  for w in a b; do
-    (for i in $(seq 40); do W=lockfn "$LOCKFN" run pmxcfs:pl -- sh -c "$CRIT" || echo "lockfn run failed" >> "$M/violations"; done) &
+  for _ in a b; do
+    (for _ in $(seq 40); do W=lockfn "$LOCKFN" run pmxcfs:pl -- sh -c "$CRIT" || echo "lockfn run failed" >> "$M/violations"; done) &
     pids+=($!)
   done
   PIDS+=("${pids[@]}")
@@ -168,7 +168,7 @@ t_never_take_over_live_cfs_lock_after_our_death() {
   # and it holds Y for 2 s: our waiter must wait for it, not take Y over.
   PMXEMU_TTL=1 "$LOCKFN" run pmxcfs:orph -- sleep 100 &
   local holder=$!
-  PIDS+=($holder)
+  PIDS+=("$holder")
   wait_for 10 test -d "$LD/orph" || fail "holder did not get in" || return 1
   local x
   x=$(stat -c %i "$LD/orph")
@@ -186,11 +186,11 @@ t_never_take_over_live_cfs_lock_after_our_death() {
 t_kill9_takeover_within_1s() {
   "$LOCKFN" run pmxcfs:k9 -- sleep 100 &
   local holder=$!
-  PIDS+=($holder)
+  PIDS+=("$holder")
   wait_for 10 test -d "$LD/k9" || fail "holder did not get in" || return 1
   "$LOCKFN" run pmxcfs:k9 -- sh -c "date +%s.%N > $T/k9.in" &
   local waiter=$!
-  PIDS+=($waiter)
+  PIDS+=("$waiter")
   sleep 0.3
   local t0
   t0=$(now)
@@ -205,7 +205,7 @@ t_kill9_takeover_within_1s() {
 t_lost_lock_stops_command() {
   "$LOCKFN" run pmxcfs:lost -- sleep 60 &
   local p=$!
-  PIDS+=($p)
+  PIDS+=("$p")
   wait_for 10 test -d "$LD/lost" || fail "did not get in" || return 1
   rmdir "$LD/lost" # what pmxcfs does when the lock expired and someone asked
   local n=0
@@ -249,7 +249,7 @@ t_persist_status_list_update_release_gc() {
   # gc: a SIGKILLed holder's directory goes; a foreign one stays.
   "$LOCKFN" run pmxcfs:gcd -- sleep 100 &
   local p=$!
-  PIDS+=($p)
+  PIDS+=("$p")
   wait_for 10 test -d "$LD/gcd" || fail "did not get in" || return 1
   kill -9 $p
   wait $p 2>/dev/null
