@@ -694,6 +694,32 @@ fn mutual_exclusion_8_processes_200_iterations() {
 }
 
 #[test]
+fn mutual_exclusion_across_two_emulated_nodes() {
+    // Two "nodes" (separate flock and record directories) share only the lock directory:
+    // exclusion across them rests on mkdir alone, as on a cluster.
+    let mark = markdir("nodes");
+    let procs: Vec<Proc> = (0..4)
+        .map(|i| {
+            let node = i % 2;
+            let mut c = worker("loop");
+            c.env("PMX_NAME", "nodes")
+                .env("PMX_ITERS", "20")
+                .env("PMX_MARK", &mark)
+                .env("LOCKFN_PMXLOCK_DIR", env().root.join(format!("flock-n{node}")))
+                .env("LOCKFN_RUN_DIR", env().root.join(format!("run-n{node}")));
+            emulate(&mut c, 120.0, None);
+            Proc::spawn(c)
+        })
+        .collect();
+    for p in procs {
+        p.expect_prefix("DONE", Duration::from_secs(240));
+        assert_eq!(p.wait_ok(Duration::from_secs(10)), 0);
+    }
+    assert_no_violations(&mark);
+    assert_eq!(read_lines(&mark.join("count")).len(), 80);
+}
+
+#[test]
 fn kill9_holder_is_taken_over_by_same_node_waiter_within_1s() {
     let mut holder = spawn_hold("kill9", &[]);
     let l = holder.expect_prefix("ACQUIRED", Duration::from_secs(30));

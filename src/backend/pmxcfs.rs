@@ -574,23 +574,33 @@ fn acquire_flock(target: &Target, wait: &Wait) -> Result<NodeFlock> {
 // ---------------------------------------------------------------------------------------------
 // Orphan recovery
 
-/// If the lock directory is an orphan of ours — our record, made by a process of this host and
-/// boot that is now dead, not persistent, same incarnation — remove it. Returns true when it
-/// was removed. Call only while holding the node-local flock of the name.
-fn recover_orphan(target: &Target, dir: &Path, path: &Path) -> Result<bool> {
+/// Is the lock directory an orphan of ours? Our record says it was made by a process of this
+/// host and boot that is now dead (and not persistent), and the directory is still that
+/// incarnation (same st_ino). Local checks only (a file read, a stat): no cluster message.
+/// Returns the incarnation's inode.
+fn orphan_of_ours(target: &Target, dir: &Path, path: &Path) -> Result<Option<u64>> {
     let Some(rec) = read_record_for(dir, &target.name) else {
-        return Ok(false);
+        return Ok(None);
     };
     if rec.holder.persist || !holder_is_dead(&rec.holder) {
-        return Ok(false);
+        return Ok(None);
     }
+    let now = current_ino(path).map_err(|e| os_error(target, "cannot stat", path, e))?;
+    Ok((now == Some(rec.ino)).then_some(rec.ino))
+}
+
+/// Remove our orphan, incarnation `ino`, if it is still that one after a refresh (which makes
+/// it young: nobody can expire and remake it meanwhile). Two cluster messages: the refresh and
+/// the rmdir. Returns true when it was removed. Call only while holding the node-local flock
+/// of the name (or from gc, which takes it).
+fn take_back_orphan(target: &Target, dir: &Path, path: &Path, ino: u64) -> Result<bool> {
     let pinned =
-        pin_incarnation(path, rec.ino).map_err(|e| os_error(target, "cannot refresh", path, e))?;
+        pin_incarnation(path, ino).map_err(|e| os_error(target, "cannot refresh", path, e))?;
     if !pinned {
         return Ok(false);
     }
     std::fs::remove_dir(path).map_err(|e| rmdir_error(target, path, e))?;
-    remove_record_if(dir, &target.name, rec.ino);
+    remove_record_if(dir, &target.name, ino);
     Ok(true)
 }
 
@@ -640,13 +650,18 @@ fn acquire_dir(target: &Target, dir: &Path, path: &Path, wait: &Wait) -> Result<
     };
     let mut taken = false; // the last mkdir said EEXIST
     let mut attempts = 0u32;
-    let mut next_unlock = Instant::now();
+    // Every utime (unlock request, or the refresh that pins an orphan) shares one budget.
+    let mut next_utime = Instant::now();
     loop {
         // Local checks first (our record, a stat): an orphan of ours goes at once, also before
-        // the first mkdir. Cluster messages (the unlock request) only when needed.
-        let recovered = recover_orphan(target, dir, path)?;
-        if taken && !recovered && Instant::now() >= next_unlock {
-            next_unlock = Instant::now() + UNLOCK_REQUEST_EVERY;
+        // the first mkdir. Cluster messages only when needed and within their budget.
+        let orphan = orphan_of_ours(target, dir, path)?;
+        let utime_due = Instant::now() >= next_utime;
+        if let (Some(ino), true) = (orphan, utime_due) {
+            next_utime = Instant::now() + UNLOCK_REQUEST_EVERY;
+            take_back_orphan(target, dir, path, ino)?;
+        } else if taken && orphan.is_none() && utime_due {
+            next_utime = Instant::now() + UNLOCK_REQUEST_EVERY;
             // ExpiredAndDeleted: the mkdir below may succeed. Young or NotAnExpiry: the
             // mkdir below will most likely fail, and we wait on.
             unlock_request(path).map_err(|e| os_error(target, "unlock request", path, e))?;
@@ -951,8 +966,11 @@ fn gc_one(target: &Target, dir: &Path) -> Result<u32> {
     }
     let path = dir.join(name);
     let mut removed = 0;
-    if recover_orphan(target, dir, &path)? {
-        removed += 1;
+    let orphan = orphan_of_ours(target, dir, &path)?;
+    if let Some(ino) = orphan {
+        if take_back_orphan(target, dir, &path, ino)? {
+            removed += 1;
+        }
     } else if let Some(r) = read_record_for(dir, name) {
         // A record whose incarnation is gone, of a holder that is dead or persistent: stale.
         let gone = current_ino(&path).is_ok_and(|i| i != Some(r.ino));
@@ -1008,6 +1026,8 @@ impl Held for PmxcfsHeld {
     }
 
     fn update(&mut self) -> Result<()> {
+        // Never refresh a directory that is not ours (on a plain directory that would work).
+        self.still_ours()?;
         match refresh(&self.path) {
             Ok(()) => self.still_ours(),
             Err(e) if is_lost_errno(&e) => Err(lost(&self.target, self.ino, &refused(&e))),
