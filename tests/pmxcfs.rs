@@ -705,7 +705,10 @@ fn mutual_exclusion_across_two_emulated_nodes() {
             c.env("PMX_NAME", "nodes")
                 .env("PMX_ITERS", "20")
                 .env("PMX_MARK", &mark)
-                .env("LOCKFN_PMXLOCK_DIR", env().root.join(format!("flock-n{node}")))
+                .env(
+                    "LOCKFN_PMXLOCK_DIR",
+                    env().root.join(format!("flock-n{node}")),
+                )
                 .env("LOCKFN_RUN_DIR", env().root.join(format!("run-n{node}")));
             emulate(&mut c, 120.0, None);
             Proc::spawn(c)

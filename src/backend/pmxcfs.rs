@@ -1085,3 +1085,72 @@ impl Held for PmxcfsHeld {
         Some(RENEW_INTERVAL)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = PathBuf::from(format!(
+            "/dev/shm/lockfn-pmxcfs-unit-{}-{name}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn unlock_request_answers_on_a_plain_directory() {
+        let d = tmp("unlock");
+        let p = d.join("x");
+        assert_eq!(unlock_request(&p).unwrap(), UnlockAnswer::ExpiredAndDeleted);
+        std::fs::create_dir(&p).unwrap();
+        // A plain directory accepts utime(0, 0): not an expiry, and it is still there.
+        assert_eq!(unlock_request(&p).unwrap(), UnlockAnswer::NotAnExpiry);
+        assert!(p.is_dir());
+        refresh(&p).unwrap();
+        let ino = current_ino(&p).unwrap().unwrap();
+        assert!(pin_incarnation(&p, ino).unwrap());
+        assert!(!pin_incarnation(&p, ino + 1).unwrap());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn flock_holder_is_found_in_proc_locks() {
+        let d = tmp("flock");
+        let f = open_flock_file(&d.join("n")).unwrap();
+        assert_eq!(flock_holder_pid(&f), None);
+        assert!(try_flock(&f).unwrap());
+        assert_eq!(flock_holder_pid(&f), Some(std::process::id() as i32));
+        let g = open_flock_file(&d.join("n")).unwrap();
+        assert!(
+            !try_flock(&g).unwrap(),
+            "another open file description conflicts"
+        );
+        drop(f);
+        assert!(try_flock(&g).unwrap());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn zombie_check() {
+        let me = HolderRecord::for_self(None);
+        assert!(!is_zombie(me.pid, me.start_time));
+        assert!(!holder_is_dead(&me));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        let start = crate::holder::process_start_time(pid).unwrap_or(0);
+        // Not reaped yet: a zombie once it exited (bounded wait).
+        let mut z = false;
+        for _ in 0..500 {
+            if is_zombie(pid, start) {
+                z = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(z, "an exited, unreaped child is a zombie");
+        child.wait().unwrap();
+    }
+}
