@@ -222,7 +222,7 @@ impl Wait {
                 } else {
                     format!(" ({})", h.holder)
                 };
-                format!(" held by pid {} on {}{}", h.pid, h.host, text)
+                format!(": held by pid {} on {}{}", h.pid, h.host, text)
             })
             .unwrap_or_default();
         let how = match self.timeout {
