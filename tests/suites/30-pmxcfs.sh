@@ -173,6 +173,7 @@ t_never_take_over_live_cfs_lock_after_our_death() {
   local x
   x=$(stat -c %i "$LD/orph")
   kill -9 $holder
+  wait $holder 2>/dev/null
   PMXEMU_TTL=1 perl tests/pmxcfs/cfs_lock_loop.pl "$LD" orph 1 "$T/mark" 2 > "$T/perl.out" &
   PIDS+=($!)
   wait_for 10 grep -q '^IN' "$T/perl.out" || fail "cfs_lock did not get in" || return 1
@@ -195,6 +196,7 @@ t_kill9_takeover_within_1s() {
   local t0
   t0=$(now)
   kill -9 $holder
+  wait $holder 2>/dev/null
   wait $waiter || fail "waiter failed" || return 1
   local took
   took=$(awk -v a="$(cat "$T/k9.in")" -v b="$t0" 'BEGIN { printf "%.3f", a - b }')
