@@ -260,11 +260,79 @@ t_persist_status_list_update_release_gc() {
   [[ ! -e $LD/gcd && -d $LD/gcf ]] || fail "gc: dead $(ls "$LD")"
 }
 
-for t in t_run_token_is_inode t_busy_messages_and_codes t_traffic_while_waiting_5s \
-  t_interop_pmxlock t_interop_cfs_lock_perl t_never_take_over_live_cfs_lock_after_our_death \
-  t_kill9_takeover_within_1s t_lost_lock_stops_command t_non_root_eperm t_unavailable \
-  t_persist_status_list_update_release_gc; do
-  run_test $t
+# --- the core's CLI tests, on pmxcfs: ---------------------------------------------------------
+
+t_cli_exclusion_8x200() {
+  local out
+  out=$(tests/lib/exclusion.sh pmxcfs:excl 8 200 2>&1)
+  echo "$out" | tail -1 | sed 's/^/    /'
+  [[ $out == *"counter 1600, violations 0"* ]] || fail "$out"
+}
+
+t_cli_sigint_cancels_wait() {
+  "$LOCKFN" run pmxcfs:int -- sleep 100 &
+  local holder=$!
+  PIDS+=("$holder")
+  wait_for 10 test -d "$LD/int" || fail "holder did not get in" || return 1
+  "$LOCKFN" -v run pmxcfs:int -- touch "$T/ran" 2>"$T/waiter.log" &
+  local waiter=$!
+  PIDS+=("$waiter")
+  wait_for 10 grep -q acquiring "$T/waiter.log" || fail "waiter did not start waiting" || return 1
+  sleep 0.3
+  local t0 st=0 took
+  t0=$(now)
+  kill -INT "$waiter"
+  wait "$waiter" || st=$?
+  took=$(awk -v a="$(now)" -v b="$t0" 'BEGIN { printf "%.3f", a - b }')
+  [[ $st == 130 ]] || fail "exit $st, expected 130" || return 1
+  awk -v t="$took" 'BEGIN { exit !(t < 0.5) }' || fail "cancel took $took s" || return 1
+  [[ ! -e $T/ran ]] || fail "the command ran" || return 1
+  kill -TERM "$holder"
+  wait "$holder" 2>/dev/null
+  [[ ! -e $LD/int ]] || fail "directory left behind" || return 1
+  "$LOCKFN" run -n pmxcfs:int -- true || fail "lock not free after cancel"
+}
+
+t_cli_hold_over_stdin() {
+  coproc H { "$LOCKFN" hold --holder "shell job" pmxcfs:hold; }
+  local line
+  read -r -t 10 line <&"${H[0]}" || fail "no JSON line" || return 1
+  [[ $line == *'"target":"pmxcfs:hold"'* ]] || fail "hold said: $line" || return 1
+  [[ -d $LD/hold ]] || fail "no directory while held" || return 1
+  "$LOCKFN" status --json pmxcfs:hold | grep -q '"holder":"shell job"' ||
+    fail "status: $("$LOCKFN" status --json pmxcfs:hold)" || return 1
+  echo update >&"${H[1]}"
+  read -r -t 10 line <&"${H[0]}" || fail "no answer to update" || return 1
+  [[ $line == '{"updated":true}' ]] || fail "update said: $line" || return 1
+  local fd=${H[1]}
+  exec {fd}>&-
+  wait "$H_PID"
+  [[ ! -e $LD/hold ]] || fail "not released on stdin EOF"
+}
+
+t_cli_release_force_stops_holder() {
+  "$LOCKFN" run --grace 2 pmxcfs:force -- sleep 100 &
+  local holder=$!
+  PIDS+=("$holder")
+  wait_for 10 test -d "$LD/force" || fail "holder did not get in" || return 1
+  "$LOCKFN" release pmxcfs:force 2>/dev/null
+  local rc=$?
+  [[ $rc == 65 ]] || fail "release of a running holder's lock: exit $rc, expected 65" || return 1
+  "$LOCKFN" release --force pmxcfs:force || fail "release --force" || return 1
+  local st=0
+  wait "$holder" || st=$?
+  [[ $st == 75 ]] || fail "holder exit $st, expected 75" || return 1
+  "$LOCKFN" run -n pmxcfs:force -- true || fail "not free after --force"
+}
+
+ALL=(t_run_token_is_inode t_busy_messages_and_codes t_traffic_while_waiting_5s
+  t_interop_pmxlock t_interop_cfs_lock_perl t_never_take_over_live_cfs_lock_after_our_death
+  t_kill9_takeover_within_1s t_lost_lock_stops_command t_non_root_eperm t_unavailable
+  t_persist_status_list_update_release_gc t_cli_exclusion_8x200 t_cli_sigint_cancels_wait
+  t_cli_hold_over_stdin t_cli_release_force_stops_holder)
+# ONLY="t_a t_b" runs a subset.
+for t in ${ONLY:-${ALL[*]}}; do
+  run_test "$t"
 done
 echo "$PASSED passed, $FAILED failed"
 ((FAILED == 0))
