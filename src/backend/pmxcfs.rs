@@ -63,6 +63,10 @@ const UNLOCK_REQUEST_EVERY: Duration = Duration::from_secs(1);
 /// Fallback poll of the node-local flock, for a holder that unlocks without closing (inotify
 /// sees closes only). Node-local and cheap; keeps a same-node release under 50 ms.
 const FLOCK_POLL: Duration = Duration::from_millis(40);
+/// A holder of ours that is exiting (flock closed, not yet a zombie) is looked at this often…
+const EXITING_POLL: Duration = Duration::from_millis(10);
+/// …for this long after we got the flock (a process exits in milliseconds).
+const EXITING_WATCH: Duration = Duration::from_secs(2);
 /// Bound on reopening a flock file that was unlinked under us.
 const MAX_REOPEN: usize = 20;
 const RECORD_VERSION: u32 = 1;
@@ -574,19 +578,38 @@ fn acquire_flock(target: &Target, wait: &Wait) -> Result<NodeFlock> {
 // ---------------------------------------------------------------------------------------------
 // Orphan recovery
 
-/// Is the lock directory an orphan of ours? Our record says it was made by a process of this
-/// host and boot that is now dead (and not persistent), and the directory is still that
-/// incarnation (same st_ino). Local checks only (a file read, a stat): no cluster message.
-/// Returns the incarnation's inode.
-fn orphan_of_ours(target: &Target, dir: &Path, path: &Path) -> Result<Option<u64>> {
+/// What our node-local record says about the lock directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Orphan {
+    /// Not ours, or no record, or a persistent lock: never taken over.
+    No,
+    /// Ours, made by a process of this host and boot that is dead (or a zombie), and the
+    /// directory is still that incarnation (this st_ino).
+    Dead(u64),
+    /// Ours and that incarnation, but its process still shows in /proc. Seen by a waiter that
+    /// holds the node-local flock, this is a holder in the middle of exiting (its files, the
+    /// flock among them, are closed before it turns zombie): look again soon.
+    Exiting,
+}
+
+/// Is the lock directory an orphan of ours? Local checks only (a file read, /proc, a stat):
+/// no cluster message.
+fn orphan_of_ours(target: &Target, dir: &Path, path: &Path) -> Result<Orphan> {
     let Some(rec) = read_record_for(dir, &target.name) else {
-        return Ok(None);
+        return Ok(Orphan::No);
     };
-    if rec.holder.persist || !holder_is_dead(&rec.holder) {
-        return Ok(None);
+    if rec.holder.persist || !rec.holder.is_this_boot() {
+        return Ok(Orphan::No);
     }
     let now = current_ino(path).map_err(|e| os_error(target, "cannot stat", path, e))?;
-    Ok((now == Some(rec.ino)).then_some(rec.ino))
+    if now != Some(rec.ino) {
+        return Ok(Orphan::No);
+    }
+    Ok(if holder_is_dead(&rec.holder) {
+        Orphan::Dead(rec.ino)
+    } else {
+        Orphan::Exiting
+    })
 }
 
 /// Remove our orphan, incarnation `ino`, if it is still that one after a refresh (which makes
@@ -643,53 +666,80 @@ fn who_holds(dir: &Path, name: &str, path: &Path) -> String {
 // Acquire
 
 /// With the node-local flock held: take the directory. Returns its st_ino.
+///
+/// Cadence while waiting: local checks (our record, a stat) on every round; at most one mkdir
+/// per 250 ms and one utime (unlock request, or the refresh that pins our orphan) per second,
+/// the cluster-wide messages. No mkdir while the directory is known to be our orphan.
 fn acquire_dir(target: &Target, dir: &Path, path: &Path, wait: &Wait) -> Result<u64> {
     let mkdir_err = |e: io::Error| match errno(&e) {
         libc::ENOENT => not_online(target, dir),
         _ => os_error(target, "cannot create", path, e),
     };
-    let mut taken = false; // the last mkdir said EEXIST
-    let mut attempts = 0u32;
-    // Every utime (unlock request, or the refresh that pins an orphan) shares one budget.
-    let mut next_utime = Instant::now();
+    let start = Instant::now();
+    let mut taken = false; // a mkdir said EEXIST
+    let mut rounds = 0u32;
+    let mut next_utime = start;
+    let mut next_mkdir = start;
+    // An orphan whose pin failed (pmxcfs refused the refresh) is waited for like any holder.
+    let mut refused: Option<u64> = None;
     loop {
-        // Local checks first (our record, a stat): an orphan of ours goes at once, also before
-        // the first mkdir. Cluster messages only when needed and within their budget.
-        let orphan = orphan_of_ours(target, dir, path)?;
-        let utime_due = Instant::now() >= next_utime;
-        if let (Some(ino), true) = (orphan, utime_due) {
-            next_utime = Instant::now() + UNLOCK_REQUEST_EVERY;
-            take_back_orphan(target, dir, path, ino)?;
-        } else if taken && orphan.is_none() && utime_due {
-            next_utime = Instant::now() + UNLOCK_REQUEST_EVERY;
-            // ExpiredAndDeleted: the mkdir below may succeed. Young or NotAnExpiry: the
-            // mkdir below will most likely fail, and we wait on.
-            unlock_request(path).map_err(|e| os_error(target, "unlock request", path, e))?;
+        rounds += 1;
+        let orphan = match orphan_of_ours(target, dir, path)? {
+            Orphan::Dead(ino) if refused == Some(ino) => Orphan::No,
+            o => o,
+        };
+        let now = Instant::now();
+        let mut may_mkdir = orphan == Orphan::No;
+        match orphan {
+            Orphan::Dead(ino) if now >= next_utime => {
+                next_utime = now + UNLOCK_REQUEST_EVERY;
+                may_mkdir = take_back_orphan(target, dir, path, ino)?;
+                if !may_mkdir {
+                    refused = Some(ino);
+                }
+            }
+            Orphan::No if taken && now >= next_utime => {
+                next_utime = now + UNLOCK_REQUEST_EVERY;
+                // ExpiredAndDeleted: the mkdir below may succeed. Young or NotAnExpiry: the
+                // mkdir below will most likely fail, and we wait on.
+                unlock_request(path).map_err(|e| os_error(target, "unlock request", path, e))?;
+            }
+            _ => {}
         }
-        let next_mkdir = Instant::now() + MKDIR_EVERY;
-        attempts += 1;
-        if let Some(ino) = try_mkdir(path).map_err(mkdir_err)? {
-            return Ok(ino);
+        if may_mkdir && Instant::now() >= next_mkdir {
+            // Try-once: a second attempt right after an unlock request, like pmxlock.
+            next_mkdir = if wait.is_try_once() {
+                Instant::now()
+            } else {
+                Instant::now() + MKDIR_EVERY
+            };
+            if let Some(ino) = try_mkdir(path).map_err(mkdir_err)? {
+                return Ok(ino);
+            }
+            taken = true;
         }
-        taken = true;
-        // Try-once makes a second attempt right after an unlock request, like pmxlock.
-        if wait.is_try_once() && attempts >= 2 || wait.expired() {
+        let give_up = if wait.is_try_once() {
+            rounds >= 2
+        } else {
+            wait.expired()
+        };
+        if give_up {
             return Err(busy_error(
                 target,
                 wait,
                 &who_holds(dir, &target.name, path),
             ));
         }
-        if !wait.is_try_once() {
-            wait.pause(next_mkdir.saturating_duration_since(Instant::now()))?;
-            if wait.expired() && Instant::now() < next_mkdir {
-                return Err(busy_error(
-                    target,
-                    wait,
-                    &who_holds(dir, &target.name, path),
-                ));
-            }
+        if wait.is_try_once() {
+            continue;
         }
+        let now = Instant::now();
+        let until = if orphan == Orphan::Exiting && start.elapsed() < EXITING_WATCH {
+            (now + EXITING_POLL).min(next_mkdir.max(now))
+        } else {
+            next_mkdir.max(now + EXITING_POLL)
+        };
+        wait.pause(until - now)?;
     }
 }
 
@@ -966,8 +1016,7 @@ fn gc_one(target: &Target, dir: &Path) -> Result<u32> {
     }
     let path = dir.join(name);
     let mut removed = 0;
-    let orphan = orphan_of_ours(target, dir, &path)?;
-    if let Some(ino) = orphan {
+    if let Orphan::Dead(ino) = orphan_of_ours(target, dir, &path)? {
         if take_back_orphan(target, dir, &path, ino)? {
             removed += 1;
         }
