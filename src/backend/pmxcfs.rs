@@ -142,10 +142,10 @@ fn os_error(target: &Target, what: &str, path: &Path, e: io::Error) -> Error {
 fn busy_error(target: &Target, wait: &Wait, who: &str) -> Error {
     let name = &target.name;
     let msg = if wait.is_try_once() {
-        format!("cfs-lock '{name}' error: lock is busy ({target} {who})")
+        format!("cfs-lock '{name}' error: lock is busy: {target} {who}")
     } else {
         format!(
-            "cfs-lock '{name}' error: got lock request timeout (waited {:.1} s for {target}; {who})",
+            "cfs-lock '{name}' error: got lock request timeout (waited {:.1} s for {target}, {who})",
             wait.elapsed().as_secs_f64()
         )
     };
@@ -549,9 +549,17 @@ fn acquire_flock(target: &Target, wait: &Wait) -> Result<NodeFlock> {
                 continue;
             }
             if wait.is_try_once() || wait.expired() {
-                let who = match flock_holder_pid(&file) {
-                    Some(pid) => format!("held on this node by pid {pid} ({})", path.display()),
-                    None => format!("held on this node ({})", path.display()),
+                let dir = lock_dir(target);
+                let recorded = recorded_holder(&dir, &target.name, &dir.join(&target.name));
+                let who = match (recorded, flock_holder_pid(&file)) {
+                    (Some(h), _) => describe(&h),
+                    (None, Some(pid)) => format!(
+                        "held on this node by pid {pid} (node-local lock {})",
+                        path.display()
+                    ),
+                    (None, None) => {
+                        format!("held on this node (node-local lock {})", path.display())
+                    }
                 };
                 return Err(busy_error(target, wait, &who));
             }
@@ -652,14 +660,22 @@ fn is_zombie(pid: i32, start_time: u64) -> bool {
 
 /// Who holds the directory, as far as this node knows.
 fn who_holds(dir: &Path, name: &str, path: &Path) -> String {
-    let ino = current_ino(path).ok().flatten();
-    match (ino, read_record_for(dir, name)) {
+    match (
+        current_ino(path).ok().flatten(),
+        recorded_holder(dir, name, path),
+    ) {
         (None, _) => "it was just released".to_string(),
-        (Some(i), Some(r)) if r.ino == i => describe(&r.holder),
-        (Some(_), _) => {
-            "held outside lockfn on this node (cfs_lock, pmxlock, or another node)".to_string()
-        }
+        (_, Some(h)) => describe(&h),
+        (Some(_), None) => "held outside lockfn (by cfs_lock, pmxlock or another node)".to_string(),
     }
+}
+
+/// Our record's holder, when the record describes the directory there now.
+fn recorded_holder(dir: &Path, name: &str, path: &Path) -> Option<HolderRecord> {
+    let ino = current_ino(path).ok().flatten()?;
+    read_record_for(dir, name)
+        .filter(|r| r.ino == ino)
+        .map(|r| r.holder)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -751,10 +767,14 @@ impl super::Backend for PmxcfsBackend {
         let path = dir.join(&target.name);
         let flock = acquire_flock(target, wait)?;
         // From here on, dropping `flock` (any error) lets the next same-node waiter in.
-        let ino = acquire_dir(target, &dir, &path, wait)?;
+        // Everything but the inode is ready before the mkdir: a holder killed between its mkdir
+        // and its record leaves a directory nobody can prove is an orphan (pmxcfs expires it
+        // after 120 s), so that window is kept to a stat and a file write.
         let mut holder = HolderRecord::for_self(opts.holder.as_deref());
-        holder.token = ino;
         holder.persist = opts.persist;
+        let ino = acquire_dir(target, &dir, &path, wait)?;
+        holder.token = ino;
+        holder.since = crate::holder::now_secs();
         let rec = NodeRecord {
             v: RECORD_VERSION,
             dir: dir.clone(),
@@ -800,11 +820,16 @@ impl super::Backend for PmxcfsBackend {
         if let Some(m) = &meta {
             st.held = true;
             st.available = Some(0);
-            let age = crate::holder::now_secs() - m.mtime() as f64;
             st.details.insert("ino".into(), m.ino().into());
             st.details.insert("mtime".into(), m.mtime().into());
-            st.details
-                .insert("age_s".into(), ((age * 10.0).round() / 10.0).into());
+            // The age as seen here: since creation or the last refresh (pmxcfs sets mtime).
+            // A plain directory takes unlock requests as utime(0, 0): mtime 0, age unknown.
+            if m.mtime() > 0 {
+                let mtime = m.mtime() as f64 + m.mtime_nsec() as f64 / 1e9;
+                let age = (crate::holder::now_secs() - mtime).max(0.0);
+                st.details
+                    .insert("age_s".into(), ((age * 10.0).round() / 10.0).into());
+            }
             match read_record_for(&dir, &target.name) {
                 Some(r) if r.ino == m.ino() => st.holders.push(HolderView::from(r.holder)),
                 _ => {
