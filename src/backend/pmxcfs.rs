@@ -4,7 +4,10 @@
 //! A lock `pmxcfs:NAME` is two locks taken in this order:
 //! 1. the node-local flock(2) on `/run/lock/pmxlock/NAME` — the very file pmxlock uses, so
 //!    lockfn and pmxlock processes of one node queue on it, and a same-node release is seen at
-//!    once (an inotify close event, with a 40 ms poll as a fallback);
+//!    once: flock has no timed wait, so a waiter sleeps in poll(2) on an inotify watch of the
+//!    file (a flock dropped by close or by its holder's death is a close event) and its cancel
+//!    fd, with a 40 ms fallback poll for a holder that unlocks without closing — no thread, no
+//!    signal, and a bounded wait;
 //! 2. the cluster-wide directory `/etc/pve/priv/lock/NAME`: `mkdir` takes it, `rmdir` gives it
 //!    back (always before the flock is let go, or pmxlock would "recover" our live directory).
 //!
@@ -31,6 +34,16 @@
 //! nobody can expire and remake it meanwhile). It then removes it and takes the lock anew
 //! (a new inode, a new token). Directories made by cfs_lock, pmxlock, another node or a live
 //! process are never taken over: they are waited for, and expire through unlock requests.
+//!
+//! Limits, by construction:
+//! - a holder killed between its mkdir and writing its record (a stat and a file write) leaves
+//!   a directory nobody can prove is an orphan: it is waited for until pmxcfs expires it (120 s
+//!   after creation, through the waiters' unlock requests), or `lockfn release --force`;
+//! - a persistent lock (`lockfn acquire --persist`) no longer holds the node-local flock, so a
+//!   same-node pmxlock would "recover" (take over) its directory, as pmxlock does with any
+//!   directory whose flock is free; lockfn never does;
+//! - a child forked (without exec) while the lock is held shares the flock until it exits;
+//! - no fairness across nodes (nor in cfs_lock): a waiter polls, a same-node waiter is woken.
 //!
 //! Paths can be moved for tests: `LOCKFN_PMXCFS_DIR` (the lock directory),
 //! `LOCKFN_PMXLOCK_DIR` (the flock directory), `LOCKFN_RUN_DIR` (our node-local records).
