@@ -603,7 +603,7 @@ fn cancel_stops_waiting_and_leaves_nothing() {
 }
 
 #[test]
-fn unavailable_and_permission() {
+fn unavailable_when_pmxcfs_is_down() {
     env();
     let base = env().root.join("down");
     // pmxcfs down: /etc/pve is an empty directory.

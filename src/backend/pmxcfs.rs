@@ -764,9 +764,13 @@ fn acquire_dir(target: &Target, dir: &Path, path: &Path, wait: &Wait) -> Result<
         }
         let now = Instant::now();
         let until = if orphan == Orphan::Exiting && start.elapsed() < EXITING_WATCH {
-            (now + EXITING_POLL).min(next_mkdir.max(now))
+            now + EXITING_POLL
+        } else if next_mkdir > now {
+            next_mkdir
         } else {
-            next_mkdir.max(now + EXITING_POLL)
+            // No mkdir this round (the directory is our orphan, still exiting or not yet
+            // pinned): look again at the mkdir cadence.
+            now + MKDIR_EVERY
         };
         wait.pause(until - now)?;
     }
