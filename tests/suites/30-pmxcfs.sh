@@ -184,6 +184,28 @@ t_never_take_over_live_cfs_lock_after_our_death() {
   wait_for 5 grep -q DONE "$T/perl.out" || fail "cfs_lock did not finish cleanly"
 }
 
+t_never_take_over_live_pmxlock_after_our_death() {
+  if ! "$VENV/bin/python" -c 'import pmxlock' 2>/dev/null; then
+    echo "    pmxlock missing in $VENV"
+    return 1
+  fi
+  # Our holder dies holding X; a same-node pmxlock "recovers" X (its way: flock free, refresh
+  # succeeds) and holds it 2 s. Our record still says "X, dead holder": we must wait anyway.
+  "$LOCKFN" run pmxcfs:porph -- sleep 100 &
+  local holder=$!
+  PIDS+=("$holder")
+  wait_for 10 test -e "$LOCKFN_RUN_DIR/pmxcfs/porph" || fail "holder did not get in" || return 1
+  local x
+  x=$(stat -c %i "$LD/porph")
+  kill -9 $holder
+  wait $holder 2>/dev/null
+  pmxlock -- porph sh -c "touch $T/pin; sleep 2; rm $T/pin" &
+  PIDS+=($!)
+  wait_for 10 test -e "$T/pin" || fail "pmxlock did not get in" || return 1
+  [[ $(stat -c %i "$LD/porph") == "$x" ]] || fail "pmxlock made a new directory instead" || return 1
+  "$LOCKFN" run -w 20 pmxcfs:porph -- sh -c "test ! -e $T/pin" || fail "took over the live pmxlock holder"
+}
+
 t_kill9_takeover_within_1s() {
   "$LOCKFN" run pmxcfs:k9 -- sleep 100 &
   local holder=$!
@@ -333,7 +355,8 @@ t_cli_release_force_stops_holder() {
 
 ALL=(t_run_token_is_inode t_busy_messages_and_codes t_traffic_while_waiting_5s
   t_interop_pmxlock t_interop_cfs_lock_perl t_never_take_over_live_cfs_lock_after_our_death
-  t_kill9_takeover_within_1s t_lost_lock_stops_command t_non_root_eperm t_unavailable
+  t_never_take_over_live_pmxlock_after_our_death t_kill9_takeover_within_1s
+  t_lost_lock_stops_command t_non_root_eperm t_unavailable
   t_persist_status_list_update_release_gc t_cli_exclusion_8x200 t_cli_sigint_cancels_wait
   t_cli_hold_over_stdin t_cli_release_force_stops_holder)
 # ONLY="t_a t_b" runs a subset.
