@@ -280,6 +280,7 @@ assert h["token"] > 0 and h["start_time"] > 0 and len(h["boot_id"]) == 36, h
 @test "sem: with an empty name is named after the command line" {
   "$LOCKFN" run sem: -- sleep 100 &
   holder=$!
+  wait_for 10 sh -c "'$LOCKFN' list --json sem:cmd- | grep -q '\"pid\":$holder,'"
   run "$LOCKFN" -v run -w 0.2 sem: -- sleep 100
   [ "$status" -eq 1 ]
   [[ "$output" == *"named after the command line: sem:cmd-"* ]]
@@ -324,4 +325,24 @@ locked $T" ]
   exec {H[1]}>&-
   wait "$H_PID"
   free "$T"
+}
+
+@test "hold: a wait ends when stdin closes (the shell died), taking nothing" {
+  "$LOCKFN" run "$T" -- sleep 100 &
+  holder=$!
+  wait_for 10 held "$T"
+  mkfifo "$D/stdin"
+  "$LOCKFN" -v hold "$T" <"$D/stdin" 2>"$D/hold.log" &
+  hold=$!
+  exec {w}>"$D/stdin"
+  wait_for 10 grep -q acquiring "$D/hold.log"
+  exec {w}>&-
+  st=0
+  wait "$hold" || st=$?
+  [ "$st" = 129 ]
+  grep -q "canceled by SIGHUP" "$D/hold.log"
+  kill -TERM "$holder"
+  wait "$holder" || true
+  run "$LOCKFN" status --json "$T"
+  [ "$(echo "$output" | json 'j["available"]')" = 1 ]
 }

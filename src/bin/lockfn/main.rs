@@ -336,6 +336,8 @@ pub fn internal(e: impl std::fmt::Display) -> lockfn::Error {
 fn hold(a: HoldArgs) -> CmdResult {
     let target = parse_target(&a.target)?;
     let mut opts = a.lock.options()?;
+    signals::pipe().map_err(internal)?;
+    signals::hangup_on_stdin_close();
     let lock = match acquire_cancellable(&target, &mut opts) {
         Ok(l) => l,
         Err((e, 0)) => return Err(e),

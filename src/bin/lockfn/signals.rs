@@ -64,6 +64,40 @@ pub fn catch(signals: &[i32]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Put an event into the pipe as if `signo` had been sent by a process (from a thread).
+pub fn inject(signo: i32) {
+    let fd = PIPE_W.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let buf = [signo as u8, 1];
+        unsafe { libc::write(fd, buf.as_ptr() as *const libc::c_void, 2) };
+    }
+}
+
+/// Watch stdin in a thread and inject SIGHUP when it hangs up (the writer is gone: a shell
+/// killed while its `lockfn hold` still waits must not leave the wait behind).
+pub fn hangup_on_stdin_close() {
+    let _ = std::thread::Builder::new()
+        .name("stdin-hangup".into())
+        .spawn(|| loop {
+            // events = 0: only POLLHUP/POLLERR/POLLNVAL are reported, and data never is.
+            let mut p = libc::pollfd {
+                fd: 0,
+                events: 0,
+                revents: 0,
+            };
+            let n = unsafe { libc::poll(&mut p, 1, -1) };
+            if n > 0 {
+                if p.revents & libc::POLLNVAL == 0 {
+                    inject(libc::SIGHUP);
+                }
+                return;
+            }
+            if n < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                return;
+            }
+        });
+}
+
 /// Read every pending signal from the pipe.
 pub fn drain(fd: RawFd) -> Vec<Received> {
     let mut out = Vec::new();
