@@ -651,24 +651,8 @@ fn take_back_orphan(target: &Target, dir: &Path, path: &Path, ino: u64) -> Resul
 /// Is this holder provably dead: of this host and boot, and its process gone, reused, or a
 /// zombie (exited, not yet reaped: its files, the flock among them, are already closed).
 fn holder_is_dead(h: &HolderRecord) -> bool {
-    match h.liveness() {
-        Liveness::Dead => true,
-        Liveness::Remote => false,
-        Liveness::Alive => is_zombie(h.pid, h.start_time),
-    }
-}
-
-fn is_zombie(pid: i32, start_time: u64) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-        return false;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // f[0] is the state (field 3), f[19] the start time (field 22).
-    let same = start_time == 0 || f.get(19).and_then(|t| t.parse().ok()) == Some(start_time);
-    same && matches!(f.first(), Some(&"Z") | Some(&"X"))
+    // liveness() counts a zombie (exited, not yet reaped) as dead.
+    h.liveness() == Liveness::Dead
 }
 
 /// Who holds the directory, as far as this node knows.
@@ -1225,23 +1209,23 @@ mod tests {
     }
 
     #[test]
-    fn zombie_check() {
+    fn zombie_holder_is_dead() {
         let me = HolderRecord::for_self(None);
-        assert!(!is_zombie(me.pid, me.start_time));
         assert!(!holder_is_dead(&me));
         let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id() as i32;
-        let start = crate::holder::process_start_time(pid).unwrap_or(0);
+        let mut r = HolderRecord::for_self(None);
+        r.pid = child.id() as i32;
+        r.start_time = crate::holder::process_start_time(r.pid).unwrap_or(0);
         // Not reaped yet: a zombie once it exited (bounded wait).
-        let mut z = false;
+        let mut dead = false;
         for _ in 0..500 {
-            if is_zombie(pid, start) {
-                z = true;
+            if holder_is_dead(&r) {
+                dead = true;
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(z, "an exited, unreaped child is a zombie");
+        assert!(dead, "an exited, unreaped holder is dead");
         child.wait().unwrap();
     }
 }

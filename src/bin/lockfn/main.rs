@@ -259,6 +259,12 @@ fn main() -> ExitCode {
     VERBOSITY.store(cli.verbose, Ordering::Relaxed);
     // A zk://user:password@… argument must not show in `ps`: overwrite it in our argv.
     lockfn::backend::zookeeper::hide_credentials_in_cmdline();
+    if !matches!(cli.command, Command::Run(_) | Command::Hold(_)) {
+        // A reader that went away (`lockfn list | head`) ends us quietly, as with any Unix
+        // tool, instead of a "Broken pipe" panic. run and hold keep SIGPIPE ignored: they
+        // must release their lock, and their writes ignore errors.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let r = match cli.command {
         Command::Run(a) => run::run(a),
         Command::Hold(a) => hold(a),
