@@ -1,0 +1,670 @@
+"""Runs lockfn's benchmarks against the ecosystem's tools (started by benches/run.sh, which
+builds everything, starts the servers and exports the environment below). Prints a table and
+writes JSON. See benches/README.md for what each row measures.
+
+Environment (set by run.sh): BENCH_TMP, BENCH_OUT, BENCH_QUICK (0/1), LOCKFN_BIN,
+LOCKFN_BENCH_BIN, CABI_BIN, RAWFLOOR_BIN, VENV_PY, PMXEMU_SO, PMXLOCK_RUN, ZKHOSTS,
+CONSUL_HTTP_ADDR, CONSUL_BIN, LOCKFN_PMXCFS_DIR, LOCKFN_PMXLOCK_DIR, LOCKFN_RUN_DIR,
+VENV_BIN.
+"""
+
+import json
+import os
+import platform
+import re
+import select
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+E = os.environ
+TMP = E["BENCH_TMP"]
+QUICK = E.get("BENCH_QUICK", "0") == "1"
+LOCKFN = E["LOCKFN_BIN"]
+LBENCH = E["LOCKFN_BENCH_BIN"]
+CABI = E["CABI_BIN"]
+RAWF = E["RAWFLOOR_BIN"]
+PY = E["VENV_PY"]
+VBIN = E["VENV_BIN"]
+PEERS = os.path.join(HERE, "peers.py")
+ZKHOSTS = E.get("ZKHOSTS", "")
+CONSUL = E.get("CONSUL_HTTP_ADDR", "")
+CONSUL_BIN = E.get("CONSUL_BIN", "")
+TAG = f"lfb{os.getpid()}"
+
+# sizes
+REPEATS = 3 if QUICK else 5
+CMD_REPEATS = 3 if QUICK else 10
+DUR = 1.5 if QUICK else 5.0  # hand-off / throughput run length, s
+WAIT_S = 1.5 if QUICK else 5.0  # waiting-cost window, s
+KS = [1, 10, 50]
+KS_RUN = [1, 10] if QUICK else KS
+N_CYCLE = {"sem": (2000, 20000), "pmxcfs": (200, 2000), "zk": (30, 300), "consul": (20, 150)}  # (quick, full)
+BACKENDS = ["sem", "pmxcfs", "zk", "consul"]
+
+ROWS = []
+SKIPS = {}  # backend -> reason everything of that backend is skipped
+LOCKFN_SKIP = {}  # backend -> reason lockfn's side is skipped
+PROCS = []
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def pct(xs, p):
+    if not xs:
+        return None
+    xs = sorted(xs)
+    i = min(len(xs) - 1, max(0, int(round(p / 100.0 * (len(xs) - 1)))))
+    return xs[i]
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def row(id_, section, backend, metric, unit, lockfn, peer, peer_value, *, lockfn_cabi=None, skip=None, note=None,
+        runs=None, better="lower"):
+    r = {
+        "id": id_,
+        "section": section,
+        "backend": backend,
+        "metric": metric,
+        "unit": unit,
+        "lockfn": lockfn,
+        "lockfn_cabi": lockfn_cabi,
+        "peer": peer,
+        "peer_value": peer_value,
+        "ratio": ratio(lockfn, peer_value),
+        "ratio_cabi": ratio(lockfn_cabi, peer_value),
+        "better": better,
+        "runs": runs,
+        "skip": skip,
+        "note": note,
+    }
+    ROWS.append(r)
+    return r
+
+
+def benv(backend, extra=None):
+    env = dict(E)
+    env["LD_LIBRARY_PATH"] = os.path.dirname(LOCKFN) + ":" + E.get("LD_LIBRARY_PATH", "")
+    if backend == "pmxcfs":
+        env["LD_PRELOAD"] = E["PMXEMU_SO"]
+        env["PMXEMU_DIR"] = E["LOCKFN_PMXCFS_DIR"]
+        env["PMXEMU_TTL"] = "120"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run_json(cmd, env, timeout=300):
+    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: exit {p.returncode}: {p.stderr.strip()[-400:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def target(backend, name):
+    return f"{backend}:{name}"
+
+
+PEER_KIND = {
+    "sem": "sem-resourcelock",
+    "pmxcfs": "pmxcfs-pmxlock",
+    "zk": "zk-kazoo",
+    "consul": "consul-consullock",
+}
+PEER_LABEL = {
+    "sem-posix_ipc": "posix_ipc Semaphore acquire/release",
+    "sem-resourcelock": "resourcelock get_lock/unget_lock",
+    "pmxcfs-pmxlock": "pmxlock ClusterLock",
+    "zk-kazoo": "kazoo Lock",
+    "zk-raw": "floor: zk create+delete (kazoo raw)",
+    "consul-consullock": "consullock ConsulLockManager (python-consul)",
+    "consul-raw": "floor: session create+acquire+release+destroy (raw HTTP)",
+}
+
+
+# ---------- counters -------------------------------------------------------------------
+
+
+def zk_mntr_packets():
+    host, _, port = ZKHOSTS.split(",")[0].rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"mntr")
+        data = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            data += d
+    m = re.search(rb"zk_packets_received\s+(\d+)", data)
+    return int(m.group(1)) if m else None
+
+
+class Proxy:
+    def __init__(self, mode, upstream):
+        self.portfile = os.path.join(TMP, f"proxy-{mode}.port")
+        self.p = subprocess.Popen([PY, os.path.join(HERE, "countproxy.py"), mode, self.portfile, upstream])
+        PROCS.append(self.p)
+        for _ in range(200):
+            if os.path.exists(self.portfile):
+                break
+            time.sleep(0.05)
+        port, ctrl = open(self.portfile).read().split()
+        self.addr = f"127.0.0.1:{port}"
+        self.ctrl = int(ctrl)
+
+    def count(self):
+        with socket.create_connection(("127.0.0.1", self.ctrl), timeout=10) as s:
+            return int(s.makefile().readline())
+
+
+ZKPROXY = None
+CPROXY = None
+
+
+# ---------- 1. uncontended cycle --------------------------------------------------------
+
+
+def bench_cycles():
+    for b in BACKENDS:
+        n = N_CYCLE[b][0 if QUICK else 1]
+        env = benv(b)
+        name = f"{TAG}-cyc-{b}"
+        impls = {}
+        if b not in SKIPS and b not in LOCKFN_SKIP:
+            impls["rust"] = [LBENCH, "cycle", target(b, name + "-rust"), str(n)]
+            impls["cabi"] = [CABI, target(b, name + "-cabi"), str(n)]
+        peers = {
+            "sem": ["sem-posix_ipc", "sem-resourcelock"],
+            "pmxcfs": ["pmxcfs-pmxlock"],
+            "zk": ["zk-kazoo", "zk-raw"],
+            "consul": ["consul-consullock", "consul-raw"],
+        }[b]
+        if b not in SKIPS:
+            for k in peers:
+                pn = max(10, n // 10) if k.startswith(("consul", "zk")) or k == "pmxcfs-pmxlock" else n
+                impls[k] = [PY, PEERS, "cycle", k, f"{name}-{k}", str(pn)]
+        if b == "sem":
+            impls["floor"] = [RAWF, "sem", f"{name}-floor", str(n * 10)]
+        if b == "pmxcfs":
+            impls["floor"] = [RAWF, "mkdir", os.path.join(E["LOCKFN_PMXCFS_DIR"], f"{name}-floor"), str(n)]
+        res = {k: [] for k in impls}
+        if b not in SKIPS:
+            log(f"cycle {b}: {', '.join(impls)} x {REPEATS}")
+            for _ in range(REPEATS):
+                for k, cmd in impls.items():
+                    try:
+                        res[k].append(run_json(cmd, env)["ns_per_op"] / 1000.0)
+                    except Exception as e:  # a failed impl leaves its row empty, with the reason
+                        res[k].append(None)
+                        log(f"  {k}: {e}")
+        rust, cabi = med(res.get("rust", [])), med(res.get("cabi", []))
+        lskip = SKIPS.get(b) or LOCKFN_SKIP.get(b)
+        for k in peers + (["floor"] if "floor" in impls else []):
+            label = PEER_LABEL.get(k) or {"sem": "floor: sem_wait+sem_post (C)", "pmxcfs": "floor: mkdir+rmdir (C, pmxemu)"}[b]
+            pv = med(res.get(k, []))
+            row(f"cycle.{b}.{k.split('-')[-1]}", "cycle", b, "acquire+release cycle", "us", rust, label, pv,
+                lockfn_cabi=cabi, skip=SKIPS.get(b), runs=REPEATS,
+                note=(f"lockfn side skipped: {lskip}" if lskip and not SKIPS.get(b) else None))
+
+
+def bench_cycle_requests():
+    """Service requests per uncontended cycle (zk: frames through the counting proxy; consul: HTTP
+    requests through the counting proxy), by difference of two cycle counts (no connect cost)."""
+    for b, proxy, var in (("zk", ZKPROXY, "ZKHOSTS"), ("consul", CPROXY, "CONSUL_HTTP_ADDR")):
+        peer = PEER_KIND[b]
+        if b in SKIPS or proxy is None:
+            row(f"cycle_requests.{b}", "cycle_requests", b, "service requests per cycle", "requests", None,
+                PEER_LABEL[peer], None, skip=SKIPS.get(b, "no proxy"))
+            continue
+        env = benv(b, {var: proxy.addr})
+
+        def per_cycle(mk):
+            counts = []
+            for n in (10, 30):
+                c0 = proxy.count()
+                run_json(mk(n), env)
+                counts.append(proxy.count() - c0)
+            return (counts[1] - counts[0]) / 20.0
+
+        lv = None
+        if b not in LOCKFN_SKIP:
+            try:
+                lv = per_cycle(lambda n: [LBENCH, "cycle", target(b, f"{TAG}-req-{b}"), str(n)])
+            except Exception as e:
+                log(f"  lockfn cycle requests {b}: {e}")
+        try:
+            pv = per_cycle(lambda n: [PY, PEERS, "cycle", peer, f"{TAG}-req-{b}", str(n)])
+        except Exception as e:
+            pv = None
+            log(f"  peer cycle requests {b}: {e}")
+        row(f"cycle_requests.{b}", "cycle_requests", b, "service requests per cycle", "requests", lv,
+            PEER_LABEL[peer], pv, note=(f"lockfn side skipped: {LOCKFN_SKIP[b]}" if b in LOCKFN_SKIP else None))
+    # HashiCorp's `consul lock` (Go api.Lock): requests of one whole `consul lock PREFIX true`.
+    if "consul" in SKIPS or CPROXY is None or not CONSUL_BIN:
+        row("cycle_requests.consul.go", "cycle_requests", "consul", "service requests per command", "requests", None,
+            "consul lock (Go api.Lock), whole command", None, skip=SKIPS.get("consul", "no consul binary"))
+        return
+    env = benv("consul", {"CONSUL_HTTP_ADDR": CPROXY.addr})
+    vals, lvals = [], []
+    for _ in range(REPEATS if not QUICK else 1):
+        c0 = CPROXY.count()
+        subprocess.run([CONSUL_BIN, "lock", f"lockfn-bench/{TAG}-go", "true"], env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=120)
+        vals.append(CPROXY.count() - c0)
+        if "consul" not in LOCKFN_SKIP:
+            c0 = CPROXY.count()
+            subprocess.run([LOCKFN, "run", f"consul:{TAG}-go", "--", "true"], env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=120)
+            lvals.append(CPROXY.count() - c0)
+    row("cycle_requests.consul.go", "cycle_requests", "consul", "service requests per command", "requests",
+        med(lvals) if lvals else None, "consul lock (Go api.Lock), whole command", med(vals),
+        note=("lockfn: `lockfn run consul:T -- true`" if lvals else f"lockfn side skipped: {LOCKFN_SKIP.get('consul')}"))
+
+
+# ---------- 2. command overhead ---------------------------------------------------------
+
+
+def timed(cmd, env, ok=(0,)):
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120, text=True)
+    dt = time.perf_counter() - t0
+    if p.returncode not in ok:
+        raise RuntimeError(f"{' '.join(cmd)}: exit {p.returncode}: {p.stderr.strip()[-300:]}")
+    return dt * 1000.0, p.stdout
+
+
+def lockpick_cycle(env, name):
+    t1, out = timed([os.path.join(VBIN, "lockpick"), "-s", ZKHOSTS, "lock", f"/{name}"], env)
+    node = out.strip().splitlines()[-1]
+    t2, _ = timed([os.path.join(VBIN, "lockpick"), "-s", ZKHOSTS, "unlock", node], env)
+    return t1 + t2
+
+
+def bench_commands():
+    flockfile = os.path.join(TMP, "flock-cmd")
+    specs = [
+        ("sem", "flock", "flock(1) FILE true", lambda env, n: timed(["flock", flockfile, "true"], env)[0]),
+        ("pmxcfs", "pmxlock", "pmxlock CLI NAME true",
+         lambda env, n: timed([PY, E["PMXLOCK_RUN"], f"{n}-pmx", "true"], env)[0]),
+        ("zk", "lockpick", "lockpick lock + lockpick unlock", lambda env, n: lockpick_cycle(env, f"{n}-lp")),
+        ("consul", "consul-lock-go", "consul lock PREFIX true",
+         lambda env, n: timed([CONSUL_BIN, "lock", f"lockfn-bench/{n}-go", "true"], env)[0]),
+        ("consul", "consullock", "consul-lock execute KEY true",
+         lambda env, n: timed([os.path.join(VBIN, "consul-lock"), "execute", f"lockfn-bench/{n}-cl", "true"], env)[0]),
+    ]
+    for b, pid, label, fn in specs:
+        name = f"{TAG}-cmd-{b}"
+        if b in SKIPS:
+            row(f"command.{b}.{pid}", "command", b, "lockfn run T -- true vs the peer command", "ms", None, label, None,
+                skip=SKIPS[b])
+            continue
+        env = benv(b)
+        lv, pv = [], []
+        log(f"command {b}: lockfn run vs {label} x {CMD_REPEATS}")
+        for _ in range(CMD_REPEATS):
+            if b not in LOCKFN_SKIP:
+                try:
+                    lv.append(timed([LOCKFN, "run", target(b, name), "--", "true"], env)[0])
+                except Exception as e:
+                    log(f"  lockfn run {b}: {e}")
+            try:
+                pv.append(fn(env, name))
+            except Exception as e:
+                log(f"  {label}: {e}")
+        row(f"command.{b}.{pid}", "command", b, "lockfn run T -- true vs the peer command", "ms", med(lv), label,
+            med(pv), runs=CMD_REPEATS, note=(f"lockfn side skipped: {LOCKFN_SKIP[b]}" if b in LOCKFN_SKIP else None))
+
+
+# ---------- 3+4. hand-off latency and throughput ------------------------------------------
+
+
+def contenders(b, impl, k, dur):
+    """K+1 processes loop acquire/record/release for dur s: one holds, K wait. Returns
+    (ops, handoff latencies ns, service requests or None, note)."""
+    name = f"{TAG}-ho-{b}-{impl}-{k}"
+    shm = os.path.join(TMP, name + ".shm")
+    with open(shm, "wb") as f:
+        f.write(b"\0" * 16)
+    extra = {}
+    pmxlog = None
+    if b == "pmxcfs":
+        pmxlog = os.path.join(TMP, name + ".pmxlog")
+        extra["PMXEMU_LOG"] = pmxlog
+    if b == "consul" and CPROXY is not None:
+        extra["CONSUL_HTTP_ADDR"] = CPROXY.addr
+    env = benv(b, extra)
+    if impl == "lockfn":
+        cmd = [LBENCH, "worker", target(b, name), shm]
+    else:
+        cmd = [PY, PEERS, "worker", PEER_KIND[b], name, shm]
+    procs = []
+    try:
+        for _ in range(k + 1):
+            procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+        deadline = time.monotonic() + 120
+        for p in procs:
+            while True:
+                r, _, _ = select.select([p.stdout], [], [], max(0.1, deadline - time.monotonic()))
+                if not r:
+                    raise RuntimeError("a contender never became ready")
+                line = p.stdout.readline()
+                if not line:
+                    raise RuntimeError(f"a contender exited before ready (exit {p.wait()})")
+                if line.strip() == "ready":
+                    break
+        if pmxlog and os.path.exists(pmxlog):
+            os.unlink(pmxlog)
+        c0 = zk_mntr_packets() if b == "zk" else (CPROXY.count() if b == "consul" and CPROXY else None)
+        for p in procs:
+            p.stdin.write(f"go {dur}\n")
+            p.stdin.flush()
+        outs = []
+        for p in procs:
+            out, _ = p.communicate(timeout=dur + 120)
+            if p.returncode != 0:
+                raise RuntimeError(f"a contender failed (exit {p.returncode})")
+            outs.append(json.loads(out.strip().splitlines()[-1]))
+        reqs = None
+        if b == "zk":
+            reqs = zk_mntr_packets() - c0
+        elif b == "consul" and CPROXY:
+            reqs = CPROXY.count() - c0
+        elif b == "pmxcfs":
+            reqs = sum(1 for _ in open(pmxlog)) if os.path.exists(pmxlog) else 0
+        ops = sum(o["ops"] for o in outs)
+        lat = [x for o in outs for x in o["handoffs_ns"]]
+        return ops, lat, reqs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+REQ_UNIT = {
+    "zk": "ZooKeeper packets received by the server (mntr zk_packets_received) per acquisition",
+    "consul": "HTTP requests (counting proxy) per acquisition",
+    "pmxcfs": "pmxcfs messages (mkdir/rmdir/utime logged by pmxemu) per acquisition",
+}
+
+
+def bench_handoff():
+    for b in BACKENDS:
+        for k in KS:
+            base = f"{b}.K{k}"
+            peer = PEER_KIND[b]
+            if k not in KS_RUN or b in SKIPS:
+                reason = SKIPS.get(b) or "--quick runs K = 1 and 10 only"
+                for m in ("p50", "p99", "requests"):
+                    row(f"handoff.{base}.{m}", "handoff", b, f"hand-off {m}, K={k}", "ms" if m != "requests" else "req",
+                        None, PEER_LABEL[peer], None, skip=reason)
+                row(f"throughput.{base}", "throughput", b, f"throughput, K={k}", "ops/s", None, PEER_LABEL[peer], None,
+                    skip=reason, better="higher")
+                continue
+            log(f"hand-off/throughput {b} K={k}: {dur_s()} s each")
+            res = {}
+            for impl in ("lockfn", "peer"):
+                if impl == "lockfn" and b in LOCKFN_SKIP:
+                    res[impl] = None
+                    continue
+                try:
+                    res[impl] = contenders(b, impl, k, DUR)
+                except Exception as e:
+                    log(f"  {impl}: {e}")
+                    res[impl] = None
+            vals = {}
+            for impl, r in res.items():
+                if r is None:
+                    vals[impl] = (None, None, None, None)
+                    continue
+                ops, lat, reqs = r
+                vals[impl] = (pct(lat, 50) / 1e6 if lat else None, pct(lat, 99) / 1e6 if lat else None,
+                              (reqs / ops) if (reqs is not None and ops) else None, ops / DUR)
+            note = f"lockfn side skipped: {LOCKFN_SKIP[b]}" if b in LOCKFN_SKIP else None
+            lv, pv = vals["lockfn"], vals["peer"]
+            row(f"handoff.{base}.p50", "handoff", b, f"hand-off p50, K={k}", "ms", lv[0], PEER_LABEL[peer], pv[0],
+                note=note)
+            row(f"handoff.{base}.p99", "handoff", b, f"hand-off p99, K={k}", "ms", lv[1], PEER_LABEL[peer], pv[1],
+                note=note)
+            row(f"handoff.{base}.requests", "handoff", b, f"requests per acquisition, K={k}", "req", lv[2],
+                PEER_LABEL[peer], pv[2],
+                skip=("sem has no service: the kernel futex of a shared-memory semaphore (syscalls of a waiter: "
+                      "see wait.sem)" if b == "sem" else None),
+                note=REQ_UNIT.get(b, note))
+            row(f"throughput.{base}", "throughput", b, f"throughput, K={k}", "ops/s", lv[3], PEER_LABEL[peer], pv[3],
+                note=note, better="higher")
+
+
+def dur_s():
+    return DUR
+
+
+# ---------- 5. cost of waiting ----------------------------------------------------------
+
+
+def wait_one(b, impl):
+    """One holder, one waiter for WAIT_S; the waiter's service requests per second."""
+    name = f"{TAG}-wait-{b}-{impl}"
+    env = benv(b)
+    if impl == "lockfn":
+        hold = [LOCKFN, "hold", target(b, name)]
+        waiter = [LBENCH, "wait", target(b, name), str(WAIT_S)]
+    else:
+        hold = [PY, PEERS, "hold", PEER_KIND[b], name]
+        waiter = [PY, PEERS, "wait", PEER_KIND[b], name, str(WAIT_S)]
+    h = subprocess.Popen(hold, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        r, _, _ = select.select([h.stdout], [], [], 60)
+        if not r or not h.stdout.readline():
+            raise RuntimeError("holder did not acquire")
+        wenv = dict(env)
+        strace_out = None
+        pmxlog = None
+        if b == "zk":
+            wenv["ZKHOSTS"] = ZKPROXY.addr
+        elif b == "consul":
+            wenv["CONSUL_HTTP_ADDR"] = CPROXY.addr
+        elif b == "pmxcfs":
+            pmxlog = os.path.join(TMP, name + ".pmxlog")
+            wenv["PMXEMU_LOG"] = pmxlog
+        elif b == "sem":
+            strace_out = os.path.join(TMP, name + ".strace")
+            waiter = ["strace", "-f", "-ttt", "-qq", "-o", strace_out] + waiter
+        w = subprocess.Popen(waiter, env=wenv, stdout=subprocess.PIPE, text=True)
+        line = w.stdout.readline()
+        t_wall, t_mono = time.time(), time.monotonic_ns()
+        c0 = (ZKPROXY if b == "zk" else CPROXY).count() if b in ("zk", "consul") else None
+        if line.strip() != "waiting":
+            raise RuntimeError(f"waiter said {line!r}")
+        w.communicate(timeout=WAIT_S + 60)
+        t_end = time.time()
+        if w.returncode != 0:
+            raise RuntimeError(f"waiter exit {w.returncode}")
+        window = t_end - t_wall
+        if b in ("zk", "consul"):
+            n = (ZKPROXY if b == "zk" else CPROXY).count() - c0
+        elif b == "pmxcfs":
+            n = 0
+            if os.path.exists(pmxlog):
+                for ln in open(pmxlog):
+                    f = ln.split()
+                    if len(f) >= 5 and int(f[4]) >= t_mono:
+                        n += 1
+        else:
+            n = 0
+            for ln in open(strace_out):
+                f = ln.split(None, 2)
+                try:
+                    if float(f[1]) >= t_wall and "resumed>" not in ln:
+                        n += 1
+                except (ValueError, IndexError):
+                    pass
+        return n / window
+    finally:
+        if h.poll() is None:
+            h.stdin.close()
+            try:
+                h.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                h.kill()
+                h.wait()
+
+
+WAIT_UNIT = {
+    "sem": ("syscalls/s", "syscalls of the waiting process (strace -f), all threads"),
+    "pmxcfs": ("msgs/s", "pmxcfs messages (mkdir/rmdir/utime, pmxemu log) of the waiting process"),
+    "zk": ("req/s", "ZooKeeper requests of the waiting client (frames through the counting proxy, pings included)"),
+    "consul": ("req/s", "HTTP requests of the waiting client (counting proxy)"),
+}
+
+
+def bench_wait():
+    for b in BACKENDS:
+        peer = PEER_KIND[b]
+        unit, what = WAIT_UNIT[b]
+        if b in SKIPS:
+            row(f"wait.{b}", "wait", b, "requests/s of one waiter on a held lock", unit, None, PEER_LABEL[peer], None,
+                skip=SKIPS[b])
+            continue
+        log(f"waiting cost {b}: {WAIT_S} s each")
+        lv = pv = None
+        if b not in LOCKFN_SKIP:
+            try:
+                lv = wait_one(b, "lockfn")
+            except Exception as e:
+                log(f"  lockfn: {e}")
+        try:
+            pv = wait_one(b, "peer")
+        except Exception as e:
+            log(f"  peer: {e}")
+        note = what + (f"; lockfn side skipped: {LOCKFN_SKIP[b]}" if b in LOCKFN_SKIP else "")
+        row(f"wait.{b}", "wait", b, "requests/s of one waiter on a held lock", unit, lv, PEER_LABEL[peer], pv,
+            note=note)
+
+
+# ---------- main ------------------------------------------------------------------------
+
+
+def machine():
+    cpu = ""
+    try:
+        for ln in open("/proc/cpuinfo"):
+            if ln.startswith("model name"):
+                cpu = ln.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "loadavg": open("/proc/loadavg").read().split()[:3],
+        "kernel": platform.release(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
+
+
+def fmt(v):
+    if v is None:
+        return "-"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.3g}"
+
+
+def table():
+    lines = []
+    hdr = ("row", "unit", "lockfn", "lockfn C", "peer", "peer value", "lockfn/peer")
+    data = []
+    for r in ROWS:
+        rat = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        if r["ratio_cabi"] is not None:
+            rat += f" (C {r['ratio_cabi']:.2f})"
+        if r["skip"]:
+            data.append((r["id"], r["unit"], "skip", "", r["peer"], "skip", r["skip"][:60]))
+            continue
+        data.append((r["id"], r["unit"], fmt(r["lockfn"]), fmt(r["lockfn_cabi"]) if r["section"] == "cycle" else "",
+                     r["peer"][:48], fmt(r["peer_value"]), rat))
+    w = [max(len(str(x[i])) for x in data + [hdr]) for i in range(len(hdr))]
+    for x in [hdr] + data:
+        lines.append("  ".join(str(c).ljust(w[i]) for i, c in enumerate(x)).rstrip())
+    return "\n".join(lines)
+
+
+def probe_lockfn(b):
+    """lockfn's backend usable here? (the consul backend lands later)"""
+    try:
+        run_json([LBENCH, "cycle", target(b, f"{TAG}-probe"), "1"], benv(b), timeout=60)
+        return None
+    except Exception as e:
+        msg = str(e)
+        if "not implemented" in msg.lower():
+            return f"lockfn's {b} backend is not implemented on this build"
+        return f"lockfn {b} probe failed: {msg[-200:]}"
+
+
+def main():
+    global ZKPROXY, CPROXY
+    if not ZKHOSTS:
+        SKIPS["zk"] = E.get("ZK_SKIP", "no ZooKeeper server")
+    if not CONSUL:
+        SKIPS["consul"] = E.get("CONSUL_SKIP", "no Consul agent")
+    for b in BACKENDS:
+        if b not in SKIPS:
+            r = probe_lockfn(b)
+            if r:
+                LOCKFN_SKIP[b] = r
+                log(f"skip lockfn {b}: {r}")
+    try:
+        if "zk" not in SKIPS:
+            ZKPROXY = Proxy("zk", ZKHOSTS.split(",")[0])
+        if "consul" not in SKIPS:
+            CPROXY = Proxy("http", CONSUL)
+        m = machine()
+        t0 = time.monotonic()
+        bench_cycles()
+        bench_cycle_requests()
+        bench_commands()
+        bench_handoff()
+        bench_wait()
+        m["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+        m["seconds"] = round(time.monotonic() - t0, 1)
+        out = {"quick": QUICK, "machine": m, "lockfn_skipped": LOCKFN_SKIP, "skipped": SKIPS, "rows": ROWS}
+        with open(E["BENCH_OUT"] + ".tmp", "w") as f:
+            json.dump(out, f, indent=1)
+        os.rename(E["BENCH_OUT"] + ".tmp", E["BENCH_OUT"])
+        print(f"lockfn benchmarks ({'quick' if QUICK else 'full'}), {m['date']}, {m['nproc']} CPUs {m['cpu']}, "
+              f"load {' '.join(m['loadavg'])} -> {' '.join(m['loadavg_end'])}, {m['seconds']} s")
+        print("cycle rows: lockfn = Rust API, lockfn C = C ABI; ratio < 1 means lockfn is cheaper "
+              "(throughput: > 1 means lockfn is faster)")
+        print(table())
+        print(f"JSON: {E['BENCH_OUT']}")
+    finally:
+        for p in PROCS:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+if __name__ == "__main__":
+    main()
