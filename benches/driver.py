@@ -334,10 +334,12 @@ def bench_commands():
 # ---------- 3+4. hand-off latency and throughput ------------------------------------------
 
 
-def contenders(b, impl, k, dur):
-    """K+1 processes loop acquire/record/release for dur s: one holds, K wait. Returns
-    (ops, handoff latencies ns, service requests or None, note)."""
-    name = f"{TAG}-ho-{b}-{impl}-{k}"
+def contenders(b, impl, k, dur, mode):
+    """K+1 processes loop acquire/record/release for dur s: one holds, K wait. mode handoff:
+    a releaser rejoins only after another process took the lock (every release is a hand-off to
+    one of K waiters); mode loop: plain loop (throughput). Returns (ops, handoff latencies ns,
+    service requests or None)."""
+    name = f"{TAG}-{mode}-{b}-{impl}-{k}"
     shm = os.path.join(TMP, name + ".shm")
     with open(shm, "wb") as f:
         f.write(b"\0" * 16)
@@ -346,13 +348,13 @@ def contenders(b, impl, k, dur):
     if b == "pmxcfs":
         pmxlog = os.path.join(TMP, name + ".pmxlog")
         extra["PMXEMU_LOG"] = pmxlog
-    if b == "consul" and CPROXY is not None:
+    if b == "consul" and CPROXY is not None and mode == "handoff":
         extra["CONSUL_HTTP_ADDR"] = CPROXY.addr
     env = benv(b, extra)
     if impl == "lockfn":
-        cmd = [LBENCH, "worker", target(b, name), shm]
+        cmd = [LBENCH, "worker", target(b, name), shm, mode]
     else:
-        cmd = [PY, PEERS, "worker", PEER_KIND[b], name, shm]
+        cmd = [PY, PEERS, "worker", PEER_KIND[b], name, shm, mode]
     procs = []
     try:
         for _ in range(k + 1):
@@ -383,7 +385,7 @@ def contenders(b, impl, k, dur):
         reqs = None
         if b == "zk":
             reqs = zk_mntr_packets() - c0
-        elif b == "consul" and CPROXY:
+        elif b == "consul" and CPROXY and mode == "handoff":
             reqs = CPROXY.count() - c0
         elif b == "pmxcfs":
             reqs = sum(1 for _ in open(pmxlog)) if os.path.exists(pmxlog) else 0
@@ -398,9 +400,9 @@ def contenders(b, impl, k, dur):
 
 
 REQ_UNIT = {
-    "zk": "ZooKeeper packets received by the server (mntr zk_packets_received) per acquisition",
-    "consul": "HTTP requests (counting proxy) per acquisition",
-    "pmxcfs": "pmxcfs messages (mkdir/rmdir/utime logged by pmxemu) per acquisition",
+    "zk": "ZooKeeper packets received by the server (mntr zk_packets_received) per hand-off, all K+1 clients",
+    "consul": "HTTP requests of all K+1 clients (counting proxy) per hand-off",
+    "pmxcfs": "pmxcfs messages (mkdir/rmdir/utime logged by pmxemu) per hand-off, all K+1 processes",
 }
 
 
@@ -417,42 +419,47 @@ def bench_handoff():
                 row(f"throughput.{base}", "throughput", b, f"throughput, K={k}", "ops/s", None, PEER_LABEL[peer], None,
                     skip=reason, better="higher")
                 continue
-            log(f"hand-off/throughput {b} K={k}: {dur_s()} s each")
+            log(f"hand-off and throughput {b} K={k}: {DUR} s each")
             res = {}
-            for impl in ("lockfn", "peer"):
-                if impl == "lockfn" and b in LOCKFN_SKIP:
-                    res[impl] = None
-                    continue
-                try:
-                    res[impl] = contenders(b, impl, k, DUR)
-                except Exception as e:
-                    log(f"  {impl}: {e}")
-                    res[impl] = None
+            for mode in ("handoff", "loop"):
+                for impl in ("lockfn", "peer"):
+                    if impl == "lockfn" and b in LOCKFN_SKIP:
+                        res[mode, impl] = None
+                        continue
+                    try:
+                        res[mode, impl] = contenders(b, impl, k, DUR, mode)
+                    except Exception as e:
+                        log(f"  {mode} {impl}: {e}")
+                        res[mode, impl] = None
             vals = {}
-            for impl, r in res.items():
-                if r is None:
-                    vals[impl] = (None, None, None, None)
-                    continue
-                ops, lat, reqs = r
-                vals[impl] = (pct(lat, 50) / 1e6 if lat else None, pct(lat, 99) / 1e6 if lat else None,
-                              (reqs / ops) if (reqs is not None and ops) else None, ops / DUR)
-            note = f"lockfn side skipped: {LOCKFN_SKIP[b]}" if b in LOCKFN_SKIP else None
+            for impl in ("lockfn", "peer"):
+                h, t = res["handoff", impl], res["loop", impl]
+                p50 = p99 = per = thr = None
+                nh = 0
+                if h is not None:
+                    ops, lat, reqs = h
+                    nh = len(lat)
+                    if lat:
+                        p50, p99 = pct(lat, 50) / 1e6, pct(lat, 99) / 1e6
+                    if reqs is not None and ops:
+                        per = reqs / ops
+                if t is not None:
+                    thr = t[0] / DUR
+                vals[impl] = (p50, p99, per, thr, nh)
+            lskip = f"lockfn side skipped: {LOCKFN_SKIP[b]}; " if b in LOCKFN_SKIP else ""
             lv, pv = vals["lockfn"], vals["peer"]
+            nnote = f"{lskip}hand-offs measured: lockfn {lv[4]}, peer {pv[4]}"
             row(f"handoff.{base}.p50", "handoff", b, f"hand-off p50, K={k}", "ms", lv[0], PEER_LABEL[peer], pv[0],
-                note=note)
+                note=nnote)
             row(f"handoff.{base}.p99", "handoff", b, f"hand-off p99, K={k}", "ms", lv[1], PEER_LABEL[peer], pv[1],
-                note=note)
-            row(f"handoff.{base}.requests", "handoff", b, f"requests per acquisition, K={k}", "req", lv[2],
+                note=nnote)
+            row(f"handoff.{base}.requests", "handoff", b, f"requests per hand-off, K={k}", "req", lv[2],
                 PEER_LABEL[peer], pv[2],
                 skip=("sem has no service: the kernel futex of a shared-memory semaphore (syscalls of a waiter: "
                       "see wait.sem)" if b == "sem" else None),
-                note=REQ_UNIT.get(b, note))
+                note=lskip + REQ_UNIT.get(b, ""))
             row(f"throughput.{base}", "throughput", b, f"throughput, K={k}", "ops/s", lv[3], PEER_LABEL[peer], pv[3],
-                note=note, better="higher")
-
-
-def dur_s():
-    return DUR
+                note=lskip or None, better="higher")
 
 
 # ---------- 5. cost of waiting ----------------------------------------------------------

@@ -3,9 +3,12 @@
 //!   lockfn_bench cycle TARGET N
 //!       N uncontended acquire+release cycles through the Rust API (`Lock::acquire_str`,
 //!       `Lock::release`) in this process; prints `{"ns_per_op": F, "n": N}`.
-//!   lockfn_bench worker TARGET SHMFILE
-//!       one contender of a hand-off/throughput run: prints `ready`, waits for a line
-//!       `go SECS` on stdin, then loops acquire / critical section / release for SECS seconds.
+//!   lockfn_bench worker TARGET SHMFILE MODE
+//!       one contender of a hand-off (MODE `handoff`) or throughput (MODE `loop`) run: prints
+//!       `ready`, waits for a line `go SECS` on stdin, then loops acquire / critical section /
+//!       release for SECS seconds. In `handoff` mode a releaser rejoins the queue only once
+//!       another process has taken the lock, so every release is a hand-off to one of the K
+//!       waiters; in `loop` mode it loops at once (barging allowed).
 //!       The critical section reads and rewrites SHMFILE (16 bytes: pid of the last releaser,
 //!       CLOCK_MONOTONIC ns just before its release), so the hand-off latency is
 //!       now - that time whenever the lock came from another process. Prints one JSON line:
@@ -67,7 +70,7 @@ fn zk_requests() -> u64 {
     lockfn::backend::zookeeper::counters().requests
 }
 
-fn worker(target: &str, shm: &str) {
+fn worker(target: &str, shm: &str, handoff: bool) {
     let f = match OpenOptions::new().read(true).write(true).open(shm) {
         Ok(f) => f,
         Err(e) => die(format!("open {shm}: {e}")),
@@ -129,6 +132,15 @@ fn worker(target: &str, shm: &str) {
         if let Err(e) = l.release() {
             die(format!("release {target}: {e}"));
         }
+        if handoff {
+            let mut p = [0u8; 8];
+            while Instant::now() < end
+                && f.read_exact_at(&mut p, 0).is_ok()
+                && u64::from_le_bytes(p) == pid
+            {
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        }
     }
     let lat_s: Vec<String> = lat.iter().map(|v| v.to_string()).collect();
     println!(
@@ -162,13 +174,15 @@ fn main() {
                 .unwrap_or_else(|_| die(format!("bad N {}", args[3])));
             cycle(&args[2], n)
         }
-        Some("worker") if args.len() == 4 => worker(&args[2], &args[3]),
+        Some("worker") if args.len() == 5 && (args[4] == "handoff" || args[4] == "loop") => {
+            worker(&args[2], &args[3], args[4] == "handoff")
+        }
         Some("wait") if args.len() == 4 => {
             let secs = args[3]
                 .parse()
                 .unwrap_or_else(|_| die(format!("bad SECS {}", args[3])));
             wait(&args[2], secs)
         }
-        _ => die("usage: lockfn_bench cycle TARGET N | worker TARGET SHMFILE | wait TARGET SECS".into()),
+        _ => die("usage: lockfn_bench cycle TARGET N | worker TARGET SHMFILE handoff|loop | wait TARGET SECS".into()),
     }
 }
