@@ -2,9 +2,8 @@
 
     countproxy.py MODE PORTFILE UPSTREAM_HOST:PORT
 
-MODE http: Consul's HTTP API. A request is a request line (`GET|PUT|POST|DELETE|HEAD /… HTTP/1.x`
-           at the start of the stream or after CRLF) in the client→server direction. Bodies are
-           short JSON here, so a body line that looks like a request line does not occur.
+MODE http: Consul's HTTP API. Every HTTP/1.1 request the clients send (the stream is parsed:
+           headers, then a Content-Length or chunked body; keep-alive counted per request).
 MODE zk:   ZooKeeper's protocol. Every client→server frame (4-byte big-endian length + payload)
            is one request: connect, create, getChildren, exists, delete, ping, close…
 
@@ -18,19 +17,64 @@ import re
 import struct
 import sys
 
-REQ = re.compile(rb"(?:^|\r\n)(?:GET|PUT|POST|DELETE|HEAD) /[^ \r\n]* HTTP/1\.[01]\r\n")
+REQ = re.compile(rb"(?:GET|PUT|POST|DELETE|HEAD) /[^ \r\n]* HTTP/1\.[01]\r\n")
 COUNT = 0
 
 
 class HttpCounter:
+    """Parses the client's byte stream as HTTP/1.1 requests (headers, then a Content-Length or
+    chunked body), so keep-alive and pipelined requests are each counted once."""
+
     def __init__(self):
-        self.tail = b""
+        self.buf = b""
+        self.body_left = 0  # bytes of a Content-Length body still to skip
+        self.chunked = False
 
     def feed(self, data):
-        buf = self.tail + data
-        n = len(REQ.findall(buf)) - (len(REQ.findall(self.tail)) if self.tail else 0)
-        self.tail = buf[-64:]
-        return max(n, 0)
+        self.buf += data
+        n = 0
+        while True:
+            if self.body_left:
+                k = min(self.body_left, len(self.buf))
+                self.buf = self.buf[k:]
+                self.body_left -= k
+                if self.body_left:
+                    return n
+            if self.chunked:
+                i = self.buf.find(b"\r\n")
+                if i < 0:
+                    return n
+                try:
+                    size = int(self.buf[:i].split(b";")[0], 16)
+                except ValueError:
+                    size = 0
+                if size == 0:
+                    j = self.buf.find(b"\r\n\r\n", i - 2 if i >= 2 else 0)
+                    if j < 0:
+                        return n
+                    self.buf = self.buf[j + 4 :]
+                    self.chunked = False
+                    continue
+                if len(self.buf) < i + 2 + size + 2:
+                    return n
+                self.buf = self.buf[i + 2 + size + 2 :]
+                continue
+            i = self.buf.find(b"\r\n\r\n")
+            if i < 0:
+                return n
+            head, self.buf = self.buf[:i], self.buf[i + 4 :]
+            if REQ.match(head + b"\r\n"):
+                n += 1
+            for line in head.split(b"\r\n")[1:]:
+                k, _, v = line.partition(b":")
+                k = k.strip().lower()
+                if k == b"content-length":
+                    try:
+                        self.body_left = int(v.strip())
+                    except ValueError:
+                        pass
+                elif k == b"transfer-encoding" and b"chunked" in v.lower():
+                    self.chunked = True
 
 
 class ZkCounter:

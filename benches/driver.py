@@ -157,13 +157,17 @@ def zk_mntr_packets():
 
 class Proxy:
     def __init__(self, mode, upstream):
-        self.portfile = os.path.join(TMP, f"proxy-{mode}.port")
+        self.portfile = os.path.join(TMP, f"proxy-{mode}-{os.getpid()}.port")
+        if os.path.exists(self.portfile):
+            os.unlink(self.portfile)
         self.p = subprocess.Popen([PY, os.path.join(HERE, "countproxy.py"), mode, self.portfile, upstream])
         PROCS.append(self.p)
-        for _ in range(200):
-            if os.path.exists(self.portfile):
+        for _ in range(600):
+            if os.path.exists(self.portfile) or self.p.poll() is not None:
                 break
             time.sleep(0.05)
+        if not os.path.exists(self.portfile):
+            raise RuntimeError(f"countproxy.py {mode} did not start")
         port, ctrl = open(self.portfile).read().split()
         self.addr = f"127.0.0.1:{port}"
         self.ctrl = int(ctrl)

@@ -13,6 +13,9 @@
 # /dev/shm with tests/pmxcfs/pmxemu.c preloaded (pmxcfs's lock semantics, message log).
 # What each row measures: benches/README.md.
 set -uo pipefail
+# The whole script is one brace group: bash parses it before running it, so editing this file
+# during a run cannot change the running script.
+{
 cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
 QUICK=0
@@ -74,8 +77,10 @@ if [[ -z $BENCH_BIN || ! -x $BENCH_BIN ]]; then
   exit 1
 fi
 REL=$ROOT/target/release
-mkdir -p "$T/bin"
-if ! cc -O2 -Wall -Iinclude -o "$T/bin/cabi_cycle" benches/cabi_cycle.c -L"$REL" -llockfn -Wl,-rpath,"$REL" ||
+mkdir -p "$T/bin" "$T/lib"
+# the library's soname is liblockfn.so.0 (build.rs); the build leaves liblockfn.so only
+ln -sf "$REL/liblockfn.so" "$T/lib/liblockfn.so.0"
+if ! cc -O2 -Wall -Iinclude -o "$T/bin/cabi_cycle" benches/cabi_cycle.c -L"$REL" -llockfn -Wl,-rpath,"$T/lib" ||
   ! cc -O2 -Wall -o "$T/bin/raw_floor" benches/raw_floor.c -pthread ||
   ! cc -shared -fPIC -O2 -o "$T/bin/pmxemu.so" tests/pmxcfs/pmxemu.c -ldl; then
   echo "benches/run.sh: compiling the C helpers failed" >&2
@@ -109,3 +114,5 @@ export PMXLOCK_RUN=$ROOT/tests/pmxcfs/pmxlock_run.py
 
 say "running benches/driver.py ($([[ $QUICK == 1 ]] && echo quick || echo full))"
 "$VENV_PY" benches/driver.py
+exit $?
+}
