@@ -22,14 +22,14 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 E = os.environ
-TMP = E["BENCH_TMP"]
+TMP = E.get("BENCH_TMP", "")
 QUICK = E.get("BENCH_QUICK", "0") == "1"
-LOCKFN = E["LOCKFN_BIN"]
-LBENCH = E["LOCKFN_BENCH_BIN"]
-CABI = E["CABI_BIN"]
-RAWF = E["RAWFLOOR_BIN"]
-PY = E["VENV_PY"]
-VBIN = E["VENV_BIN"]
+LOCKFN = E.get("LOCKFN_BIN", "")
+LBENCH = E.get("LOCKFN_BENCH_BIN", "")
+CABI = E.get("CABI_BIN", "")
+RAWF = E.get("RAWFLOOR_BIN", "")
+PY = E.get("VENV_PY", "")
+VBIN = E.get("VENV_BIN", "")
 PEERS = os.path.join(HERE, "peers.py")
 ZKHOSTS = E.get("ZKHOSTS", "")
 CONSUL = E.get("CONSUL_HTTP_ADDR", "")
@@ -39,8 +39,10 @@ TAG = f"lfb{os.getpid()}"
 # sizes
 REPEATS = 3 if QUICK else 5
 CMD_REPEATS = 3 if QUICK else 10
-DUR = 1.5 if QUICK else 5.0  # hand-off / throughput run length, s
-WAIT_S = 1.5 if QUICK else 5.0  # waiting-cost window, s
+DUR = 2.0 if QUICK else 3.0  # hand-off / throughput window, s
+WINDOWS = 1 if QUICK else 3  # windows per figure (median over them)
+WAIT_S = 2.0 if QUICK else 6.0  # a waiter waits this long, s
+SETTLE = 0.5  # waiting cost is counted from SETTLE s after the waiter starts waiting (steady state)
 KS = [1, 10, 50]
 KS_RUN = [1, 10] if QUICK else KS
 N_CYCLE = {"sem": (2000, 20000), "pmxcfs": (200, 2000), "zk": (30, 300), "consul": (20, 150)}  # (quick, full)
@@ -338,72 +340,116 @@ def bench_commands():
 # ---------- 3+4. hand-off latency and throughput ------------------------------------------
 
 
-def contenders(b, impl, k, dur, mode):
-    """K+1 processes loop acquire/record/release for dur s: one holds, K wait. mode handoff:
-    a releaser rejoins only after another process took the lock (every release is a hand-off to
-    one of K waiters); mode loop: plain loop (throughput). Returns (ops, handoff latencies ns,
-    service requests or None)."""
-    name = f"{TAG}-{mode}-{b}-{impl}-{k}"
-    shm = os.path.join(TMP, name + ".shm")
-    with open(shm, "wb") as f:
-        f.write(b"\0" * 16)
-    extra = {}
-    pmxlog = None
-    if b == "pmxcfs":
-        pmxlog = os.path.join(TMP, name + ".pmxlog")
-        extra["PMXEMU_LOG"] = pmxlog
-    if b == "consul" and CPROXY is not None and mode == "handoff":
-        extra["CONSUL_HTTP_ADDR"] = CPROXY.addr
-    env = benv(b, extra)
-    if impl == "lockfn":
-        cmd = [LBENCH, "worker", target(b, name), shm, mode]
-    else:
-        cmd = [PY, PEERS, "worker", PEER_KIND[b], name, shm, mode]
-    procs = []
+def strace_total(path):
+    """Total syscalls from an `strace -c` summary file."""
     try:
-        for _ in range(k + 1):
-            procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
-        deadline = time.monotonic() + 120
-        for p in procs:
-            while True:
-                r, _, _ = select.select([p.stdout], [], [], max(0.1, deadline - time.monotonic()))
-                if not r:
-                    raise RuntimeError("a contender never became ready")
-                line = p.stdout.readline()
-                if not line:
-                    raise RuntimeError(f"a contender exited before ready (exit {p.wait()})")
-                if line.strip() == "ready":
-                    break
-        if pmxlog and os.path.exists(pmxlog):
-            os.unlink(pmxlog)
-        c0 = zk_mntr_packets() if b == "zk" else (CPROXY.count() if b == "consul" and CPROXY else None)
-        for p in procs:
-            p.stdin.write(f"go {dur}\n")
+        for ln in open(path):
+            f = ln.split()
+            if f and f[-1] == "total":
+                nums = [x for x in f[:-1]]
+                # % time, seconds, usecs/call, calls, [errors]
+                return int(nums[3])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+class Contenders:
+    """K+1 processes (one holds, K wait) that run timed windows on request: mode handoff, a
+    releaser rejoins only after another process took the lock (every release is a hand-off to
+    one of K waiters); mode loop, a plain loop (throughput). The processes start once and serve
+    every window of one (backend, implementation, K)."""
+
+    def __init__(self, b, impl, k, strace=False):
+        self.b, self.k = b, k
+        name = f"{TAG}-ho-{b}-{impl}-{k}{'-st' if strace else ''}"
+        self.shm = os.path.join(TMP, name + ".shm")
+        self.reset()
+        extra = {}
+        self.pmxlog = None
+        if b == "pmxcfs":
+            self.pmxlog = os.path.join(TMP, name + ".pmxlog")
+            extra["PMXEMU_LOG"] = self.pmxlog
+        self.proxied = b == "consul" and CPROXY is not None
+        if self.proxied:
+            extra["CONSUL_HTTP_ADDR"] = CPROXY.addr
+        env = benv(b, extra)
+        if impl == "lockfn":
+            cmd = [LBENCH, "worker", target(b, name), self.shm]
+        else:
+            cmd = [PY, PEERS, "worker", PEER_KIND[b], name, self.shm]
+        self.procs, self.straces = [], []
+        try:
+            for i in range(k + 1):
+                c = cmd
+                if strace:
+                    self.straces.append(os.path.join(TMP, f"{name}.{i}.strace"))
+                    c = ["strace", "-f", "-c", "-o", self.straces[-1]] + cmd
+                self.procs.append(
+                    subprocess.Popen(c, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+            deadline = time.monotonic() + 300
+            for p in self.procs:
+                line = self.readline(p, deadline)
+                if line.strip() != "ready":
+                    raise RuntimeError(f"a contender said {line!r} instead of ready")
+        except BaseException:
+            self.stop()
+            raise
+
+    def reset(self):
+        with open(self.shm, "wb") as f:
+            f.write(b"\0" * 16)
+
+    def readline(self, p, deadline):
+        r, _, _ = select.select([p.stdout], [], [], max(0.1, deadline - time.monotonic()))
+        if not r:
+            raise RuntimeError("a contender did not answer in time")
+        line = p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"a contender exited (exit {p.wait()})")
+        return line
+
+    def window(self, dur, mode):
+        """Returns (acquisitions, hand-off latencies in ns, service requests or None)."""
+        self.reset()
+        if self.pmxlog and os.path.exists(self.pmxlog):
+            os.unlink(self.pmxlog)
+        b = self.b
+        c0 = zk_mntr_packets() if b == "zk" else (CPROXY.count() if self.proxied else None)
+        for p in self.procs:
+            p.stdin.write(f"go {dur} {mode}\n")
             p.stdin.flush()
-        outs = []
-        for p in procs:
-            out, _ = p.communicate(timeout=dur + 120)
-            if p.returncode != 0:
-                raise RuntimeError(f"a contender failed (exit {p.returncode})")
-            outs.append(json.loads(out.strip().splitlines()[-1]))
+        deadline = time.monotonic() + dur + 120
+        outs = [json.loads(self.readline(p, deadline)) for p in self.procs]
         reqs = None
         if b == "zk":
             reqs = zk_mntr_packets() - c0
-        elif b == "consul" and CPROXY and mode == "handoff":
+        elif self.proxied:
             reqs = CPROXY.count() - c0
         elif b == "pmxcfs":
-            reqs = sum(1 for _ in open(pmxlog)) if os.path.exists(pmxlog) else 0
+            reqs = sum(1 for _ in open(self.pmxlog)) if os.path.exists(self.pmxlog) else 0
         ops = sum(o["ops"] for o in outs)
         lat = [x for o in outs for x in o["handoffs_ns"]]
         return ops, lat, reqs
-    finally:
-        for p in procs:
-            if p.poll() is None:
+
+    def stop(self):
+        """Ends the processes (EOF on stdin); returns the strace syscall total when traced."""
+        for p in self.procs:
+            try:
+                p.stdin.close()
+            except OSError:
+                pass
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        return sum(strace_total(f) for f in self.straces)
 
 
 REQ_UNIT = {
+    "sem": "sem has no service: syscalls of all K+1 processes per hand-off, from a separate run under strace -f -c",
     "zk": "ZooKeeper packets received by the server (mntr zk_packets_received) per hand-off, all K+1 clients",
     "consul": "HTTP requests of all K+1 clients (counting proxy) per hand-off",
     "pmxcfs": "pmxcfs messages (mkdir/rmdir/utime logged by pmxemu) per hand-off, all K+1 processes",
@@ -423,45 +469,49 @@ def bench_handoff():
                 row(f"throughput.{base}", "throughput", b, f"throughput, K={k}", "ops/s", None, PEER_LABEL[peer], None,
                     skip=reason, better="higher")
                 continue
-            log(f"hand-off and throughput {b} K={k}: {DUR} s each")
-            res = {}
-            for mode in ("handoff", "loop"):
-                for impl in ("lockfn", "peer"):
-                    if impl == "lockfn" and b in LOCKFN_SKIP:
-                        res[mode, impl] = None
-                        continue
-                    try:
-                        res[mode, impl] = contenders(b, impl, k, DUR, mode)
-                    except Exception as e:
-                        log(f"  {mode} {impl}: {e}")
-                        res[mode, impl] = None
+            log(f"hand-off and throughput {b} K={k}: {WINDOWS} x {DUR} s windows of each")
             vals = {}
             for impl in ("lockfn", "peer"):
-                h, t = res["handoff", impl], res["loop", impl]
-                p50 = p99 = per = thr = None
-                nh = 0
-                if h is not None:
-                    ops, lat, reqs = h
-                    nh = len(lat)
-                    if lat:
-                        p50, p99 = pct(lat, 50) / 1e6, pct(lat, 99) / 1e6
-                    if reqs is not None and ops:
-                        per = reqs / ops
-                if t is not None:
-                    thr = t[0] / DUR
-                vals[impl] = (p50, p99, per, thr, nh)
+                p50s, p99s, pers, thrs, nh = [], [], [], [], 0
+                if impl == "lockfn" and b in LOCKFN_SKIP:
+                    vals[impl] = (None, None, None, None, 0)
+                    continue
+                try:
+                    g = Contenders(b, impl, k)
+                    try:
+                        for _ in range(WINDOWS):
+                            ops, lat, reqs = g.window(DUR, "handoff")
+                            nh += len(lat)
+                            if lat:
+                                p50s.append(pct(lat, 50) / 1e6)
+                                p99s.append(pct(lat, 99) / 1e6)
+                            if reqs is not None and ops:
+                                pers.append(reqs / ops)
+                        for _ in range(WINDOWS):
+                            thrs.append(g.window(DUR, "loop")[0] / DUR)
+                    finally:
+                        g.stop()
+                    if b == "sem":
+                        # syscalls per hand-off: one more hand-off window under strace -f -c (slower,
+                        # so its latencies are not used; polling waiters poll more when slowed down)
+                        g = Contenders(b, impl, k, strace=True)
+                        try:
+                            ops = g.window(DUR, "handoff")[0]
+                        finally:
+                            n = g.stop()
+                        pers.append(n / ops if ops else None)
+                except Exception as e:
+                    log(f"  {impl}: {e}")
+                vals[impl] = (med(p50s), med(p99s), med(pers), med(thrs), nh)
             lskip = f"lockfn side skipped: {LOCKFN_SKIP[b]}; " if b in LOCKFN_SKIP else ""
             lv, pv = vals["lockfn"], vals["peer"]
-            nnote = f"{lskip}hand-offs measured: lockfn {lv[4]}, peer {pv[4]}"
+            nnote = f"{lskip}hand-offs measured: lockfn {lv[4]}, peer {pv[4]}; median over {WINDOWS} windows"
             row(f"handoff.{base}.p50", "handoff", b, f"hand-off p50, K={k}", "ms", lv[0], PEER_LABEL[peer], pv[0],
                 note=nnote)
             row(f"handoff.{base}.p99", "handoff", b, f"hand-off p99, K={k}", "ms", lv[1], PEER_LABEL[peer], pv[1],
                 note=nnote)
-            row(f"handoff.{base}.requests", "handoff", b, f"requests per hand-off, K={k}", "req", lv[2],
-                PEER_LABEL[peer], pv[2],
-                skip=("sem has no service: the kernel futex of a shared-memory semaphore (syscalls of a waiter: "
-                      "see wait.sem)" if b == "sem" else None),
-                note=lskip + REQ_UNIT.get(b, ""))
+            row(f"handoff.{base}.requests", "handoff", b, f"requests per hand-off, K={k}",
+                "syscalls" if b == "sem" else "req", lv[2], PEER_LABEL[peer], pv[2], note=lskip + REQ_UNIT[b])
             row(f"throughput.{base}", "throughput", b, f"throughput, K={k}", "ops/s", lv[3], PEER_LABEL[peer], pv[3],
                 note=lskip or None, better="higher")
 
@@ -499,10 +549,11 @@ def wait_one(b, impl):
             waiter = ["strace", "-f", "-ttt", "-qq", "-o", strace_out] + waiter
         w = subprocess.Popen(waiter, env=wenv, stdout=subprocess.PIPE, text=True)
         line = w.stdout.readline()
-        t_wall, t_mono = time.time(), time.monotonic_ns()
-        c0 = (ZKPROXY if b == "zk" else CPROXY).count() if b in ("zk", "consul") else None
         if line.strip() != "waiting":
             raise RuntimeError(f"waiter said {line!r}")
+        time.sleep(SETTLE)
+        t_wall, t_mono = time.time(), time.monotonic_ns()
+        c0 = (ZKPROXY if b == "zk" else CPROXY).count() if b in ("zk", "consul") else None
         w.communicate(timeout=WAIT_S + 60)
         t_end = time.time()
         if w.returncode != 0:
@@ -540,7 +591,8 @@ def wait_one(b, impl):
 WAIT_UNIT = {
     "sem": ("syscalls/s", "syscalls of the waiting process (strace -f), all threads"),
     "pmxcfs": ("msgs/s", "pmxcfs messages (mkdir/rmdir/utime, pmxemu log) of the waiting process"),
-    "zk": ("req/s", "ZooKeeper requests of the waiting client (frames through the counting proxy, pings included)"),
+    "zk": ("req/s", "ZooKeeper requests of the waiting client (frames through the counting proxy, pings included; "
+                    "the default 10 s session timeout on both sides)"),
     "consul": ("req/s", "HTTP requests of the waiting client (counting proxy)"),
 }
 
@@ -677,5 +729,24 @@ def main():
                     p.kill()
 
 
+def markdown(path):
+    """`driver.py --markdown results.json`: the rows as a Markdown table (for RESULTS.md)."""
+    d = json.load(open(path))
+    print("| row | unit | lockfn | lockfn C | peer | peer value | lockfn/peer |")
+    print("|---|---|---|---|---|---|---|")
+    for r in d["rows"]:
+        if r["skip"]:
+            print(f"| `{r['id']}` | {r['unit']} | skipped | | {r['peer']} | | {r['skip']} |")
+            continue
+        rat = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        if r["ratio_cabi"] is not None:
+            rat += f" (C {r['ratio_cabi']:.2f})"
+        c = fmt(r["lockfn_cabi"]) if r["section"] == "cycle" else ""
+        print(f"| `{r['id']}` | {r['unit']} | {fmt(r['lockfn'])} | {c} | {r['peer']} | {fmt(r['peer_value'])} | {rat} |")
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--markdown":
+        markdown(sys.argv[2])
+    else:
+        main()

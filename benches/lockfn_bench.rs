@@ -3,12 +3,12 @@
 //!   lockfn_bench cycle TARGET N
 //!       N uncontended acquire+release cycles through the Rust API (`Lock::acquire_str`,
 //!       `Lock::release`) in this process; prints `{"ns_per_op": F, "n": N}`.
-//!   lockfn_bench worker TARGET SHMFILE MODE
-//!       one contender of a hand-off (MODE `handoff`) or throughput (MODE `loop`) run: prints
-//!       `ready`, waits for a line `go SECS` on stdin, then loops acquire / critical section /
-//!       release for SECS seconds. In `handoff` mode a releaser rejoins the queue only once
-//!       another process has taken the lock, so every release is a hand-off to one of the K
-//!       waiters; in `loop` mode it loops at once (barging allowed).
+//!   lockfn_bench worker TARGET SHMFILE
+//!       one contender of hand-off and throughput runs: prints `ready`, then for every line
+//!       `go SECS MODE` on stdin loops acquire / critical section / release for SECS seconds
+//!       and prints one JSON line; exits at EOF. MODE `handoff`: a releaser rejoins the queue
+//!       only once another process has taken the lock, so every release is a hand-off to one of
+//!       the K waiters; MODE `loop` (throughput): it loops at once (barging allowed).
 //!       The critical section reads and rewrites SHMFILE (16 bytes: pid of the last releaser,
 //!       CLOCK_MONOTONIC ns just before its release), so the hand-off latency is
 //!       now - that time whenever the lock came from another process. Prints one JSON line:
@@ -70,12 +70,11 @@ fn zk_requests() -> u64 {
     lockfn::backend::zookeeper::counters().requests
 }
 
-fn worker(target: &str, shm: &str, handoff: bool) {
+fn worker(target: &str, shm: &str) {
     let f = match OpenOptions::new().read(true).write(true).open(shm) {
         Ok(f) => f,
         Err(e) => die(format!("open {shm}: {e}")),
     };
-    let pid = std::process::id() as u64;
     let opts = Options::default();
     // Warm up the connection outside the timed window (try once; busy is fine).
     let mut warm = opts.clone();
@@ -85,15 +84,21 @@ fn worker(target: &str, shm: &str, handoff: bool) {
     }
     println!("ready");
     let _ = std::io::stdout().flush();
-    let mut line = String::new();
-    if std::io::stdin().lock().read_line(&mut line).is_err() {
-        die("no go line".into());
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let mut w = line.split_whitespace();
+        if w.next() != Some("go") {
+            continue;
+        }
+        let secs: f64 = w.next().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+        let handoff = w.next() == Some("handoff");
+        window(target, &f, &opts, secs, handoff);
     }
-    let secs: f64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
+}
+
+/// One timed window of the worker; prints its JSON line.
+fn window(target: &str, f: &std::fs::File, opts: &Options, secs: f64, handoff: bool) {
+    let pid = std::process::id() as u64;
     let req0 = zk_requests();
     let end = Instant::now() + Duration::from_secs_f64(secs);
     let mut ops = 0u64;
@@ -127,12 +132,13 @@ fn worker(target: &str, shm: &str, handoff: bool) {
         buf[..8].copy_from_slice(&pid.to_le_bytes());
         buf[8..].copy_from_slice(&mono_ns().to_le_bytes());
         if let Err(e) = f.write_all_at(&buf, 0) {
-            die(format!("write {shm}: {e}"));
+            die(format!("write record: {e}"));
         }
         if let Err(e) = l.release() {
             die(format!("release {target}: {e}"));
         }
         if handoff {
+            // a hand-off goes to one of the K waiters: rejoin only once another process has it
             let mut p = [0u8; 8];
             while Instant::now() < end
                 && f.read_exact_at(&mut p, 0).is_ok()
@@ -148,6 +154,7 @@ fn worker(target: &str, shm: &str, handoff: bool) {
         zk_requests() - req0,
         lat_s.join(",")
     );
+    let _ = std::io::stdout().flush();
 }
 
 fn wait(target: &str, secs: f64) {
@@ -174,15 +181,15 @@ fn main() {
                 .unwrap_or_else(|_| die(format!("bad N {}", args[3])));
             cycle(&args[2], n)
         }
-        Some("worker") if args.len() == 5 && (args[4] == "handoff" || args[4] == "loop") => {
-            worker(&args[2], &args[3], args[4] == "handoff")
-        }
+        Some("worker") if args.len() == 4 => worker(&args[2], &args[3]),
         Some("wait") if args.len() == 4 => {
             let secs = args[3]
                 .parse()
                 .unwrap_or_else(|_| die(format!("bad SECS {}", args[3])));
             wait(&args[2], secs)
         }
-        _ => die("usage: lockfn_bench cycle TARGET N | worker TARGET SHMFILE handoff|loop | wait TARGET SECS".into()),
+        _ => die(
+            "usage: lockfn_bench cycle TARGET N | worker TARGET SHMFILE | wait TARGET SECS".into(),
+        ),
     }
 }

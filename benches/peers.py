@@ -2,10 +2,9 @@
 users drive them (benches/run.sh runs this with the test venv's python).
 
     peers.py cycle KIND NAME N          N uncontended cycles in this process -> {"ns_per_op", "n"}
-    peers.py worker KIND NAME SHMFILE MODE
-                                        hand-off (MODE handoff) or throughput (MODE loop)
-                                        contender; protocol of benches/lockfn_bench.rs
-                                        ("ready", then "go SECS")
+    peers.py worker KIND NAME SHMFILE   hand-off / throughput contender; protocol of
+                                        benches/lockfn_bench.rs ("ready", then per line
+                                        "go SECS handoff|loop" one window and one JSON line)
     peers.py hold KIND NAME             acquire, print "held", hold until stdin closes
     peers.py wait KIND NAME SECS        wait for a held lock for SECS seconds (then give up)
 
@@ -208,13 +207,21 @@ def cycle(kind, name, n):
     print(json.dumps({"ns_per_op": (time.perf_counter_ns() - t0) / n, "n": n}))
 
 
-def worker(kind, name, shm, mode):
+def worker(kind, name, shm):
     k = KINDS[kind](name)
     fd = os.open(shm, os.O_RDWR)
-    pid = os.getpid()
     print("ready", flush=True)
-    line = sys.stdin.readline().split()
-    secs = float(line[1]) if len(line) > 1 else 1.0
+    for line in sys.stdin:
+        w = line.split()
+        if not w or w[0] != "go":
+            continue
+        secs = float(w[1]) if len(w) > 1 else 1.0
+        window(k, fd, secs, len(w) > 2 and w[2] == "handoff")
+    os._exit(0)  # no atexit/thread teardown noise in the timing of the others
+
+
+def window(k, fd, secs, handoff):
+    pid = os.getpid()
     end = time.monotonic() + secs
     ops = selfs = 0
     lat = []
@@ -235,12 +242,11 @@ def worker(kind, name, shm, mode):
         ops += 1
         os.pwrite(fd, pid.to_bytes(8, "little") + time.monotonic_ns().to_bytes(8, "little"), 0)
         k.release()
-        if mode == "handoff":
+        if handoff:
             # a hand-off goes to one of the K waiters: rejoin only once another process has it
             while time.monotonic() < end and int.from_bytes(os.pread(fd, 8, 0), "little") == pid:
                 time.sleep(0.0005)
     print(json.dumps({"ops": ops, "self": selfs, "handoffs_ns": lat}), flush=True)
-    os._exit(0)  # no atexit/thread teardown noise in the timing of the others
 
 
 def hold(kind, name):
@@ -264,8 +270,8 @@ def main():
     a = sys.argv[1:]
     if len(a) == 4 and a[0] == "cycle":
         cycle(a[1], a[2], int(a[3]))
-    elif len(a) == 5 and a[0] == "worker" and a[4] in ("handoff", "loop"):
-        worker(a[1], a[2], a[3], a[4])
+    elif len(a) == 4 and a[0] == "worker":
+        worker(a[1], a[2], a[3])
     elif len(a) == 3 and a[0] == "hold":
         hold(a[1], a[2])
     elif len(a) == 4 and a[0] == "wait":

@@ -52,6 +52,7 @@ set +e
 export LOCKFN_TEST_CACHE CONSUL_BIN LOCKFN_VENV ZK_CLASSPATH
 
 T=$(mktemp -d /dev/shm/lockfn-bench.XXXXXX)
+# shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
   tests/servers/zookeeper.sh stop "$T/zk" >/dev/null 2>&1 || true
   tests/servers/consul.sh stop "$T/consul" >/dev/null 2>&1 || true
