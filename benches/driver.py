@@ -41,6 +41,9 @@ REPEATS = 3 if QUICK else 5
 CMD_REPEATS = 3 if QUICK else 10
 DUR = 2.0 if QUICK else 3.0  # hand-off / throughput window, s
 WINDOWS = 1 if QUICK else 3  # windows per figure (median over them)
+# hand-off windows: a holder keeps the lock until the previous holder rejoined the queue and had
+# MARGIN_MS to start waiting (its first attempt done), so every release goes to a waiting process
+MARGIN_MS = 50
 WAIT_S = 2.0 if QUICK else 6.0  # a waiter waits this long, s
 SETTLE = 0.5  # waiting cost is counted from SETTLE s after the waiter starts waiting (steady state)
 KS = [1, 10, 50]
@@ -398,7 +401,7 @@ class Contenders:
 
     def reset(self):
         with open(self.shm, "wb") as f:
-            f.write(b"\0" * 16)
+            f.write(b"\0" * 32)
 
     def readline(self, p, deadline):
         r, _, _ = select.select([p.stdout], [], [], max(0.1, deadline - time.monotonic()))
@@ -409,7 +412,7 @@ class Contenders:
             raise RuntimeError(f"a contender exited (exit {p.wait()})")
         return line
 
-    def window(self, dur, mode):
+    def window(self, dur, mode, margin_ms=0):
         """Returns (acquisitions, hand-off latencies in ns, service requests or None)."""
         self.reset()
         if self.pmxlog and os.path.exists(self.pmxlog):
@@ -417,7 +420,7 @@ class Contenders:
         b = self.b
         c0 = zk_mntr_packets() if b == "zk" else (CPROXY.count() if self.proxied else None)
         for p in self.procs:
-            p.stdin.write(f"go {dur} {mode}\n")
+            p.stdin.write(f"go {dur} {mode} {margin_ms}\n")
             p.stdin.flush()
         deadline = time.monotonic() + dur + 120
         outs = [json.loads(self.readline(p, deadline)) for p in self.procs]
@@ -480,7 +483,7 @@ def bench_handoff():
                     g = Contenders(b, impl, k)
                     try:
                         for _ in range(WINDOWS):
-                            ops, lat, reqs = g.window(DUR, "handoff")
+                            ops, lat, reqs = g.window(DUR, "handoff", MARGIN_MS)
                             nh += len(lat)
                             if lat:
                                 p50s.append(pct(lat, 50) / 1e6)
@@ -496,7 +499,7 @@ def bench_handoff():
                         # so its latencies are not used; polling waiters poll more when slowed down)
                         g = Contenders(b, impl, k, strace=True)
                         try:
-                            ops = g.window(DUR, "handoff")[0]
+                            ops = g.window(DUR, "handoff", MARGIN_MS)[0]
                         finally:
                             n = g.stop()
                         pers.append(n / ops if ops else None)

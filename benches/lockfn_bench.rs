@@ -5,14 +5,15 @@
 //!       `Lock::release`) in this process; prints `{"ns_per_op": F, "n": N}`.
 //!   lockfn_bench worker TARGET SHMFILE
 //!       one contender of hand-off and throughput runs: prints `ready`, then for every line
-//!       `go SECS MODE` on stdin loops acquire / critical section / release for SECS seconds
-//!       and prints one JSON line; exits at EOF. MODE `handoff`: a releaser rejoins the queue
-//!       only once another process has taken the lock, so every release is a hand-off to one of
-//!       the K waiters; MODE `loop` (throughput): it loops at once (barging allowed).
-//!       The critical section reads and rewrites SHMFILE (16 bytes: pid of the last releaser,
-//!       CLOCK_MONOTONIC ns just before its release), so the hand-off latency is
-//!       now - that time whenever the lock came from another process. Prints one JSON line:
-//!       `{"ops": N, "handoffs_ns": [...], "self": N, "zk_requests": N}`.
+//!       `go SECS MODE [MARGIN_MS]` on stdin loops acquire / critical section / release for SECS
+//!       seconds and prints one JSON line `{"ops", "self", "zk_requests", "handoffs_ns"}`;
+//!       exits at EOF. The critical section keeps a 32-byte record in SHMFILE (see `window`):
+//!       the hand-off latency is the new holder's acquisition time minus the releaser's time
+//!       just before release, whenever the lock came from another process.
+//!       MODE `handoff`: after a release, the releaser rejoins the queue only once another
+//!       process holds the lock, and a holder keeps the lock until the previous holder has
+//!       rejoined and had MARGIN_MS to start waiting, so every release goes to one of K
+//!       processes that are waiting. MODE `loop` (throughput): plain loop, barging allowed.
 //!   lockfn_bench wait TARGET SECS
 //!       prints `waiting`, then waits up to SECS for TARGET (held by someone else); exits 0 on
 //!       the expected timeout.
@@ -92,19 +93,51 @@ fn worker(target: &str, shm: &str) {
         }
         let secs: f64 = w.next().and_then(|s| s.parse().ok()).unwrap_or(1.0);
         let handoff = w.next() == Some("handoff");
-        window(target, &f, &opts, secs, handoff);
+        let margin_ms: u64 = w.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        window(
+            target,
+            &f,
+            &opts,
+            secs,
+            handoff,
+            Duration::from_millis(margin_ms),
+        );
     }
 }
 
 /// One timed window of the worker; prints its JSON line.
-fn window(target: &str, f: &std::fs::File, opts: &Options, secs: f64, handoff: bool) {
+fn read_u64(f: &std::fs::File, off: u64) -> u64 {
+    let mut b = [0u8; 8];
+    match f.read_exact_at(&mut b, off) {
+        Ok(()) => u64::from_le_bytes(b),
+        Err(_) => 0,
+    }
+}
+
+fn write_u64s(f: &std::fs::File, off: u64, vals: &[u64]) {
+    let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+    if let Err(e) = f.write_all_at(&bytes, off) {
+        die(format!("write record: {e}"));
+    }
+}
+
+/// One timed window of the worker; prints its JSON line. The record file holds four u64:
+/// 0 pid of the last releaser, 8 its CLOCK_MONOTONIC ns just before release, 16 pid of the
+/// current holder, 24 when the previous holder rejoined the queue (handoff mode).
+fn window(
+    target: &str,
+    f: &std::fs::File,
+    opts: &Options,
+    secs: f64,
+    handoff: bool,
+    margin: Duration,
+) {
     let pid = std::process::id() as u64;
     let req0 = zk_requests();
     let end = Instant::now() + Duration::from_secs_f64(secs);
     let mut ops = 0u64;
     let mut selfs = 0u64;
     let mut lat: Vec<u64> = Vec::new();
-    let mut buf = [0u8; 16];
     let mut wait = opts.clone();
     loop {
         let left = end.saturating_duration_since(Instant::now());
@@ -118,34 +151,43 @@ fn window(target: &str, f: &std::fs::File, opts: &Options, secs: f64, handoff: b
             Err(e) => die(format!("acquire {target}: {e}")),
         };
         let now = mono_ns();
-        if f.read_exact_at(&mut buf, 0).is_ok() {
-            let (p, t) = buf.split_at(8);
-            let last_pid = u64::from_le_bytes(p.try_into().unwrap_or([0; 8]));
-            let last_t = u64::from_le_bytes(t.try_into().unwrap_or([0; 8]));
-            if last_t != 0 && last_pid != pid && now >= last_t {
-                lat.push(now - last_t);
-            } else if last_pid == pid {
-                selfs += 1;
-            }
+        let (last_pid, last_t) = (read_u64(f, 0), read_u64(f, 8));
+        if last_t != 0 && last_pid != pid && now >= last_t {
+            lat.push(now - last_t);
+        } else if last_pid == pid {
+            selfs += 1;
         }
         ops += 1;
-        buf[..8].copy_from_slice(&pid.to_le_bytes());
-        buf[8..].copy_from_slice(&mono_ns().to_le_bytes());
-        if let Err(e) = f.write_all_at(&buf, 0) {
-            die(format!("write record: {e}"));
+        if handoff {
+            write_u64s(f, 16, &[pid]);
+            // Hold until the previous holder is back in the queue and has had `margin` to start
+            // waiting (bounded: 1 s, or the window's end), so the release goes to a waiter.
+            // The window's first holder has no previous holder.
+            let cap = Instant::now() + Duration::from_secs(1);
+            if last_t != 0 {
+                loop {
+                    let t = Instant::now();
+                    if t >= end || t >= cap {
+                        break;
+                    }
+                    let rejoined = read_u64(f, 24);
+                    if rejoined >= now && mono_ns() >= rejoined + margin.as_nanos() as u64 {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            }
         }
+        write_u64s(f, 0, &[pid, mono_ns()]);
         if let Err(e) = l.release() {
             die(format!("release {target}: {e}"));
         }
         if handoff {
-            // a hand-off goes to one of the K waiters: rejoin only once another process has it
-            let mut p = [0u8; 8];
-            while Instant::now() < end
-                && f.read_exact_at(&mut p, 0).is_ok()
-                && u64::from_le_bytes(p) == pid
-            {
+            // rejoin only once another process holds the lock: every release is a hand-off
+            while Instant::now() < end && read_u64(f, 16) == pid {
                 std::thread::sleep(Duration::from_micros(500));
             }
+            write_u64s(f, 24, &[mono_ns()]);
         }
     }
     let lat_s: Vec<String> = lat.iter().map(|v| v.to_string()).collect();

@@ -4,7 +4,8 @@ users drive them (benches/run.sh runs this with the test venv's python).
     peers.py cycle KIND NAME N          N uncontended cycles in this process -> {"ns_per_op", "n"}
     peers.py worker KIND NAME SHMFILE   hand-off / throughput contender; protocol of
                                         benches/lockfn_bench.rs ("ready", then per line
-                                        "go SECS handoff|loop" one window and one JSON line)
+                                        "go SECS handoff|loop [MARGIN_MS]" one window and one
+                                        JSON line)
     peers.py hold KIND NAME             acquire, print "held", hold until stdin closes
     peers.py wait KIND NAME SECS        wait for a held lock for SECS seconds (then give up)
 
@@ -216,11 +217,21 @@ def worker(kind, name, shm):
         if not w or w[0] != "go":
             continue
         secs = float(w[1]) if len(w) > 1 else 1.0
-        window(k, fd, secs, len(w) > 2 and w[2] == "handoff")
+        window(k, fd, secs, len(w) > 2 and w[2] == "handoff", float(w[3]) / 1000 if len(w) > 3 else 0.0)
     os._exit(0)  # no atexit/thread teardown noise in the timing of the others
 
 
-def window(k, fd, secs, handoff):
+def u64(fd, off):
+    return int.from_bytes(os.pread(fd, 8, off), "little")
+
+
+def put(fd, off, *vals):
+    os.pwrite(fd, b"".join(v.to_bytes(8, "little") for v in vals), off)
+
+
+def window(k, fd, secs, handoff, margin):
+    """The record protocol of benches/lockfn_bench.rs `window` (32 bytes: last releaser pid,
+    its time just before release, current holder pid, previous holder's rejoin time)."""
     pid = os.getpid()
     end = time.monotonic() + secs
     ops = selfs = 0
@@ -232,20 +243,26 @@ def window(k, fd, secs, handoff):
         if not k.acquire(left):
             break
         now = time.monotonic_ns()
-        buf = os.pread(fd, 16, 0)
-        last_pid = int.from_bytes(buf[:8], "little")
-        last_t = int.from_bytes(buf[8:16], "little")
+        last_pid, last_t = u64(fd, 0), u64(fd, 8)
         if last_t and last_pid != pid and now >= last_t:
             lat.append(now - last_t)
         elif last_pid == pid:
             selfs += 1
         ops += 1
-        os.pwrite(fd, pid.to_bytes(8, "little") + time.monotonic_ns().to_bytes(8, "little"), 0)
+        if handoff:
+            put(fd, 16, pid)
+            cap = time.monotonic() + 1.0
+            while last_t and time.monotonic() < min(end, cap):
+                rejoined = u64(fd, 24)
+                if rejoined >= now and time.monotonic_ns() >= rejoined + int(margin * 1e9):
+                    break
+                time.sleep(0.0005)
+        put(fd, 0, pid, time.monotonic_ns())
         k.release()
         if handoff:
-            # a hand-off goes to one of the K waiters: rejoin only once another process has it
-            while time.monotonic() < end and int.from_bytes(os.pread(fd, 8, 0), "little") == pid:
+            while time.monotonic() < end and u64(fd, 16) == pid:
                 time.sleep(0.0005)
+            put(fd, 24, time.monotonic_ns())
     print(json.dumps({"ops": ops, "self": selfs, "handoffs_ns": lat}), flush=True)
 
 
