@@ -22,7 +22,6 @@
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, Write};
-use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use lockfn::{Lock, Options};
@@ -83,6 +82,7 @@ fn worker(target: &str, shm: &str) {
     if let Ok(l) = Lock::acquire_str(target, &warm) {
         let _ = l.release();
     }
+    let rec = Record::map(&f);
     println!("ready");
     let _ = std::io::stdout().flush();
     for line in std::io::stdin().lock().lines() {
@@ -96,7 +96,7 @@ fn worker(target: &str, shm: &str) {
         let margin_ms: u64 = w.next().and_then(|s| s.parse().ok()).unwrap_or(0);
         window(
             target,
-            &f,
+            &rec,
             &opts,
             secs,
             handoff,
@@ -105,33 +105,46 @@ fn worker(target: &str, shm: &str) {
     }
 }
 
-/// One timed window of the worker; prints its JSON line.
-fn read_u64(f: &std::fs::File, off: u64) -> u64 {
-    let mut b = [0u8; 8];
-    match f.read_exact_at(&mut b, off) {
-        Ok(()) => u64::from_le_bytes(b),
-        Err(_) => 0,
-    }
-}
+/// The 32-byte record, mapped shared (no syscalls to read or write it, so `strace -c` of a
+/// hand-off run counts the lock's syscalls, not the harness's).
+struct Record(*mut u8);
 
-fn write_u64s(f: &std::fs::File, off: u64, vals: &[u64]) {
-    let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
-    if let Err(e) = f.write_all_at(&bytes, off) {
-        die(format!("write record: {e}"));
+impl Record {
+    fn map(f: &std::fs::File) -> Record {
+        use std::os::fd::AsRawFd;
+        // SAFETY: mapping 32 bytes of a file we opened read-write; checked for MAP_FAILED.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                32,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            die(format!("mmap record: {}", std::io::Error::last_os_error()));
+        }
+        Record(p as *mut u8)
+    }
+    fn slot(&self, off: usize) -> &std::sync::atomic::AtomicU64 {
+        // SAFETY: off is one of 0, 8, 16, 24: aligned and inside the 32 mapped bytes, which
+        // stay mapped for the life of the process.
+        unsafe { &*(self.0.add(off) as *const std::sync::atomic::AtomicU64) }
+    }
+    fn get(&self, off: usize) -> u64 {
+        self.slot(off).load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn set(&self, off: usize, v: u64) {
+        self.slot(off).store(v, std::sync::atomic::Ordering::SeqCst)
     }
 }
 
 /// One timed window of the worker; prints its JSON line. The record file holds four u64:
 /// 0 pid of the last releaser, 8 its CLOCK_MONOTONIC ns just before release, 16 pid of the
 /// current holder, 24 when the previous holder rejoined the queue (handoff mode).
-fn window(
-    target: &str,
-    f: &std::fs::File,
-    opts: &Options,
-    secs: f64,
-    handoff: bool,
-    margin: Duration,
-) {
+fn window(target: &str, f: &Record, opts: &Options, secs: f64, handoff: bool, margin: Duration) {
     let pid = std::process::id() as u64;
     let req0 = zk_requests();
     let end = Instant::now() + Duration::from_secs_f64(secs);
@@ -151,7 +164,7 @@ fn window(
             Err(e) => die(format!("acquire {target}: {e}")),
         };
         let now = mono_ns();
-        let (last_pid, last_t) = (read_u64(f, 0), read_u64(f, 8));
+        let (last_pid, last_t) = (f.get(0), f.get(8));
         if last_t != 0 && last_pid != pid && now >= last_t {
             lat.push(now - last_t);
         } else if last_pid == pid {
@@ -159,7 +172,7 @@ fn window(
         }
         ops += 1;
         if handoff {
-            write_u64s(f, 16, &[pid]);
+            f.set(16, pid);
             // Hold until the previous holder is back in the queue and has had `margin` to start
             // waiting (bounded: 1 s, or the window's end), so the release goes to a waiter.
             // The window's first holder has no previous holder.
@@ -170,7 +183,7 @@ fn window(
                     if t >= end || t >= cap {
                         break;
                     }
-                    let rejoined = read_u64(f, 24);
+                    let rejoined = f.get(24);
                     if rejoined >= now && mono_ns() >= rejoined + margin.as_nanos() as u64 {
                         break;
                     }
@@ -178,16 +191,17 @@ fn window(
                 }
             }
         }
-        write_u64s(f, 0, &[pid, mono_ns()]);
+        f.set(0, pid);
+        f.set(8, mono_ns());
         if let Err(e) = l.release() {
             die(format!("release {target}: {e}"));
         }
         if handoff {
             // rejoin only once another process holds the lock: every release is a hand-off
-            while Instant::now() < end && read_u64(f, 16) == pid {
+            while Instant::now() < end && f.get(16) == pid {
                 std::thread::sleep(Duration::from_micros(500));
             }
-            write_u64s(f, 24, &[mono_ns()]);
+            f.set(24, mono_ns());
         }
     }
     let lat_s: Vec<String> = lat.iter().map(|v| v.to_string()).collect();
