@@ -343,18 +343,23 @@ def bench_commands():
 # ---------- 3+4. hand-off latency and throughput ------------------------------------------
 
 
-def strace_total(path):
-    """Total syscalls from an `strace -c` summary file."""
+def strace_count(path, t0, t1):
+    """Syscalls in an `strace -f -ttt` log (lines "PID TIME call…") between wall times t0 and t1;
+    a call split in "<unfinished …>" and "<… resumed>" counts once."""
+    n = 0
     try:
         for ln in open(path):
-            f = ln.split()
-            if f and f[-1] == "total":
-                nums = [x for x in f[:-1]]
-                # % time, seconds, usecs/call, calls, [errors]
-                return int(nums[3])
-    except (OSError, ValueError, IndexError):
+            f = ln.split(None, 2)
+            if len(f) < 3 or "resumed>" in f[2]:
+                continue
+            try:
+                if t0 <= float(f[1]) <= t1:
+                    n += 1
+            except ValueError:
+                pass
+    except OSError:
         pass
-    return 0
+    return n
 
 
 class Contenders:
@@ -388,7 +393,8 @@ class Contenders:
                 if strace:
                     self.straces.append(os.path.join(TMP, f"{name}.{i}.strace"))
                     # the harness sleeps while it waits for its turn: those sleeps are not the lock's
-                    c = ["strace", "-f", "-c", "-e", "trace=!clock_nanosleep,nanosleep", "-o", self.straces[-1]] + cmd
+                    c = ["strace", "-f", "-ttt", "-qq", "-e", "trace=!clock_nanosleep,nanosleep", "-o",
+                         self.straces[-1]] + cmd
                 self.procs.append(
                     subprocess.Popen(c, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
             deadline = time.monotonic() + 300
@@ -420,11 +426,13 @@ class Contenders:
             os.unlink(self.pmxlog)
         b = self.b
         c0 = zk_mntr_packets() if b == "zk" else (CPROXY.count() if self.proxied else None)
+        self.t0 = time.time()
         for p in self.procs:
             p.stdin.write(f"go {dur} {mode} {margin_ms}\n")
             p.stdin.flush()
         deadline = time.monotonic() + dur + 120
         outs = [json.loads(self.readline(p, deadline)) for p in self.procs]
+        self.t1 = time.time()
         reqs = None
         if b == "zk":
             reqs = zk_mntr_packets() - c0
@@ -449,12 +457,12 @@ class Contenders:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        return sum(strace_total(f) for f in self.straces)
+        return sum(strace_count(f, self.t0, self.t1) for f in self.straces)
 
 
 REQ_UNIT = {
     "sem": "sem has no service: syscalls of all K+1 processes per hand-off (the harness's sleeps excluded), from a "
-           "separate hand-off window under strace -f -c",
+           "separate hand-off window under strace -f (the window only)",
     "zk": "ZooKeeper packets received by the server (mntr zk_packets_received) per hand-off, all K+1 clients",
     "consul": "HTTP requests of all K+1 clients (counting proxy) per hand-off",
     "pmxcfs": "pmxcfs messages (mkdir/rmdir/utime logged by pmxemu) per hand-off, all K+1 processes",
@@ -497,7 +505,7 @@ def bench_handoff():
                     finally:
                         g.stop()
                     if b == "sem":
-                        # syscalls per hand-off: one more hand-off window under strace -f -c (slower,
+                        # syscalls per hand-off: one more hand-off window under strace -f (slower,
                         # so its latencies are not used; polling waiters poll more when slowed down)
                         g = Contenders(b, impl, k, strace=True)
                         try:
@@ -574,14 +582,7 @@ def wait_one(b, impl):
                     if len(f) >= 5 and int(f[4]) >= t_mono:
                         n += 1
         else:
-            n = 0
-            for ln in open(strace_out):
-                f = ln.split(None, 2)
-                try:
-                    if float(f[1]) >= t_wall and "resumed>" not in ln:
-                        n += 1
-                except (ValueError, IndexError):
-                    pass
+            n = strace_count(strace_out, t_wall, t_end)
         return n / window
     finally:
         if h.poll() is None:
