@@ -68,9 +68,7 @@ impl Error {
         let kind = match err.raw_os_error() {
             Some(libc::EACCES) | Some(libc::EPERM) => ErrorKind::Permission,
             Some(libc::EINVAL) | Some(libc::ENAMETOOLONG) => ErrorKind::Invalid,
-            Some(libc::ENOENT) | Some(libc::ENOTCONN) | Some(libc::EIO) => {
-                ErrorKind::Unavailable
-            }
+            Some(libc::ENOENT) | Some(libc::ENOTCONN) | Some(libc::EIO) => ErrorKind::Unavailable,
             _ => ErrorKind::Internal,
         };
         Error::new(kind, format!("{what}: {err}"))

@@ -232,8 +232,8 @@ unsafe fn read_options(p: *const lock_options) -> Result<Options, c_int> {
             o.flags & !known
         )));
     }
-    let holder = (!o.holder.is_null())
-        .then(|| CStr::from_ptr(o.holder).to_string_lossy().into_owned());
+    let holder =
+        (!o.holder.is_null()).then(|| CStr::from_ptr(o.holder).to_string_lossy().into_owned());
     Ok(Options {
         timeout: Options::timeout_secs(o.timeout).map_err(|e| fail(&e))?,
         ttl: (o.ttl > 0).then(|| Duration::from_secs(o.ttl as u64)),

@@ -91,8 +91,7 @@ impl HolderRecord {
     pub fn is_own_process(&self) -> bool {
         self.is_this_boot()
             && self.pid == std::process::id() as i32
-            && (self.start_time == 0
-                || Some(self.start_time) == process_start_time(self.pid))
+            && (self.start_time == 0 || Some(self.start_time) == process_start_time(self.pid))
     }
 
     pub fn to_json(&self) -> String {

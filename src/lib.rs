@@ -94,9 +94,12 @@ impl Options {
         if secs < 0.0 || secs.is_infinite() {
             return Ok(None);
         }
-        Duration::try_from_secs_f64(secs)
-            .map(Some)
-            .map_err(|_| Error::new(ErrorKind::Invalid, format!("timeout {secs} s is out of range")))
+        Duration::try_from_secs_f64(secs).map(Some).map_err(|_| {
+            Error::new(
+                ErrorKind::Invalid,
+                format!("timeout {secs} s is out of range"),
+            )
+        })
     }
 
     fn validate(&self) -> Result<()> {

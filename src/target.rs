@@ -328,7 +328,10 @@ fn default_service(text: &str) -> Result<Service> {
         return Service::parse(b.trim_end_matches(':')).ok_or_else(|| {
             invalid(
                 text,
-                &format!("LOCKFN_BACKEND='{}' is not one of sem, pmxcfs, zk, consul", printable(&b)),
+                &format!(
+                    "LOCKFN_BACKEND='{}' is not one of sem, pmxcfs, zk, consul",
+                    printable(&b)
+                ),
             )
         });
     }
@@ -429,7 +432,10 @@ fn check_host_port(text: &str, hp: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(invalid(text, &format!("'{}' is not a host:port", printable(hp))))
+        Err(invalid(
+            text,
+            &format!("'{}' is not a host:port", printable(hp)),
+        ))
     }
 }
 

@@ -536,8 +536,7 @@ impl super::Backend for SemBackend {
                 continue;
             };
             if !name.starts_with(&scope.prefix)
-                || crate::target::validate_name(name, name, false, crate::target::MAX_NAME)
-                    .is_err()
+                || crate::target::validate_name(name, name, false, crate::target::MAX_NAME).is_err()
             {
                 continue;
             }
@@ -580,7 +579,10 @@ impl super::Backend for SemBackend {
         let name = &target.name;
         let sem = Sem::open_existing(name).map_err(|e| {
             if e.raw_os_error() == Some(libc::ENOENT) {
-                Error::new(ErrorKind::NotHeld, format!("{target} is not held (no such semaphore)"))
+                Error::new(
+                    ErrorKind::NotHeld,
+                    format!("{target} is not held (no such semaphore)"),
+                )
             } else {
                 os_err(target, "cannot open the semaphore", e)
             }
@@ -609,8 +611,7 @@ impl super::Backend for SemBackend {
                 let before = d.holders.len();
                 d.holders.retain(|h| !(h.persist && h.is_this_boot()));
                 for _ in d.holders.len()..before {
-                    sem.post()
-                        .map_err(|e| os_err(target, "sem_post", e))?;
+                    sem.post().map_err(|e| os_err(target, "sem_post", e))?;
                     released += 1;
                 }
             } else if !d.holders.is_empty() {
