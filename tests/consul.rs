@@ -820,3 +820,45 @@ fn kill_9_holder_next_waiter_after_ttl_never_before() {
     assert!(took <= Duration::from_secs(10 * 2 + 2 + 5), "{took:?}");
     l.release().unwrap();
 }
+
+#[test]
+fn figures_uncontended_cycle_and_handoff() {
+    let Some(addr) = agent() else { return };
+    let key = format!("lockfn-test/{}", unique("perf"));
+    let t = target(&addr, &key);
+    let n = 200;
+    let start = Instant::now();
+    for _ in 0..n {
+        let l = Lock::acquire(&t, &opts(Some(5.0))).unwrap();
+        l.release().unwrap();
+    }
+    let per = start.elapsed() / n;
+    eprintln!("consul uncontended acquire+release: {per:?} per cycle (4 HTTP requests)");
+    assert!(per < Duration::from_millis(200), "{per:?}");
+    // Handoff: from the start of the holder's release to the waiter holding.
+    let mut total = Duration::ZERO;
+    let rounds = 20;
+    for _ in 0..rounds {
+        let l = Lock::acquire(&t, &opts(Some(5.0))).unwrap();
+        let t2 = t.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            tx.send(()).unwrap();
+            let l = Lock::acquire(&t2, &opts(Some(10.0))).unwrap();
+            let at = Instant::now();
+            l.release().unwrap();
+            at
+        });
+        rx.recv().unwrap();
+        // Let the waiter reach its blocking query (its first try fails at once).
+        std::thread::sleep(Duration::from_millis(100));
+        let released = Instant::now();
+        l.release().unwrap();
+        let got = waiter.join().unwrap();
+        total += got.saturating_duration_since(released);
+    }
+    let handoff = total / rounds;
+    eprintln!("consul handoff latency: {handoff:?} (mean of {rounds})");
+    assert!(handoff < Duration::from_secs(2), "{handoff:?}");
+    assert!(kv(&addr, &key).is_none());
+}
