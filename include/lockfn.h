@@ -98,6 +98,11 @@ typedef struct lock_options {
   int cancel_fd;
   // Permission bits of objects the lock creates (sem: the semaphore); default 0600.
   uint32_t mode;
+  // Consul lock-delay in seconds; `< 0` (default) for the service's default.
+  double lock_delay;
+  // Room for future options without growing the struct (so `lock_options_init` of a newer
+  // library never writes past an older caller's struct); set to 0 by `lock_options_init`.
+  uint64_t reserved[4];
 } lock_options;
 
 #ifdef __cplusplus

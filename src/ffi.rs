@@ -82,6 +82,11 @@ pub struct lock_options {
     pub cancel_fd: c_int,
     /// Permission bits of objects the lock creates (sem: the semaphore); default 0600.
     pub mode: u32,
+    /// Consul lock-delay in seconds; `< 0` (default) for the service's default.
+    pub lock_delay: f64,
+    /// Room for future options without growing the struct (so `lock_options_init` of a newer
+    /// library never writes past an older caller's struct); set to 0 by `lock_options_init`.
+    pub reserved: [u64; 4],
 }
 
 impl Default for lock_options {
@@ -95,6 +100,8 @@ impl Default for lock_options {
             holder: std::ptr::null(),
             cancel_fd: -1,
             mode: 0o600,
+            lock_delay: -1.0,
+            reserved: [0; 4],
         }
     }
 }
@@ -245,6 +252,11 @@ unsafe fn read_options(p: *const lock_options) -> Result<Options, c_int> {
         holder,
         cancel_fd: (o.cancel_fd >= 0).then_some(o.cancel_fd),
         mode: o.mode,
+        lock_delay: if o.lock_delay >= 0.0 {
+            Options::timeout_secs(o.lock_delay).map_err(|e| fail(&e))?
+        } else {
+            None
+        },
         ..Options::default()
     })
 }

@@ -252,6 +252,34 @@ impl Lock {
             .and_then(|h| h.renew_interval())
     }
 
+    /// How often a supervisor should call [`Lock::check`] to notice a loss promptly: the
+    /// shorter of the backend's check interval and its renewal interval (None: never needed).
+    pub fn check_interval(&self) -> Option<Duration> {
+        let held = lock_mutex(&self.shared.held);
+        let h = held.as_ref()?;
+        match (h.check_interval(), h.renew_interval()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Cheaply check that the lock is still held (no renewal): `Lost` if not.
+    pub fn check(&self) -> Result<()> {
+        if self.is_forked() {
+            return Err(forked_error(&self.shared.target));
+        }
+        if self.shared.lost.load(Ordering::SeqCst) {
+            return Err(lost_error(&self.shared.target));
+        }
+        let mut held = lock_mutex(&self.shared.held);
+        let h = held.as_mut().ok_or_else(|| not_held(&self.shared.target))?;
+        let r = h.check();
+        if matches!(&r, Err(e) if e.kind() == ErrorKind::Lost) {
+            self.shared.lost.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+
     /// Renew the lock and check it is still held: `Lost` when the service says it is gone.
     pub fn update(&self) -> Result<()> {
         if self.is_forked() {
@@ -457,10 +485,15 @@ pub fn gc(scope: &str) -> Result<u32> {
     if scope.is_empty() {
         let mut n = 0;
         for service in [Service::Sem, Service::Pmxcfs] {
-            n += backend::for_service(service).gc(&GcScope {
+            match backend::for_service(service).gc(&GcScope {
                 service,
                 prefix: String::new(),
-            })?;
+            }) {
+                Ok(k) => n += k,
+                // Not on this host (no pmxcfs mounted): nothing of it to clean here.
+                Err(e) if e.kind() == ErrorKind::Unavailable => {}
+                Err(e) => return Err(e),
+            }
         }
         return Ok(n);
     }

@@ -59,6 +59,16 @@ pub trait Held: Send {
     fn renew_interval(&self) -> Option<Duration> {
         None
     }
+    /// How often a supervisor (`lockfn run`, `lockfn hold`) should call [`Held::check`] to
+    /// notice a loss promptly, where that is cheaper than renewing; None: only at renewals.
+    fn check_interval(&self) -> Option<Duration> {
+        None
+    }
+    /// A cheap check that the lock is still ours (no renewal): `Lost` if not. Defaults to
+    /// [`Held::update`].
+    fn check(&mut self) -> Result<()> {
+        self.update()
+    }
 }
 
 /// The backend serving a service.
@@ -212,7 +222,7 @@ impl Wait {
                 } else {
                     format!(" ({})", h.holder)
                 };
-                format!(" held by pid {} on {}{}", h.pid, h.host, text)
+                format!(": held by pid {} on {}{}", h.pid, h.host, text)
             })
             .unwrap_or_default();
         let how = match self.timeout {

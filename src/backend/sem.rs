@@ -33,7 +33,7 @@ const RECORD_PREFIX: &str = "lockfn.";
 /// How long one sem_clockwait lasts before checking cancel and dead holders.
 const SLICE: Duration = Duration::from_millis(50);
 /// How often a waiter looks for dead holders (a SIGKILLed holder's slot is back within this).
-const RECOVERY_EVERY: Duration = Duration::from_millis(250);
+const RECOVERY_EVERY: Duration = Duration::from_millis(100);
 /// Bound on re-opening after `gc` removed the semaphore under us.
 const MAX_REOPEN: usize = 20;
 
@@ -696,6 +696,12 @@ impl Held for SemHeld {
         } else {
             Err(self.lost())
         }
+    }
+
+    /// A forced release by an operator is the only way to lose a sem slot; noticing it costs
+    /// a shared flock and a read of the record file.
+    fn check_interval(&self) -> Option<Duration> {
+        Some(Duration::from_secs(1))
     }
 
     fn release(&mut self) -> Result<()> {

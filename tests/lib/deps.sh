@@ -251,6 +251,6 @@ else
   _lockfn_deps_main || _lockfn_deps_rc=$?
   eval "$_lockfn_deps_saved_opts"
   unset _lockfn_deps_saved_opts
-  # shellcheck disable=SC2317  # return when sourced
-  return "$_lockfn_deps_rc" 2>/dev/null || exit "$_lockfn_deps_rc"
+  # the status of `source deps.sh`: non-zero when a Debian package is missing
+  [[ $_lockfn_deps_rc == 0 ]]
 fi

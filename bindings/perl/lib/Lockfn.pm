@@ -1,0 +1,388 @@
+package Lockfn;
+
+use strict;
+use warnings;
+
+use Carp ();
+use FFI::Platypus 1.00;
+use FFI::Platypus::Buffer qw(scalar_to_buffer);
+use JSON::PP ();
+use Time::HiRes ();
+
+our $VERSION = '0.1.0';
+
+# How long one wait lasts while the application has Perl signal handlers (seconds).
+our $SLICE = 0.1;
+
+use constant {
+    LOCK_OK           => 0,
+    LOCK_BUSY         => 1,
+    LOCK_EINVAL       => 2,
+    LOCK_ELOST        => 3,
+    LOCK_ENOTHELD     => 4,
+    LOCK_EUNAVAILABLE => 5,
+    LOCK_EPERM        => 6,
+    LOCK_ECANCELED    => 7,
+    LOCK_EFORKED      => 8,
+    LOCK_EINTERNAL    => 9,
+
+    LOCK_FLAG_SHARED     => 1,
+    LOCK_FLAG_REENTRANT  => 2,
+    LOCK_FLAG_PERSIST    => 4,
+    LOCK_FLAG_AUTO_RENEW => 8,
+};
+
+package Lockfn::Options {
+    use FFI::Platypus::Record;
+    # struct lock_options (include/lockfn.h); FFI::Platypus::Record aligns the fields.
+    record_layout_1(
+        uint32 => 'size',
+        double => 'timeout',
+        uint32 => 'ttl',
+        uint32 => 'limit',
+        uint32 => 'flags',
+        opaque => 'holder',
+        int    => 'cancel_fd',
+        uint32 => 'mode',
+        double => 'lock_delay',
+        'uint64[4]' => 'reserved',
+    );
+}
+
+sub _library {
+    return $ENV{LOCKFN_LIBRARY} if $ENV{LOCKFN_LIBRARY};
+    return 'liblockfn.so.0';
+}
+
+my $ffi;
+
+sub _ffi {
+    return $ffi if $ffi;
+    my $lib = _library();
+    my $f = FFI::Platypus->new(api => 1);
+    $f->lib($lib);
+    $f->type('record(Lockfn::Options)*' => 'lock_options_p');
+    my %sig = (
+        lock_options_init => [['lock_options_p'], 'void'],
+        lock_acquire      => [['string', 'lock_options_p', 'opaque*'], 'int'],
+        lock_update       => [['opaque'], 'int'],
+        lock_release      => [['opaque'], 'int'],
+        lock_gc           => [['string', 'uint*'], 'int'],
+        lock_token        => [['opaque'], 'uint64'],
+        lock_status       => [['string', 'opaque*'], 'int'],
+        lock_string_free  => [['opaque'], 'void'],
+        lock_strerror     => [['int'], 'string'],
+        lock_last_error   => [[], 'string'],
+        lock_version      => [[], 'string'],
+    );
+    for my $name (sort keys %sig) {
+        my $fn = eval { $f->function($name => @{ $sig{$name} }) };
+        die "lockfn: cannot load liblockfn ($lib): "
+          . ($@ =~ s/ at .*//sr)
+          . " (install it or set LOCKFN_LIBRARY to its path)\n"
+          if !$fn;
+        $f->attach($name => @{ $sig{$name} });
+    }
+    $ffi = $f;
+    return $ffi;
+}
+
+# The error for a failed call: a Lockfn::Error object that stringifies to its message.
+sub _error {
+    my ($rc, $target) = @_;
+    my $detail = lock_last_error();
+    $detail = lock_strerror($rc) if !defined($detail) || $detail eq '';
+    return Lockfn::Error->new(code => $rc, message => $detail, target => $target);
+}
+
+sub _name_of {
+    my ($target) = @_;
+    return $1 if $target =~ m{^(?:sem|pmxcfs|zk|consul):([^/:][^:]*)$};
+    return $target;
+}
+
+sub _check_text {
+    my ($text, $what) = @_;
+    die Lockfn::Error->new(code => LOCK_EINVAL, message => "$what is undefined")
+      if !defined $text;
+    die Lockfn::Error->new(code => LOCK_EINVAL, message => "$what contains a NUL byte")
+      if $text =~ /\0/;
+    return $text;
+}
+
+=head1 NAME
+
+Lockfn - one lock API over POSIX semaphores, pmxcfs, ZooKeeper and Consul
+
+=head1 SYNOPSIS
+
+    use Lockfn;
+
+    {
+        my $lock = Lockfn->acquire('pmxcfs:vm-100', timeout => 10, holder => 'migrate');
+        print "token ", $lock->token, "\n";
+        $lock->update;          # renew; dies with code LOCK_ELOST if the lock is gone
+    }                           # released here (or by $lock->release)
+
+    # The Proxmox calling convention (PVE::Cluster::cfs_lock_*):
+    my $res = Lockfn::lock_with('pmxcfs:storage-cfg', 10, sub { ...; return 42 }, @param);
+    die $@ if $@;               # "cfs-lock 'storage-cfg' error: got lock request timeout\n"
+
+    my $st = Lockfn::status('sem:backup');   # { held => 1, holders => [ { pid => ... } ] }
+
+=head1 DESCRIPTION
+
+A thin FFI::Platypus binding of liblockfn (the library is C<$ENV{LOCKFN_LIBRARY}> or the
+system's C<liblockfn.so.0>). Targets are C<sem:NAME>, C<pmxcfs:NAME>, C<zk:NAME>,
+C<consul:NAME>, C<zk://h:p/PATH>, C<consul://h:p/KEY> or a bare C<NAME>.
+
+Errors die with a C<Lockfn::Error> object: C<< $err->code >> (one of the C<LOCK_*>
+constants), C<< $err->message >>, C<< $err->target >>; it stringifies to the message and a
+newline, so C<die $@> and C<print $@> read well.
+
+Perl defers its signal handlers ("safe signals") while a C function runs: a C<$SIG{INT}>
+handler runs when the wait ends. Without a handler, Ctrl-C ends the process as usual and the
+library recovers the dead holder's lock.
+
+=head1 METHODS
+
+=head2 Lockfn->acquire($target, %opts)
+
+Options: C<timeout> (seconds; default: wait forever; 0: try once), C<ttl>, C<limit>,
+C<shared>, C<holder>, C<auto_renew>, C<reentrant>. Returns a guard object that releases
+the lock when it goes out of scope. Dies on failure, including when the lock is busy
+(C<< $@->code == Lockfn::LOCK_BUSY >>).
+
+=cut
+
+sub acquire {
+    my ($class, $target, %opt) = @_;
+    _ffi();
+    _check_text($target, 'target');
+    my %known = map { $_ => 1 } qw(timeout ttl limit shared holder auto_renew reentrant);
+    for (keys %opt) {
+        Carp::croak("Lockfn->acquire: unknown option '$_'") if !$known{$_};
+    }
+    my $o = Lockfn::Options->new;
+    lock_options_init($o);
+    $o->timeout(defined $opt{timeout} ? $opt{timeout} : -1);
+    $o->ttl($opt{ttl} // 0);
+    $o->limit($opt{limit} // 1);
+    my $flags = 0;
+    $flags |= LOCK_FLAG_SHARED     if $opt{shared};
+    $flags |= LOCK_FLAG_AUTO_RENEW if $opt{auto_renew};
+    $flags |= LOCK_FLAG_REENTRANT  if $opt{reentrant};
+    $o->flags($flags);
+    my $holder;
+    if (defined $opt{holder}) {
+        $holder = _check_text($opt{holder}, 'holder') . "\0";
+        utf8::encode($holder) if utf8::is_utf8($holder);
+        my ($ptr) = scalar_to_buffer($holder);
+        $o->holder($ptr);
+    }
+    # The guard exists before the call, and the library writes the handle straight into it:
+    # a signal handler that dies right after the call still finds the lock and releases it.
+    my $self = bless { handle => undef, pid => $$, target => $target }, ref($class) || $class;
+    my $timeout = $o->timeout;
+    my $slices = _signal_handlers_set() && $timeout != 0;
+    my $deadline = $timeout < 0 ? undef : Time::HiRes::time() + $timeout;
+    while (1) {
+        if ($slices) {
+            # Perl runs its signal handlers only between calls ("safe signals"): wait in short
+            # slices so that a $SIG{INT}/$SIG{ALRM} handler runs (and may die) promptly.
+            my $left = defined $deadline ? $deadline - Time::HiRes::time() : $SLICE;
+            $left = 0 if $left < 0;
+            $o->timeout($left < $SLICE ? $left : $SLICE);
+        }
+        my $rc = lock_acquire($target, $o, \$self->{handle});
+        return $self if $rc == LOCK_OK;
+        my $err = _error($rc, $target);
+        $self->{handle} = undef;
+        die $err if !$slices || $rc != LOCK_BUSY;
+        if (defined $deadline && Time::HiRes::time() >= $deadline) {
+            # The library saw only the last slice: say how long the whole wait was.
+            my $total = sprintf('%.3f', $timeout);
+            $err->{message} =~ s/\b(timed out after|waited) [0-9.]+ s\b/$1 $total s/g;
+            die $err;
+        }
+    }
+}
+
+sub _signal_handlers_set {
+    for my $sig (qw(INT TERM HUP QUIT ALRM USR1 USR2 CHLD)) {
+        my $h = $SIG{$sig};
+        return 1 if defined($h) && (ref($h) || ($h ne '' && $h ne 'DEFAULT' && $h ne 'IGNORE'));
+    }
+    return 0;
+}
+
+=head2 $lock->release
+
+Releases the lock now (the guard does nothing more when it goes out of scope). Dies with
+C<LOCK_ENOTHELD> when already released, C<LOCK_ELOST> when the lock had been lost, and
+C<LOCK_EFORKED> in a child process after fork() (the parent's lock is untouched).
+
+=cut
+
+sub release {
+    my ($self) = @_;
+    my $h = delete $self->{handle};
+    die Lockfn::Error->new(code => LOCK_ENOTHELD, target => $self->{target},
+        message => "release of lock $self->{target} that is not held")
+      if !defined $h;
+    my $rc = lock_release($h);
+    die _error($rc, $self->{target}) if $rc != LOCK_OK;
+    return 1;
+}
+
+=head2 $lock->update
+
+Renews the lock and checks it is still held; dies with C<LOCK_ELOST> when it is gone.
+
+=cut
+
+sub update {
+    my ($self) = @_;
+    my $h = $self->{handle};
+    die Lockfn::Error->new(code => LOCK_ENOTHELD, target => $self->{target},
+        message => "update of lock $self->{target} that is not held")
+      if !defined $h;
+    my $rc = lock_update($h);
+    die _error($rc, $self->{target}) if $rc != LOCK_OK;
+    return 1;
+}
+
+=head2 $lock->token, $lock->target, $lock->held
+
+The fencing token of this acquisition (grows with every acquisition of the same lock; 0
+once released), the target string, and whether this guard still holds the lock.
+
+=cut
+
+sub token {
+    my ($self) = @_;
+    return 0 if !defined $self->{handle};
+    return lock_token($self->{handle});
+}
+
+sub target { $_[0]->{target} }
+
+sub held { defined($_[0]->{handle}) && $_[0]->{pid} == $$ ? 1 : 0 }
+
+sub DESTROY {
+    my ($self) = @_;
+    my $h = delete $self->{handle};
+    # In a child after fork() the lock is the parent's: leave it alone.
+    return if !defined($h) || $self->{pid} != $$;
+    local ($@, $!, $?);
+    lock_release($h);
+}
+
+=head1 FUNCTIONS
+
+=head2 Lockfn::lock_with($target, $timeout, $code, @param)
+
+Like C<PVE::Cluster::cfs_lock_*>: waits up to C<$timeout> seconds (10 when false) for the
+lock, runs C<< $code->(@param) >> while holding it (renewed in the background), always
+releases, and returns what C<$code> returned with C<$@> cleared. On failure it returns undef
+and sets C<$@>: to C<"cfs-lock 'NAME' error: got lock request timeout\n"> when the lock was
+busy, C<"cfs-lock 'NAME' error: MESSAGE\n"> for other lock errors, and to C<$code>'s own error
+unchanged when C<$code> died. An outer C<alarm> is suspended while it runs and restored after.
+
+=cut
+
+sub lock_with {
+    my ($target, $timeout, $code, @param) = @_;
+    my $prev_alarm = alarm(0);
+    $timeout = 10 if !$timeout;
+    my $name = defined $target ? _name_of($target) : '';
+    my ($res, $lock, $is_code_err) = (undef, undef, 0);
+    eval {
+        $lock = Lockfn->acquire($target, timeout => $timeout, auto_renew => 1);
+        $is_code_err = 1;
+        $res = $code->(@param);
+    };
+    my $err = $@;
+    if ($lock) {
+        eval { $lock->release };
+        # A lock lost while $code ran is an error even when $code succeeded.
+        $err ||= $@ if $@ && ref($@) && $@->code == LOCK_ELOST;
+        undef $lock;
+    }
+    alarm($prev_alarm);
+    if ($err) {
+        if ($is_code_err && !(ref($err) && ref($err) eq 'Lockfn::Error' && $err->code == LOCK_ELOST)) {
+            $@ = $err;
+        } else {
+            my $msg = ref($err) eq 'Lockfn::Error' && $err->code == LOCK_BUSY
+              ? "got lock request timeout\n"
+              : "$err";
+            $msg .= "\n" if $msg !~ /\n\z/;
+            $@ = "cfs-lock '$name' error: $msg";
+        }
+        return undef;
+    }
+    $@ = undef;
+    return $res;
+}
+
+=head2 Lockfn::status($target)
+
+Who holds C<$target>: a hash reference with C<target>, C<service>, C<held>, C<limit>,
+C<available> and C<holders> (host, pid, start_time, boot_id, since, token, holder, state).
+
+=cut
+
+sub status {
+    my ($target) = @_;
+    _ffi();
+    _check_text($target, 'target');
+    my $p;
+    my $rc = lock_status($target, \$p);
+    die _error($rc, $target) if $rc != LOCK_OK;
+    my $json = $ffi->cast('opaque' => 'string', $p);
+    lock_string_free($p);
+    return JSON::PP->new->utf8(0)->decode($json);
+}
+
+=head2 Lockfn::gc($scope)
+
+Cleans what dead holders on this host left behind (C<sem>, C<pmxcfs>, C<zk>, C<consul>,
+optionally C<:PREFIX>; undef for sem and pmxcfs) and returns how many items were removed.
+
+=cut
+
+sub gc {
+    my ($scope) = @_;
+    _ffi();
+    _check_text($scope, 'scope') if defined $scope;
+    my $n = 0;
+    my $rc = lock_gc($scope, \$n);
+    die _error($rc, $scope) if $rc != LOCK_OK;
+    return $n;
+}
+
+=head2 Lockfn::version()
+
+The version of the loaded liblockfn.
+
+=cut
+
+sub version { _ffi(); return lock_version() }
+
+package Lockfn::Error {
+    use overload '""' => sub { my $m = $_[0]->{message}; $m =~ /\n\z/ ? $m : "$m\n" },
+      'bool' => sub { 1 }, fallback => 1;
+    sub new { my ($class, %a) = @_; return bless {%a}, $class }
+    sub code    { $_[0]->{code} }
+    sub message { $_[0]->{message} }
+    sub target  { $_[0]->{target} }
+}
+
+1;
+
+=head1 SEE ALSO
+
+L<lockfn(1)>, F<lockfn.h>, the Python package C<lockfn>, F<lockfn.sh>.
+
+=cut

@@ -1,0 +1,611 @@
+//! `lockfn`: the command line, a thin shell around the Rust API (lockfn::Lock and friends).
+
+mod exit;
+mod run;
+mod signals;
+
+use clap::{Args, Parser, Subcommand};
+use lockfn::{ErrorKind, Lock, Options, Status, Target};
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+static VERBOSITY: AtomicU8 = AtomicU8::new(0);
+
+/// Log to stderr at verbosity `level` (1: -v, 2: -vv).
+macro_rules! log {
+    ($level:expr, $($arg:tt)*) => {
+        if crate::VERBOSITY.load(std::sync::atomic::Ordering::Relaxed) >= $level {
+            eprintln!("lockfn: {}", format!($($arg)*));
+        }
+    };
+}
+pub(crate) use log;
+
+const AFTER_HELP: &str = "\
+Targets:
+  sem:NAME                 POSIX semaphore /NAME on this host (no server)
+  pmxcfs:NAME              Proxmox cluster lock /etc/pve/priv/lock/NAME (LOCKFN_PMXCFS_DIR)
+  zk:NAME, zk://H:P,H:P/PATH   ZooKeeper (ZKHOSTS, LOCKFN_ZK_AUTH)
+  consul:NAME, consul://H:P/KEY  Consul (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN[_FILE])
+  NAME                     LOCKFN_BACKEND, else pmxcfs on a Proxmox node, else sem
+
+Exit codes:
+  0        success (run: the command's own exit code)
+  1        lock busy or timed out (run: -E CODE instead)
+  64       invalid usage, target or option
+  65       not held (release/update of a lock that is not held)
+  69       lock service unavailable
+  70       internal error
+  75       lock lost while held (run: the command was stopped)
+  77       permission denied
+  126/127  command not executable / not found
+  128+N    ended by signal N (a cancelled wait, or the command's death)";
+
+#[derive(Parser)]
+#[command(
+    name = "lockfn",
+    version,
+    about = "Run things that must not run twice at once: one lock over POSIX semaphores, \
+             pmxcfs, ZooKeeper and Consul",
+    after_help = AFTER_HELP
+)]
+struct Cli {
+    /// More logs on stderr (-v: lock events, -vv: details)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a command while holding the lock (flock(1)/pmxlock style)
+    #[command(after_help = run::AFTER_HELP)]
+    Run(run::RunArgs),
+    /// Acquire, print one JSON line, hold (renewing) until stdin closes or SIGTERM
+    #[command(after_help = HOLD_HELP)]
+    Hold(HoldArgs),
+    /// Acquire a lock that outlives this command (ended by `lockfn release`)
+    Acquire(AcquireArgs),
+    /// Release a persistent lock (--force: whoever holds it)
+    Release(ReleaseArgs),
+    /// Renew a persistent lock
+    Update(TargetArg),
+    /// Show who holds a lock
+    Status(StatusArgs),
+    /// List locks under a prefix (e.g. sem:, zk:jobs/)
+    List(ListArgs),
+    /// Clean what dead holders on this host left behind
+    Gc(GcArgs),
+    /// Show a lock's state live, one line per change
+    Watch(WatchArgs),
+}
+
+/// How to acquire: shared by run, hold and acquire.
+#[derive(Args, Clone)]
+pub struct LockArgs {
+    /// Fail at once if the lock is held (try once)
+    #[arg(short = 'n', long = "nonblock", visible_alias = "no-wait")]
+    pub nonblock: bool,
+    /// Wait at most SECS seconds (fractions allowed; 0 = try once; default: forever)
+    #[arg(
+        short = 'w',
+        long = "wait",
+        visible_alias = "timeout",
+        value_name = "SECS"
+    )]
+    pub wait: Option<f64>,
+    /// Holders at once (a counting semaphore when > 1)
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub limit: u32,
+    /// Take a shared (read) lock: many readers, one writer
+    #[arg(long)]
+    pub shared: bool,
+    /// Seconds the lock survives without renewal (Consul session TTL, ZooKeeper session)
+    #[arg(long, value_name = "SECS")]
+    pub ttl: Option<f64>,
+    /// Free text stored in the holder record (who, why)
+    #[arg(long, value_name = "TEXT")]
+    pub holder: Option<String>,
+    /// Succeed at once if this process already holds the lock
+    #[arg(long)]
+    pub reentrant: bool,
+    /// Permission bits of objects the lock creates (sem), octal
+    #[arg(long, value_name = "OCTAL", default_value = "600")]
+    pub mode: String,
+    /// Consul lock-delay in seconds
+    #[arg(long, value_name = "SECS")]
+    pub lock_delay: Option<f64>,
+}
+
+impl LockArgs {
+    pub fn options(&self) -> Result<Options, lockfn::Error> {
+        let invalid = |m: String| lockfn::Error::new(ErrorKind::Invalid, m);
+        let mut o = Options::default();
+        o.timeout = match (self.nonblock, self.wait) {
+            (true, _) => Some(Duration::ZERO),
+            (false, Some(w)) if w < 0.0 => {
+                return Err(invalid(format!(
+                    "-w {w}: the wait must be 0 or more seconds"
+                )))
+            }
+            (false, Some(w)) => Options::timeout_secs(w)?,
+            (false, None) => None,
+        };
+        o.ttl = match self.ttl {
+            Some(t) if t.is_nan() || t <= 0.0 => {
+                return Err(invalid(format!("--ttl {t}: must be positive")))
+            }
+            Some(t) => Options::timeout_secs(t)?,
+            None => None,
+        };
+        o.lock_delay = match self.lock_delay {
+            Some(t) if t < 0.0 => {
+                return Err(invalid(format!("--lock-delay {t}: must be 0 or more")))
+            }
+            Some(t) => Options::timeout_secs(t)?,
+            None => None,
+        };
+        o.limit = self.limit;
+        o.shared = self.shared;
+        o.holder = self.holder.clone();
+        o.reentrant = self.reentrant;
+        o.mode = u32::from_str_radix(self.mode.trim_start_matches("0o"), 8)
+            .map_err(|_| invalid(format!("--mode {}: not an octal number", self.mode)))?;
+        Ok(o)
+    }
+}
+
+const HOLD_HELP: &str = "\
+Protocol (used by shell/lockfn.sh): after acquiring, one JSON line on stdout:
+  {\"target\":...,\"token\":N,\"holder\":{...}}
+then the lock is held and renewed until stdin reaches EOF or SIGTERM/SIGINT/SIGHUP arrives;
+then it is released and lockfn exits 0. Lines on stdin:
+  update   renew now; answers {\"updated\":true}
+  release  release now; answers {\"released\":true} and exits 0
+If the lock is lost, {\"lost\":true,\"error\":...} is printed and lockfn exits 75.";
+
+#[derive(Args)]
+struct HoldArgs {
+    #[command(flatten)]
+    lock: LockArgs,
+    /// The lock, e.g. sem:backup
+    target: String,
+}
+
+#[derive(Args)]
+struct AcquireArgs {
+    #[command(flatten)]
+    lock: LockArgs,
+    /// Required: the lock outlives this command until `lockfn release TARGET`
+    #[arg(long)]
+    persist: bool,
+    /// Print the result as JSON
+    #[arg(long)]
+    json: bool,
+    target: String,
+}
+
+#[derive(Args)]
+struct ReleaseArgs {
+    /// Release whoever holds it (operator override; resourcelock's forced unget)
+    #[arg(long)]
+    force: bool,
+    target: String,
+}
+
+#[derive(Args)]
+struct TargetArg {
+    target: String,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+    /// Exit 0 if held, 1 if free (for scripts)
+    #[arg(long)]
+    check: bool,
+    target: String,
+}
+
+#[derive(Args)]
+struct ListArgs {
+    /// Print JSON (an array)
+    #[arg(long)]
+    json: bool,
+    /// A service with an optional name prefix: sem:, pmxcfs:vm-, zk:jobs/
+    prefix: String,
+}
+
+#[derive(Args)]
+struct GcArgs {
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+    /// sem, pmxcfs, zk, consul (optionally :PREFIX); default: sem and pmxcfs
+    scope: Option<String>,
+}
+
+#[derive(Args)]
+struct WatchArgs {
+    /// Seconds between looks
+    #[arg(long, default_value_t = 0.5, value_name = "SECS")]
+    interval: f64,
+    /// Stop after this many printed changes
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Stop after this many seconds
+    #[arg(long = "for", value_name = "SECS")]
+    duration: Option<f64>,
+    /// Print JSON lines
+    #[arg(long)]
+    json: bool,
+    target: String,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    VERBOSITY.store(cli.verbose, Ordering::Relaxed);
+    let r = match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::Hold(a) => hold(a),
+        Command::Acquire(a) => acquire(a),
+        Command::Release(a) => release(a),
+        Command::Update(a) => update(a),
+        Command::Status(a) => status(a),
+        Command::List(a) => list(a),
+        Command::Gc(a) => gc(a),
+        Command::Watch(a) => watch(a),
+    };
+    ExitCode::from(match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lockfn: {e}");
+            exit::for_error(&e, 1)
+        }
+    })
+}
+
+type CmdResult = Result<u8, lockfn::Error>;
+
+fn parse_target(t: &str) -> Result<Target, lockfn::Error> {
+    Target::parse(t)
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, v);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+fn acquired_json(lock: &Lock) -> serde_json::Value {
+    serde_json::json!({
+        "target": lock.target().canonical(),
+        "token": lock.token(),
+        "holder": lock.record(),
+    })
+}
+
+/// Acquire with SIGINT/SIGTERM/SIGHUP/SIGQUIT cancelling the wait. On cancel the error says
+/// which signal, and the exit code is 128+N.
+pub fn acquire_cancellable(
+    target: &Target,
+    opts: &mut Options,
+) -> Result<Lock, (lockfn::Error, u8)> {
+    let fd = signals::pipe().map_err(|e| (internal(e), exit::INTERNAL))?;
+    signals::catch(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT])
+        .map_err(|e| (internal(e), exit::INTERNAL))?;
+    opts.cancel_fd = Some(fd);
+    log!(1, "acquiring {target}");
+    match Lock::acquire(target, opts) {
+        Ok(l) => {
+            log!(1, "acquired {target}, token {}", l.token());
+            Ok(l)
+        }
+        Err(e) if e.kind() == ErrorKind::Canceled => {
+            let sig = signals::drain(fd)
+                .first()
+                .map(|r| r.signo)
+                .unwrap_or(libc::SIGTERM);
+            let e = lockfn::Error::new(
+                ErrorKind::Canceled,
+                format!("waiting for {target} canceled by {}", signals::name(sig)),
+            );
+            Err((e, 128 + sig as u8))
+        }
+        Err(e) => Err((e, 0)),
+    }
+}
+
+pub fn internal(e: impl std::fmt::Display) -> lockfn::Error {
+    lockfn::Error::new(ErrorKind::Internal, e.to_string())
+}
+
+fn hold(a: HoldArgs) -> CmdResult {
+    let target = parse_target(&a.target)?;
+    let mut opts = a.lock.options()?;
+    signals::pipe().map_err(internal)?;
+    signals::hangup_on_stdin_close();
+    let lock = match acquire_cancellable(&target, &mut opts) {
+        Ok(l) => l,
+        Err((e, 0)) => return Err(e),
+        Err((e, code)) => {
+            eprintln!("lockfn: {e}");
+            return Ok(code);
+        }
+    };
+    print_json(&acquired_json(&lock));
+    let sigfd = signals::pipe().map_err(internal)?;
+    let stdin = 0;
+    let tick = lock.check_interval();
+    let renew = lock.renew_interval();
+    let mut last_renew = std::time::Instant::now();
+    let mut line = Vec::new();
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: stdin,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sigfd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let ms = tick
+            .map(|t| t.as_millis().min(i32::MAX as u128) as i32)
+            .unwrap_or(-1);
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        if n < 0 {
+            continue; // EINTR: the signal is in the pipe
+        }
+        if fds[1].revents != 0 {
+            let sigs = signals::drain(sigfd);
+            if !sigs.is_empty() {
+                log!(
+                    1,
+                    "{} received, releasing {target}",
+                    signals::name(sigs[0].signo)
+                );
+                return finish_release(lock);
+            }
+        }
+        if fds[0].revents != 0 {
+            let mut buf = [0u8; 256];
+            let r = unsafe { libc::read(stdin, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+            if r <= 0 {
+                log!(1, "stdin closed, releasing {target}");
+                return finish_release(lock);
+            }
+            line.extend_from_slice(&buf[..r as usize]);
+            while let Some(pos) = line.iter().position(|&b| b == b'\n') {
+                let cmd: Vec<u8> = line.drain(..=pos).collect();
+                match String::from_utf8_lossy(&cmd).trim() {
+                    "update" => match lock.update() {
+                        Ok(()) => {
+                            last_renew = std::time::Instant::now();
+                            print_json(&serde_json::json!({"updated": true}));
+                        }
+                        Err(e) => return lost_or_error(e),
+                    },
+                    "release" => {
+                        let r = lock.release();
+                        print_json(&serde_json::json!({"released": r.is_ok()}));
+                        return r.map(|_| 0);
+                    }
+                    "" => {}
+                    other => eprintln!("lockfn: hold: unknown request '{other}' (update, release)"),
+                }
+            }
+        }
+        if n == 0 {
+            let due = renew.is_some_and(|r| last_renew.elapsed() >= r);
+            let r = if due { lock.update() } else { lock.check() };
+            match r {
+                Ok(()) if due => last_renew = std::time::Instant::now(),
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Lost => return lost_or_error(e),
+                Err(e) => log!(1, "renewing {target} failed, will retry: {e}"),
+            }
+        }
+    }
+}
+
+fn lost_or_error(e: lockfn::Error) -> CmdResult {
+    if e.kind() == ErrorKind::Lost {
+        print_json(&serde_json::json!({"lost": true, "error": e.message()}));
+    }
+    Err(e)
+}
+
+fn finish_release(lock: Lock) -> CmdResult {
+    lock.release().map(|_| 0)
+}
+
+fn acquire(a: AcquireArgs) -> CmdResult {
+    if !a.persist {
+        return Err(lockfn::Error::new(
+            ErrorKind::Invalid,
+            "acquire needs --persist: the lock outlives this command until `lockfn release \
+             TARGET` (to hold a lock while a command runs use `lockfn run`, from a shell \
+             `lockfn hold` or `source lockfn.sh`)",
+        ));
+    }
+    let target = parse_target(&a.target)?;
+    let mut opts = a.lock.options()?;
+    opts.persist = true;
+    let lock = match acquire_cancellable(&target, &mut opts) {
+        Ok(l) => l,
+        Err((e, 0)) => return Err(e),
+        Err((e, code)) => {
+            eprintln!("lockfn: {e}");
+            return Ok(code);
+        }
+    };
+    let info = acquired_json(&lock);
+    let token = lock.token();
+    lock.detach()?;
+    if a.json {
+        print_json(&info);
+    } else {
+        println!("{token}");
+    }
+    Ok(0)
+}
+
+fn release(a: ReleaseArgs) -> CmdResult {
+    let target = parse_target(&a.target)?;
+    let n = lockfn::release_named(&target, a.force)?;
+    log!(1, "released {n} slot(s) of {target}");
+    Ok(0)
+}
+
+fn update(a: TargetArg) -> CmdResult {
+    let target = parse_target(&a.target)?;
+    lockfn::update_named(&target)?;
+    Ok(0)
+}
+
+fn describe(st: &Status) -> String {
+    if !st.held {
+        return format!("{}: free", st.target);
+    }
+    let mut s = format!("{}: held", st.target);
+    if let (Some(limit), Some(avail)) = (st.limit, st.available) {
+        if limit > 1 {
+            s.push_str(&format!(
+                " ({} of {limit} slots taken)",
+                limit as i64 - avail
+            ));
+        }
+    }
+    for h in &st.holders {
+        let r = &h.record;
+        let age = lockfn::holder::now_secs() - r.since;
+        s.push_str(&format!(
+            "\n  pid {} on {} ({}), token {}, for {:.1} s{}{}",
+            r.pid,
+            r.host,
+            serde_json::to_value(h.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            r.token,
+            age.max(0.0),
+            if r.persist { ", persistent" } else { "" },
+            if r.holder.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", r.holder)
+            }
+        ));
+    }
+    for (k, v) in &st.details {
+        s.push_str(&format!("\n  {k}: {v}"));
+    }
+    s
+}
+
+fn status(a: StatusArgs) -> CmdResult {
+    let target = parse_target(&a.target)?;
+    let st = lockfn::status(&target)?;
+    if a.json {
+        print_json(&st);
+    } else {
+        println!("{}", describe(&st));
+    }
+    Ok(if a.check && !st.held { 1 } else { 0 })
+}
+
+fn list(a: ListArgs) -> CmdResult {
+    let all = lockfn::list(&a.prefix)?;
+    if a.json {
+        print_json(&all);
+    } else {
+        for st in &all {
+            println!("{}", describe(st));
+        }
+    }
+    Ok(0)
+}
+
+fn gc(a: GcArgs) -> CmdResult {
+    let n = lockfn::gc(a.scope.as_deref().unwrap_or(""))?;
+    if a.json {
+        print_json(&serde_json::json!({"removed": n}));
+    } else {
+        println!("removed {n}");
+    }
+    Ok(0)
+}
+
+fn watch(a: WatchArgs) -> CmdResult {
+    let target = parse_target(&a.target)?;
+    if a.interval.is_nan() || a.interval <= 0.0 {
+        return Err(lockfn::Error::new(
+            ErrorKind::Invalid,
+            "--interval must be positive",
+        ));
+    }
+    let interval = Options::timeout_secs(a.interval)?.unwrap_or(Duration::from_millis(500));
+    let end = match a.duration {
+        Some(d) => Some(std::time::Instant::now() + Options::timeout_secs(d)?.unwrap_or_default()),
+        None => None,
+    };
+    let sigfd = signals::pipe().map_err(internal)?;
+    signals::catch(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]).map_err(internal)?;
+    let mut last: Option<String> = None;
+    let mut printed = 0u64;
+    loop {
+        let st = lockfn::status(&target)?;
+        // Compare what matters, not the timestamps that change on every look.
+        let key = serde_json::to_string(&(
+            st.held,
+            st.available,
+            st.holders
+                .iter()
+                .map(|h| (h.record.token, h.record.pid, h.state))
+                .collect::<Vec<_>>(),
+        ))
+        .unwrap_or_default();
+        if last.as_deref() != Some(&key) {
+            if a.json {
+                let mut v = serde_json::to_value(&st).map_err(internal)?;
+                v["time"] = lockfn::holder::now_secs().into();
+                print_json(&v);
+            } else {
+                println!("{}", describe(&st));
+            }
+            last = Some(key);
+            printed += 1;
+            if a.count.is_some_and(|c| printed >= c) {
+                return Ok(0);
+            }
+        }
+        let mut wait = interval;
+        if let Some(end) = end {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(0);
+            }
+            wait = wait.min(left);
+        }
+        if lockfn::backend::poll_readable(sigfd, wait.as_millis() as i32) {
+            return Ok(0);
+        }
+    }
+}

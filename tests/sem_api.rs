@@ -1,0 +1,168 @@
+//! The Rust API on the sem: backend: what the CLI and C tests don't reach directly.
+
+use lockfn::{ErrorKind, Lock, Options, Target};
+use std::time::{Duration, Instant};
+
+fn target(tag: &str) -> Target {
+    Target::parse(&format!("sem:api-{tag}-{}", std::process::id())).unwrap()
+}
+
+fn try_once() -> Options {
+    let mut o = Options::default();
+    o.timeout = Some(Duration::ZERO);
+    o
+}
+
+fn cleanup(t: &Target) {
+    let _ = lockfn::gc(&format!("sem:{}", t.name));
+}
+
+#[test]
+fn reentrant_acquisition_shares_the_lock_until_the_last_release() {
+    let t = target("reent");
+    let first = Lock::acquire(&t, &Options::default()).unwrap();
+    // Not reentrant: the process itself is excluded like anyone else.
+    let e = Lock::acquire(&t, &try_once()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy);
+    let mut o = try_once();
+    o.reentrant = true;
+    let second = Lock::acquire(&t, &o).unwrap();
+    assert_eq!(second.token(), first.token());
+    first.release().unwrap();
+    // still held through the second reference
+    assert!(lockfn::status(&t).unwrap().held);
+    second.release().unwrap();
+    assert!(!lockfn::status(&t).unwrap().held);
+    cleanup(&t);
+}
+
+#[test]
+fn tokens_grow_with_every_acquisition() {
+    let t = target("token");
+    let mut last = 0;
+    for _ in 0..5 {
+        let l = Lock::acquire(&t, &try_once()).unwrap();
+        assert!(l.token() > last);
+        last = l.token();
+        drop(l); // release on drop
+    }
+    cleanup(&t);
+}
+
+#[test]
+fn a_forced_release_is_reported_as_lost() {
+    let t = target("forced");
+    let l = Lock::acquire(&t, &Options::default()).unwrap();
+    l.update().unwrap();
+    assert_eq!(
+        lockfn::release_named(&t, false).unwrap_err().kind(),
+        ErrorKind::NotHeld
+    );
+    assert_eq!(lockfn::release_named(&t, true).unwrap(), 1);
+    assert_eq!(l.update().unwrap_err().kind(), ErrorKind::Lost);
+    assert_eq!(l.check().unwrap_err().kind(), ErrorKind::Lost);
+    // Releasing a lost lock posts nothing: the count stays at the limit.
+    assert_eq!(l.release().unwrap_err().kind(), ErrorKind::Lost);
+    let st = lockfn::status(&t).unwrap();
+    assert_eq!(st.available, Some(1));
+    cleanup(&t);
+}
+
+#[test]
+fn limit_must_match_and_counts_slots() {
+    let t = target("limit");
+    let mut o = try_once();
+    o.limit = 2;
+    let a = Lock::acquire(&t, &o).unwrap();
+    let b = Lock::acquire(&t, &o).unwrap();
+    assert_eq!(Lock::acquire(&t, &o).unwrap_err().kind(), ErrorKind::Busy);
+    let st = lockfn::status(&t).unwrap();
+    assert_eq!(
+        (st.limit, st.available, st.holders.len()),
+        (Some(2), Some(0), 2)
+    );
+    o.limit = 3;
+    let e = Lock::acquire(&t, &o).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Invalid);
+    assert!(e.message().contains("limit 2"), "{e}");
+    a.release().unwrap();
+    b.release().unwrap();
+    cleanup(&t);
+}
+
+#[test]
+fn shared_is_refused_with_a_reason() {
+    let t = target("shared");
+    let mut o = try_once();
+    o.shared = true;
+    let e = Lock::acquire(&t, &o).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Invalid);
+    assert!(e.message().contains("shared"));
+}
+
+#[test]
+fn persistent_locks_survive_detach_and_end_by_name() {
+    let t = target("persist");
+    let mut o = try_once();
+    o.persist = true;
+    o.holder = Some("manual".into());
+    Lock::acquire(&t, &o).unwrap().detach().unwrap();
+    assert_eq!(
+        Lock::acquire(&t, &try_once()).unwrap_err().kind(),
+        ErrorKind::Busy
+    );
+    lockfn::update_named(&t).unwrap();
+    assert_eq!(lockfn::release_named(&t, false).unwrap(), 1);
+    Lock::acquire(&t, &try_once()).unwrap().release().unwrap();
+    cleanup(&t);
+}
+
+#[test]
+fn timeout_waits_and_cancel_fd_stops_the_wait() {
+    let t = target("wait");
+    let held = Lock::acquire(&t, &Options::default()).unwrap();
+    let mut o = Options::default();
+    o.timeout = Some(Duration::from_millis(300));
+    let s = Instant::now();
+    assert_eq!(Lock::acquire(&t, &o).unwrap_err().kind(), ErrorKind::Busy);
+    assert!(s.elapsed() >= Duration::from_millis(295));
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let w = fds[1];
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(150));
+        unsafe { libc::write(w, b"x".as_ptr() as *const libc::c_void, 1) };
+    });
+    let mut o = Options::default();
+    o.cancel_fd = Some(fds[0]);
+    let s = Instant::now();
+    assert_eq!(
+        Lock::acquire(&t, &o).unwrap_err().kind(),
+        ErrorKind::Canceled
+    );
+    assert!(s.elapsed() < Duration::from_secs(1));
+    writer.join().unwrap();
+    held.release().unwrap();
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+    cleanup(&t);
+}
+
+#[test]
+fn status_of_an_unknown_lock_is_free_and_invalid_names_are_refused() {
+    let t = target("never");
+    let st = lockfn::status(&t).unwrap();
+    assert!(!st.held && st.holders.is_empty());
+    assert_eq!(
+        Lock::acquire_str("sem:a/b", &Options::default())
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Invalid
+    );
+    assert_eq!(
+        lockfn::gc("sem:../x").unwrap_err().kind(),
+        ErrorKind::Invalid
+    );
+}
