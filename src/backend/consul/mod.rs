@@ -7,9 +7,10 @@
 //! - [`mutex`]: limit 1, as api.Lock (key `PREFIX/.lock` for `consul lock PREFIX`).
 //! - [`semaphore`]: limit N, as api.Semaphore (`consul lock -n N PREFIX`).
 //!
-//! Sessions have a TTL (default 15 s, 10–86400 s) and are renewed by `update()`, which also
-//! checks that the key is still ours; a held lock asks to be updated every second so that a
-//! loss (an operator destroying the session) is seen at once. A persistent lock
+//! Sessions have a TTL (default 15 s, 10–86400 s) and are renewed by `update()` every TTL/2
+//! (as api.Lock does), which also checks that the key is still ours; `check()`, wanted every
+//! second, only reads the key, so that a loss (an operator destroying the session) is seen
+//! within about a second. A persistent lock
 //! (`lockfn acquire --persist`) without an explicit ttl gets a session without TTL, as
 //! consullock's, which lives until `lockfn release` (or its node fails).
 
@@ -36,7 +37,7 @@ pub const MIN_TTL: Duration = Duration::from_secs(10);
 pub const MAX_TTL: Duration = Duration::from_secs(86400);
 /// Consul's cap on a session's lock-delay.
 pub const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
-/// How often a held lock wants `update()`: the loss check; the session is renewed every TTL/3.
+/// How often a held lock wants `check()` (a loss seen within ~1 s); `update()` renews at TTL/2.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Where `consul:NAME` keys live.
 pub const KEY_PREFIX: &str = "lockfn/";

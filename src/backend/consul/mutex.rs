@@ -156,7 +156,6 @@ pub(super) fn acquire(
                     ttl,
                     record,
                     last_renew: Instant::now(),
-                    last_ok: Instant::now(),
                 }));
             }
             Ok(None) => {}
@@ -181,29 +180,53 @@ pub(super) struct MutexHeld {
     ttl: Option<Duration>,
     record: HolderRecord,
     last_renew: Instant,
-    last_ok: Instant,
 }
 
 impl MutexHeld {
-    fn check(&mut self) -> Result<()> {
-        if let Some(ttl) = self.ttl {
-            if self.last_renew.elapsed() >= ttl / 3 {
-                let alive = self
-                    .client
-                    .retry(3, || self.client.session_renew(&self.session))?;
-                if !alive {
-                    return Err(lost(
-                        &self.target,
-                        &format!(
-                            "its Consul session {} no longer exists (destroyed by an operator, or \
-                             expired)",
-                            self.session
-                        ),
-                    ));
-                }
-                self.last_renew = Instant::now();
-            }
+    /// A transient failure (agent restarting, leader election) is reported as such until the
+    /// session TTL has passed without a successful renewal: then the session may be gone and
+    /// the lock is declared lost.
+    fn settle(&mut self, r: Result<()>) -> Result<()> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::Lost => Err(e),
+            Err(e) => match self.ttl {
+                Some(ttl) if self.last_renew.elapsed() >= ttl => Err(lost(
+                    &self.target,
+                    &format!(
+                        "no successful renewal for {} s, the session TTL ({e})",
+                        ttl.as_secs()
+                    ),
+                )),
+                _ => Err(e),
+            },
         }
+    }
+
+    /// Renew the session: `Lost` when it no longer exists.
+    fn renew(&mut self) -> Result<()> {
+        if self.ttl.is_none() {
+            return Ok(());
+        }
+        let alive = self
+            .client
+            .retry(3, || self.client.session_renew(&self.session))?;
+        if !alive {
+            return Err(lost(
+                &self.target,
+                &format!(
+                    "its Consul session {} no longer exists (destroyed by an operator, or \
+                     expired)",
+                    self.session
+                ),
+            ));
+        }
+        self.last_renew = Instant::now();
+        Ok(())
+    }
+
+    /// The key (and for a semaphore, `.lock`) still say we hold it.
+    fn verify(&self) -> Result<()> {
         let (e, _) = self
             .client
             .retry(3, || self.client.kv_get(&self.key, None))?;
@@ -234,25 +257,13 @@ impl Held for MutexHeld {
     }
 
     fn update(&mut self) -> Result<()> {
-        match self.check() {
-            Ok(()) => {
-                self.last_ok = Instant::now();
-                Ok(())
-            }
-            Err(e) if e.kind() == ErrorKind::Lost => Err(e),
-            Err(e) => match self.ttl {
-                // Past the TTL without a successful renewal the session may be gone: whoever
-                // holds the key now, it is not safely ours.
-                Some(ttl) if self.last_ok.elapsed() >= ttl => Err(lost(
-                    &self.target,
-                    &format!(
-                        "no successful renewal for {} s, the session TTL ({e})",
-                        ttl.as_secs()
-                    ),
-                )),
-                _ => Err(e),
-            },
-        }
+        let r = self.renew().and_then(|_| self.verify());
+        self.settle(r)
+    }
+
+    fn check(&mut self) -> Result<()> {
+        let r = self.verify();
+        self.settle(r)
     }
 
     fn release(&mut self) -> Result<()> {
@@ -278,8 +289,12 @@ impl Held for MutexHeld {
     }
 
     fn renew_interval(&self) -> Option<Duration> {
-        // Checked every second so that a loss (session destroyed by an operator) is seen
-        // within ~1 s; the session itself is renewed every TTL/3 of these checks.
+        // api.Lock renews at TTL/2; Consul keeps a session 2×TTL after its last renewal.
+        self.ttl.map(|t| t / 2)
+    }
+
+    fn check_interval(&self) -> Option<Duration> {
+        // A loss (an operator destroying the session) is seen within about a second.
         Some(CHECK_INTERVAL)
     }
 }
