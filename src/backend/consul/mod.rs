@@ -406,30 +406,27 @@ fn sem_status(
     Ok(st)
 }
 
-/// Status of `key`: a mutex key, a semaphore's `.lock`, or a semaphore prefix.
+/// Status of `key`: a mutex key, a semaphore's `.lock`, or a semaphore prefix. Exact-key reads
+/// first: Consul answers those with 403 when the token may not read the key (a listing would
+/// silently leave it out).
 fn status_of(client: &Client, target: &Target, key: &str) -> Result<Status> {
-    let (entries, _) = client.kv_list(key, None)?;
-    if let Some(e) = entries.iter().find(|e| e.key == key) {
+    let (exact, _) = client.kv_get(key, None)?;
+    if let Some(e) = exact {
         if e.flags == SEM_FLAG && key.ends_with("/.lock") {
             let prefix = semaphore::prefix_of(key);
             let (under, _) = client.kv_list(&format!("{prefix}/"), None)?;
             return sem_status(client, target, prefix, &under);
         }
-        return Ok(mutex_status(client, target, e));
+        return Ok(mutex_status(client, target, &e));
     }
     let lock_key = semaphore::lock_key_of(key);
-    if entries
-        .iter()
-        .any(|e| e.key == lock_key && e.flags == SEM_FLAG)
-    {
-        let under: Vec<KvEntry> = entries
-            .iter()
-            .filter(|e| e.key.starts_with(&format!("{key}/")))
-            .cloned()
-            .collect();
-        return sem_status(client, target, key, &under);
+    match client.kv_get(&lock_key, None)? {
+        (Some(e), _) if e.flags == SEM_FLAG => {
+            let (under, _) = client.kv_list(&format!("{key}/"), None)?;
+            sem_status(client, target, key, &under)
+        }
+        _ => Ok(Status::new(target)),
     }
-    Ok(Status::new(target))
 }
 
 /// A target for `key` in the form of `like` (same address; `consul:NAME` when the key is
