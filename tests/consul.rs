@@ -861,3 +861,43 @@ fn figures_uncontended_cycle_and_handoff() {
     assert!(handoff < Duration::from_secs(2), "{handoff:?}");
     assert!(kv(&addr, &key).is_none());
 }
+
+#[test]
+fn gc_frees_a_dead_local_holder_at_once() {
+    let Some(addr) = agent() else { return };
+    if std::env::var("LOCKFN_CONSUL_CHILD_TARGET").is_ok() {
+        return;
+    }
+    let name = unique("gc");
+    let t = format!("consul:{name}");
+    let (mut child, _) = spawn_child_holder(&t, None);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let target = Target::parse(&t).unwrap();
+    let st = lockfn::status(&target).unwrap();
+    assert!(st.held);
+    assert_eq!(
+        st.holders[0].state,
+        lockfn::holder::Liveness::Dead,
+        "{st:?}"
+    );
+    assert_eq!(
+        Lock::acquire(&target, &opts(Some(0.0))).unwrap_err().kind(),
+        ErrorKind::Busy
+    );
+    let removed = lockfn::gc(&format!("consul:{name}")).unwrap();
+    assert_eq!(removed, 1);
+    // Freed without waiting for the session TTL, and without lock-delay.
+    let l = Lock::acquire(&target, &opts(Some(1.0))).unwrap();
+    l.release().unwrap();
+    assert!(kv(&addr, &format!("lockfn/{name}")).is_none());
+    // A key left released (as a holder's session expiry leaves it) is removed by gc too.
+    http(
+        "PUT",
+        &addr,
+        &format!("/v1/kv/lockfn/{name}?flags={LOCK_FLAG}"),
+        Some("{}"),
+    );
+    assert_eq!(lockfn::gc(&format!("consul:{name}")).unwrap(), 1);
+    assert!(kv(&addr, &format!("lockfn/{name}")).is_none());
+}
