@@ -174,19 +174,6 @@ impl Config {
         };
         host == "localhost" || host.starts_with("127.") || host == "[::1]"
     }
-
-    /// Identity of the HTTP agent (connection pool) serving this configuration.
-    pub fn agent_key(&self) -> String {
-        format!(
-            "{}|{:?}|{:?}|{:?}|{:?}|{}",
-            self.base(),
-            self.ca_cert,
-            self.ca_path,
-            self.client_cert,
-            self.client_key,
-            self.verify
-        )
-    }
 }
 
 #[cfg(test)]

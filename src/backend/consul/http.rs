@@ -1,14 +1,13 @@
 //! A small blocking client for the parts of Consul's HTTP API that locks use: sessions, KV
-//! reads (plain and blocking), and transactions. One `ureq::Agent` (connection pool) per agent
-//! address and TLS setup, shared by every lock of the process.
+//! reads (plain and blocking), and transactions. One `ureq::Agent` (connection pool) per lock,
+//! and one per blocking query run on a helper thread, which is shut down (its socket closed at
+//! once) when the wait is cancelled or times out.
 
 use super::config::Config;
 use crate::backend::Wait;
 use crate::{Error, ErrorKind, Result};
-use once_cell::sync::Lazy;
 use serde::Deserialize;
-use std::collections::HashMap;
-use std::sync::{mpsc, Mutex};
+use std::sync::mpsc;
 use std::time::Duration;
 
 /// Bound on one ordinary request (connect + answer).
@@ -18,8 +17,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_BODY: u64 = 64 << 20;
 /// Longest blocking query asked for (Consul caps at 10 min).
 pub const MAX_BLOCK: Duration = Duration::from_secs(300);
-
-static AGENTS: Lazy<Mutex<HashMap<String, ureq::Agent>>> = Lazy::new(|| Mutex::new(HashMap::new()));
 
 #[derive(Clone)]
 pub struct Client {
@@ -126,25 +123,20 @@ struct TxnError {
     what: String,
 }
 
-fn agent_for(cfg: &Config) -> Result<ureq::Agent> {
-    let key = cfg.agent_key();
-    let mut agents = AGENTS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(a) = agents.get(&key) {
-        return Ok(a.clone());
-    }
+/// A fresh agent (connection pool) for one lock: nothing of it outlives the lock, so a
+/// released or cancelled lock leaves no socket open in the process.
+fn new_agent(cfg: &Config) -> Result<ureq::Agent> {
     let mut builder = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_connect(Some(CONNECT_TIMEOUT))
         .timeout_global(Some(REQUEST_TIMEOUT))
         .user_agent(format!("lockfn/{}", crate::VERSION))
-        .max_idle_connections_per_host(16)
+        .max_idle_connections_per_host(4)
         .tls_config(tls_config(cfg)?);
     if cfg.is_loopback() {
         builder = builder.proxy(None);
     }
-    let agent: ureq::Agent = builder.build().into();
-    agents.insert(key, agent.clone());
-    Ok(agent)
+    Ok(builder.build().into())
 }
 
 fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<ureq::tls::PemItem<'static>>> {
@@ -242,11 +234,26 @@ fn service_text(body: &[u8]) -> String {
 impl Client {
     pub fn new(cfg: &Config) -> Result<Client> {
         Ok(Client {
-            agent: agent_for(cfg)?,
+            agent: new_agent(cfg)?,
             base: cfg.base(),
             addr: cfg.addr.clone(),
             token: cfg.token.clone(),
         })
+    }
+
+    /// The same client with a connection pool of its own.
+    pub fn fork(&self) -> Client {
+        Client {
+            agent: ureq::Agent::new_with_config(self.agent.config().clone()),
+            base: self.base.clone(),
+            addr: self.addr.clone(),
+            token: self.token.clone(),
+        }
+    }
+
+    /// Close every connection of this client's pool, interrupting requests in flight.
+    pub fn shutdown(&self) {
+        self.agent.clone().shutdown();
     }
 
     /// Remove the token from a text, should a service or a library ever echo it.
@@ -557,27 +564,38 @@ pub fn is_acl_text(s: &str) -> bool {
     l.contains("permission denied") || l.contains("acl not found")
 }
 
-/// Run a blocking request on a helper thread, so that a waiter stops at its deadline and on
-/// its cancel fd at once rather than when Consul answers. Ok(None): the deadline passed.
-/// Without deadline nor cancel fd the request runs on the calling thread.
+/// Run a blocking request on a helper thread with a connection pool of its own, so that a
+/// waiter stops at its deadline and on its cancel fd at once rather than when Consul answers:
+/// the helper's connection is shut down and the thread joined, leaving nothing behind.
+/// Ok(None): the deadline passed. Without deadline nor cancel fd the request runs on the
+/// calling thread.
 pub fn wait_for<T: Send + 'static>(
     wait: &Wait,
-    job: impl FnOnce() -> Result<T> + Send + 'static,
+    client: &Client,
+    job: impl FnOnce(&Client) -> Result<T> + Send + 'static,
 ) -> Result<Option<T>> {
     if wait.cancel_fd().is_none() && wait.deadline().is_none() {
-        return job().map(Some);
+        return job(client).map(Some);
     }
+    let helper = client.fork();
     let (tx, rx) = mpsc::channel();
-    std::thread::Builder::new()
-        .name("lockfn-consul".into())
-        .spawn(move || {
-            let _ = tx.send(job());
-        })
-        .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot start a thread: {e}")))?;
+    let thread = {
+        let helper = helper.clone();
+        std::thread::Builder::new()
+            .name("lockfn-consul".into())
+            .spawn(move || {
+                let _ = tx.send(job(&helper));
+            })
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot start a thread: {e}")))?
+    };
     let slice = if wait.cancel_fd().is_some() {
         Duration::from_millis(50)
     } else {
         Duration::from_secs(1)
+    };
+    let stop = |thread: std::thread::JoinHandle<()>| {
+        helper.shutdown();
+        let _ = thread.join();
     };
     loop {
         let d = match wait.remaining() {
@@ -585,18 +603,26 @@ pub fn wait_for<T: Send + 'static>(
             None => slice,
         };
         match rx.recv_timeout(d) {
-            Ok(r) => return r.map(Some),
+            Ok(r) => {
+                stop(thread);
+                return r.map(Some);
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                wait.check_cancel()?;
+                if let Err(e) = wait.check_cancel() {
+                    stop(thread);
+                    return Err(e);
+                }
                 if wait.expired() {
+                    stop(thread);
                     return Ok(None);
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
+                stop(thread);
                 return Err(Error::new(
                     ErrorKind::Internal,
                     "a Consul request thread died",
-                ))
+                ));
             }
         }
     }

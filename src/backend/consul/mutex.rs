@@ -130,10 +130,9 @@ pub(super) fn acquire(
                     return Err(busy_error(target, wait, Some(e), ""));
                 }
                 let block = ms_left(wait, session.block_limit());
-                let c = client.clone();
                 let k = key.to_string();
                 let idx = index.max(1);
-                match wait_for(wait, move || c.kv_get(&k, Some((idx, block))))? {
+                match wait_for(wait, &client, move |c| c.kv_get(&k, Some((idx, block))))? {
                     Some((e, i)) => {
                         // An index that went backwards (snapshot restore) restarts the wait.
                         index = if i < index { 0 } else { i };

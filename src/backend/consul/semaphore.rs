@@ -194,10 +194,9 @@ pub(super) fn acquire(
                     return Err(full_error(target, wait, limit));
                 }
                 let block = ms_left(wait, session.block_limit());
-                let c = client.clone();
                 let p = list_prefix.clone();
                 let idx = index.max(1);
-                match wait_for(wait, move || c.kv_list(&p, Some((idx, block))))? {
+                match wait_for(wait, &client, move |c| c.kv_list(&p, Some((idx, block))))? {
                     Some(l) => listing = Some(l),
                     None => return Err(full_error(target, wait, limit)),
                 }
