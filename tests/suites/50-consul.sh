@@ -37,6 +37,7 @@ check() { # NAME CMD...
 WORK=$(mktemp -d /tmp/lockfn-consul-suite.XXXXXX)
 cleanup() {
     jobs -p | xargs -r kill -9 2>/dev/null || true
+    [[ -f $WORK/tls/pid ]] && kill -9 "$(cat "$WORK/tls/pid")" 2>/dev/null
     for d in "$WORK"/agent "$WORK"/acl "$WORK"/cluster; do
         [[ -d $d ]] && tests/servers/consul.sh stop "$d" >/dev/null 2>&1
     done
@@ -352,6 +353,57 @@ t_acl() {
     tests/servers/consul.sh stop "$WORK/acl" >/dev/null 2>&1
 }
 
+# --- HTTPS ----------------------------------------------------------------------------------
+
+t_tls() {
+    local d=$WORK/tls hp pid i rc k
+    command -v openssl >/dev/null || { echo "no openssl"; return 1; }
+    mkdir -p "$d"
+    (
+        set -e
+        cd "$d"
+        openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj "/CN=lockfn test CA" 2>/dev/null
+        openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj "/CN=localhost" 2>/dev/null
+        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >ext
+        openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile ext 2>/dev/null
+    ) || { echo "openssl failed"; return 1; }
+    # shellcheck source=tests/lib/ports.sh
+    source tests/lib/ports.sh
+    mapfile -t ports < <(free_ports 4)
+    hp=${ports[0]}
+    cat >"$d/agent.hcl" <<HCL
+ports { http = -1, https = $hp, dns = -1, grpc = -1, serf_lan = ${ports[1]}, serf_wan = ${ports[2]}, server = ${ports[3]} }
+cert_file = "$d/srv.pem"
+key_file = "$d/srv.key"
+ca_file = "$d/ca.pem"
+verify_incoming = false
+disable_update_check = true
+HCL
+    "$CONSUL_BIN" agent -dev -node "lockfn-tls-$$" -bind 127.0.0.1 -client 127.0.0.1 -config-file "$d/agent.hcl" >"$d/consul.log" 2>&1 &
+    pid=$!
+    echo "$pid" >"$d/pid"
+    for ((i = 0; i < 300; i++)); do
+        curl -sf --cacert "$d/ca.pem" "https://127.0.0.1:$hp/v1/status/leader" 2>/dev/null | grep -q ':' && break
+        sleep 0.1
+    done
+    k=$(key tls)
+    # https:// address + CONSUL_CACERT
+    env -u CONSUL_HTTP_ADDR CONSUL_HTTP_ADDR="https://127.0.0.1:$hp" CONSUL_CACERT="$d/ca.pem" \
+        "$L" run "consul:$k" -- true || { echo "https:// + CONSUL_CACERT failed"; tail -5 "$d/consul.log"; kill "$pid"; return 1; }
+    # host:port + CONSUL_HTTP_SSL=true, through a URL target
+    CONSUL_HTTP_SSL=true CONSUL_CACERT="$d/ca.pem" "$L" run "consul://127.0.0.1:$hp/$k" -- true ||
+        { echo "CONSUL_HTTP_SSL failed"; kill "$pid"; return 1; }
+    # Unknown CA: unavailable (69), naming the address
+    CONSUL_HTTP_SSL=true "$L" run -w 2 "consul://127.0.0.1:$hp/$k" -- true 2>"$d/err"; rc=$?
+    [[ $rc == 69 ]] && grep -q "127.0.0.1:$hp" "$d/err" || { echo "unknown CA: exit $rc"; cat "$d/err"; kill "$pid"; return 1; }
+    # CONSUL_HTTP_SSL_VERIFY=false: accepted without the CA
+    CONSUL_HTTP_SSL=true CONSUL_HTTP_SSL_VERIFY=false "$L" run "consul://127.0.0.1:$hp/$k" -- true ||
+        { echo "SSL_VERIFY=false failed"; kill "$pid"; return 1; }
+    kill "$pid"
+    wait "$pid" 2>/dev/null
+    true
+}
+
 # --- 3-server cluster -------------------------------------------------------------------------
 
 t_cluster_leader_stop() {
@@ -413,6 +465,7 @@ check "consul lock (mutex) both ways" t_consul_lock_mutex
 check "consul lock -n 3 shares the 3 slots both ways" t_consul_lock_semaphore
 check "consullock (consul-lock lock/unlock) on the same key" t_consullock
 check "ACL agent: right token works, others exit 77, no token in any output" t_acl
+check "https: CONSUL_CACERT, CONSUL_HTTP_SSL, https:// address, SSL_VERIFY=false" t_tls
 check "3-server cluster: leader stopped under a held lock: never two holders" t_cluster_leader_stop
 
 echo
