@@ -155,7 +155,11 @@ t_codes_and_timeout() {
     "$L" run -w 20 "consul://$A/$k" -- sh -c 'exit 5'; rc=$?
     [[ $rc == 5 ]] || { echo "command code: $rc"; return 1; }
     "$L" run -w 2 "consul://127.0.0.1:1/$k" -- true 2>"$WORK/unreach"; rc=$?
-    grep -q "127.0.0.1:1" "$WORK/unreach" && [[ $rc == 69 ]] || { echo "unreachable: $rc"; cat "$WORK/unreach"; return 1; }
+    if ! grep -q "127.0.0.1:1" "$WORK/unreach" || [[ $rc != 69 ]]; then
+        echo "unreachable: $rc"
+        cat "$WORK/unreach"
+        return 1
+    fi
     "$L" run --ttl 5 "consul://$A/$k" -- true; rc=$?
     [[ $rc == 64 ]] || { echo "ttl 5: $rc"; return 1; }
     wait
@@ -367,7 +371,7 @@ t_tls() {
         printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >ext
         openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile ext 2>/dev/null
     ) || { echo "openssl failed"; return 1; }
-    # shellcheck source=tests/lib/ports.sh
+    # shellcheck source=tests/lib/ports.sh disable=SC1091
     source tests/lib/ports.sh
     mapfile -t ports < <(free_ports 4)
     hp=${ports[0]}
@@ -395,7 +399,12 @@ HCL
         { echo "CONSUL_HTTP_SSL failed"; kill "$pid"; return 1; }
     # Unknown CA: unavailable (69), naming the address
     CONSUL_HTTP_SSL=true "$L" run -w 2 "consul://127.0.0.1:$hp/$k" -- true 2>"$d/err"; rc=$?
-    [[ $rc == 69 ]] && grep -q "127.0.0.1:$hp" "$d/err" || { echo "unknown CA: exit $rc"; cat "$d/err"; kill "$pid"; return 1; }
+    if [[ $rc != 69 ]] || ! grep -q "127.0.0.1:$hp" "$d/err"; then
+        echo "unknown CA: exit $rc"
+        cat "$d/err"
+        kill "$pid"
+        return 1
+    fi
     # CONSUL_HTTP_SSL_VERIFY=false: accepted without the CA
     CONSUL_HTTP_SSL=true CONSUL_HTTP_SSL_VERIFY=false "$L" run "consul://127.0.0.1:$hp/$k" -- true ||
         { echo "SSL_VERIFY=false failed"; kill "$pid"; return 1; }
