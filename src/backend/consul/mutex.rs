@@ -126,6 +126,10 @@ pub(super) fn acquire(
                 seen = classify(target, e)?;
             }
             if let Seen::Held(e) = &seen {
+                if e.holder() == Some(session.id.as_str()) {
+                    // Our own acquisition whose answer was lost (a retried request).
+                    return Ok(Some(e.modify_index));
+                }
                 if wait.is_try_once() || wait.expired() {
                     return Err(busy_error(target, wait, Some(e), ""));
                 }
