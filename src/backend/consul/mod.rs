@@ -323,6 +323,16 @@ fn parse_iso_utc(s: &str) -> Option<f64> {
         t.next()?.parse::<i64>().ok()?,
     );
     let ss: f64 = t.next()?.parse().ok()?;
+    // Bounds first: the text comes from a service and must not overflow the arithmetic.
+    if !(1..=9999).contains(&y)
+        || !(1..=12).contains(&m)
+        || !(1..=31).contains(&day)
+        || !(0..24).contains(&hh)
+        || !(0..60).contains(&mm)
+        || !(0.0..61.0).contains(&ss)
+    {
+        return None;
+    }
     // Days from civil (Howard Hinnant's algorithm).
     let y2 = if m <= 2 { y - 1 } else { y };
     let era = if y2 >= 0 { y2 } else { y2 - 399 } / 400;
@@ -382,7 +392,7 @@ fn sem_status(
     sl.prune(entries);
     let mut st = Status::new(target);
     st.limit = Some(sl.limit.clamp(0, u32::MAX as i64) as u32);
-    st.available = Some(sl.limit - sl.count() as i64);
+    st.available = Some(sl.limit.saturating_sub(sl.count() as i64));
     st.held = sl.count() > 0;
     st.details.insert("key".into(), lock_key.clone().into());
     if let Some(le) = &le {
@@ -781,6 +791,7 @@ mod tests {
         assert_eq!(parse_iso_utc("1970-01-01T00:00:00"), Some(0.0));
         assert_eq!(parse_iso_utc("2021-03-04T05:06:07.5"), Some(1614834367.5));
         assert_eq!(parse_iso_utc("garbage"), None);
+        assert_eq!(parse_iso_utc("9999999999999999-01-01T00:00:00"), None);
     }
 
     #[test]
