@@ -72,10 +72,12 @@ impl HolderRecord {
         if !self.is_this_boot() {
             return Liveness::Remote;
         }
-        match process_start_time(self.pid) {
+        match process_stat(self.pid) {
+            // A zombie (exited, not yet reaped by its parent) holds nothing any more.
+            Some(('Z' | 'X', _)) => Liveness::Dead,
             // A start time of 0 means we could not read ours when recording; then only the pid
             // can be compared, which is still right unless the pid was reused.
-            Some(t) if t == self.start_time || self.start_time == 0 => Liveness::Alive,
+            Some((_, t)) if t == self.start_time || self.start_time == 0 => Liveness::Alive,
             Some(_) => Liveness::Dead,
             None => {
                 if pid_exists(self.pid) {
@@ -110,14 +112,22 @@ fn pid_exists(pid: i32) -> bool {
 
 /// Start time of a process in clock ticks after boot, or None if it does not exist.
 pub fn process_start_time(pid: i32) -> Option<u64> {
+    process_stat(pid).map(|(_, t)| t)
+}
+
+/// State letter (R, S, Z, …) and start time of a process, or None if it does not exist.
+fn process_stat(pid: i32) -> Option<(char, u64)> {
     if pid <= 0 {
         return None;
     }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses: fields after it are
-    // counted from the last ')'. Field 22 is the 20th after the name.
+    // counted from the last ')'. Field 3 is the state, field 22 (the 20th after the name)
+    // the start time.
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    Some((state, f.nth(18)?.parse().ok()?))
 }
 
 pub fn hostname() -> String {
@@ -177,6 +187,21 @@ mod tests {
         r.start_time += 1;
         assert_eq!(r.liveness(), Liveness::Dead);
         assert!(!r.is_own_process());
+    }
+
+    #[test]
+    fn a_zombie_is_dead() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let mut r = HolderRecord::for_self(None);
+        r.pid = child.id() as i32;
+        r.start_time = process_start_time(r.pid).unwrap_or(0);
+        // Not reaped yet: a zombie once it exits.
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while r.liveness() != Liveness::Dead && std::time::Instant::now() < end {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(r.liveness(), Liveness::Dead);
+        child.wait().unwrap();
     }
 
     #[test]

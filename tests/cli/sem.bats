@@ -14,7 +14,8 @@ setup() {
 
 teardown() {
   # Stop anything a test left running, then clean its semaphore.
-  jobs -p | xargs -r kill -9 2>/dev/null || true
+  # Stop what this test started (found by its unique lock name), not bats' own jobs.
+  pkill -9 -f "$NAME" 2>/dev/null || true
   "$LOCKFN" gc "sem:$NAME" >/dev/null 2>&1 || true
   rm -rf "$D"
 }
@@ -41,10 +42,13 @@ done
 rm -f "$d/in.$$"
 SH
   chmod +x "$D/slot.sh"
+  pids=()
   for i in 1 2 3 4 5 6; do
     "$LOCKFN" run --limit 3 -w 30 "$T" -- "$D/slot.sh" "$D" &
+    pids+=($!)
   done
-  wait
+  # (never a bare `wait`: bats' own timeout watchdog is a background job too)
+  for p in "${pids[@]}"; do wait "$p"; done
   max=$(sort -n "$D/seen" | tail -1)
   echo "max inside: $max"
   [ "$max" -eq 3 ]
@@ -322,8 +326,10 @@ locked $T" ]
   echo update >&"${H[1]}"
   read -r -t 10 line <&"${H[0]}"
   [ "$line" = '{"updated":true}' ]
+  hpid=$H_PID
   exec {H[1]}>&-
-  wait "$H_PID"
+  # (bash unsets H_PID once the coprocess is gone: keep the pid, and wait for the event)
+  wait_for 10 sh -c "! kill -0 $hpid"
   free "$T"
 }
 

@@ -18,7 +18,8 @@ setup() {
 }
 
 teardown() {
-  jobs -p | xargs -r kill -9 2>/dev/null || true
+  # Stop what this test started (found by its unique lock name), not bats' own jobs.
+  pkill -9 -f "$NAME" 2>/dev/null || true
   "$LOCKFN" gc "sem:$NAME" >/dev/null 2>&1 || true
   rm -f "/dev/shm/sem.$NAME" "/dev/shm/$NAME"
 }

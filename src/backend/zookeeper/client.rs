@@ -1,0 +1,809 @@
+//! A small synchronous ZooKeeper client: one TCP connection and one reader thread per session.
+//!
+//! Why not an async client crate: the C ABI promises that a forked child can use `zk:` with a
+//! fresh session while the parent's stays untouched. Async runtimes built on a process-global
+//! reactor (async-io's epoll instance and its driver thread, which holds the reactor lock while
+//! it sleeps in epoll_wait) cannot do that: a child inherits the parent's epoll instance and a
+//! reactor lock that no thread will ever release. Here every session owns its socket and its
+//! thread; a child builds new ones and never touches (nor drops) the parent's.
+//!
+//! What it does: session establishment and re-establishment on another server of the ensemble
+//! with the same session id (so ephemeral nodes survive a server or leader loss within the
+//! session timeout), pings at a third of the negotiated timeout, digest auth re-sent on every
+//! connection, one-shot watches delivered to waiters through pipes (so a waiter can poll its
+//! watch and a cancel fd together), and per-process request counters for tests.
+//!
+//! Watches are not re-registered with SetWatches after a reconnect; instead every waiter is
+//! woken on each connection change and re-checks (what kazoo's lock recipe does anyway).
+
+use super::proto::{self, Stat, R, W};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZkError {
+    /// The server answered with this error code.
+    Api(i32),
+    /// The connection broke after the request was sent: it may or may not have been applied.
+    ConnectionLoss,
+    /// The session expired: its ephemeral nodes are gone.
+    Expired,
+    /// No server answered within the budget; the last connection error.
+    Unreachable(String),
+}
+
+/// Process-wide request counters (for tests and `status` details).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub requests: u64,
+    pub get_children: u64,
+    pub exists: u64,
+    pub get_data: u64,
+    pub creates: u64,
+    pub deletes: u64,
+    /// Watch notifications received from the server.
+    pub watch_events: u64,
+    /// Sessions established (new session ids), and connections made.
+    pub sessions: u64,
+    pub connections: u64,
+}
+
+static C_REQUESTS: AtomicU64 = AtomicU64::new(0);
+static C_CHILDREN: AtomicU64 = AtomicU64::new(0);
+static C_EXISTS: AtomicU64 = AtomicU64::new(0);
+static C_GET: AtomicU64 = AtomicU64::new(0);
+static C_CREATE: AtomicU64 = AtomicU64::new(0);
+static C_DELETE: AtomicU64 = AtomicU64::new(0);
+static C_EVENTS: AtomicU64 = AtomicU64::new(0);
+static C_SESSIONS: AtomicU64 = AtomicU64::new(0);
+static C_CONNS: AtomicU64 = AtomicU64::new(0);
+
+pub fn counters() -> Counters {
+    let g = |c: &AtomicU64| c.load(Ordering::SeqCst);
+    Counters {
+        requests: g(&C_REQUESTS),
+        get_children: g(&C_CHILDREN),
+        exists: g(&C_EXISTS),
+        get_data: g(&C_GET),
+        creates: g(&C_CREATE),
+        deletes: g(&C_DELETE),
+        watch_events: g(&C_EVENTS),
+        sessions: g(&C_SESSIONS),
+        connections: g(&C_CONNS),
+    }
+}
+
+/// A wake-up channel for one waiter: a non-blocking pipe, so that a waiter can poll it
+/// together with its cancel fd.
+pub struct Notify {
+    r: OwnedFd,
+    w: OwnedFd,
+}
+
+impl Notify {
+    pub fn new() -> io::Result<Arc<Notify>> {
+        let mut fds = [0 as libc::c_int; 2];
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 just returned these two fds, owned by nobody else.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        Ok(Arc::new(Notify { r, w }))
+    }
+
+    pub fn fire(&self) {
+        let b = [1u8];
+        unsafe { libc::write(self.w.as_raw_fd(), b.as_ptr().cast(), 1) };
+    }
+
+    /// Empty the pipe; true if it had been fired.
+    pub fn drain(&self) -> bool {
+        let mut buf = [0u8; 64];
+        let mut any = false;
+        loop {
+            let n = unsafe { libc::read(self.r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return any;
+            }
+            any = true;
+        }
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.r.as_raw_fd()
+    }
+}
+
+/// Which of our watch tables a request registers in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum WatchKind {
+    /// exists / getData: fires on create, delete, data change of the node.
+    Data,
+    /// getChildren: fires on a child added or removed, or the node deleted.
+    Child,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Connecting,
+    Connected,
+    Expired,
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub hosts: Vec<String>,
+    /// `user:password` for digest auth.
+    pub auth: Option<String>,
+    pub timeout: Duration,
+}
+
+type Reply = Result<(i32, Vec<u8>), ZkError>;
+
+struct St {
+    state: State,
+    writer: Option<TcpStream>,
+    /// Connection generation: grows with every (re)connection.
+    gen: u64,
+    session_id: i64,
+    passwd: Vec<u8>,
+    negotiated: Duration,
+    last_zxid: i64,
+    xid: i32,
+    pending: HashMap<i32, mpsc::Sender<Reply>>,
+    data_watches: HashMap<String, Vec<Weak<Notify>>>,
+    child_watches: HashMap<String, Vec<Weak<Notify>>>,
+    state_watchers: Vec<Weak<Notify>>,
+    /// When we last heard from a server of this session.
+    last_heard: Instant,
+    last_sent: Instant,
+    last_error: String,
+}
+
+struct Shared {
+    cfg: Config,
+    st: Mutex<St>,
+    cv: Condvar,
+}
+
+/// One ZooKeeper session, shared by every lock of the process on the same ensemble.
+pub struct Session {
+    sh: Arc<Shared>,
+    /// Contender nodes a failed or cancelled wait could not delete (connection trouble):
+    /// deleted at the next chance, so they never end up holding the lock for nobody.
+    orphans: Mutex<Vec<String>>,
+}
+
+fn lock(m: &Mutex<St>) -> MutexGuard<'_, St> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn fire_all(map: &mut HashMap<String, Vec<Weak<Notify>>>) {
+    for (_, v) in map.drain() {
+        for w in v {
+            if let Some(n) = w.upgrade() {
+                n.fire();
+            }
+        }
+    }
+}
+
+fn fire_path(map: &mut HashMap<String, Vec<Weak<Notify>>>, path: &str) {
+    if let Some(v) = map.remove(path) {
+        for w in v {
+            if let Some(n) = w.upgrade() {
+                n.fire();
+            }
+        }
+    }
+}
+
+impl Session {
+    /// Start a session: the reader thread connects in the background.
+    pub fn start(cfg: Config) -> io::Result<Session> {
+        let now = Instant::now();
+        let sh = Arc::new(Shared {
+            st: Mutex::new(St {
+                state: State::Connecting,
+                writer: None,
+                gen: 0,
+                session_id: 0,
+                passwd: vec![0u8; 16],
+                negotiated: cfg.timeout,
+                last_zxid: 0,
+                xid: 1,
+                pending: HashMap::new(),
+                data_watches: HashMap::new(),
+                child_watches: HashMap::new(),
+                state_watchers: Vec::new(),
+                last_heard: now,
+                last_sent: now,
+                last_error: "not connected yet".into(),
+            }),
+            cv: Condvar::new(),
+            cfg,
+        });
+        let s2 = sh.clone();
+        std::thread::Builder::new()
+            .name("lockfn-zk".into())
+            .spawn(move || run(s2))?;
+        Ok(Session {
+            sh,
+            orphans: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn add_orphan(&self, path: String) {
+        self.orphans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path);
+    }
+
+    /// Try to delete the orphans (bounded by `budget` per node); keep those that failed on
+    /// the connection.
+    pub fn reap_orphans(&self, budget: Duration) {
+        let list = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|e| e.into_inner()));
+        for p in list {
+            match self.delete(&p, -1, budget) {
+                Ok(()) | Err(ZkError::Api(_)) | Err(ZkError::Expired) => {}
+                Err(_) => self.add_orphan(p),
+            }
+        }
+    }
+
+    pub fn state(&self) -> State {
+        lock(&self.sh.st).state
+    }
+
+    pub fn session_id(&self) -> i64 {
+        lock(&self.sh.st).session_id
+    }
+
+    pub fn negotiated(&self) -> Duration {
+        lock(&self.sh.st).negotiated
+    }
+
+    pub fn gen(&self) -> u64 {
+        lock(&self.sh.st).gen
+    }
+
+    /// How long since a server of this session last answered us (zero while connected).
+    pub fn silent_for(&self) -> Duration {
+        let st = lock(&self.sh.st);
+        match st.state {
+            State::Connected => Duration::ZERO,
+            _ => st.last_heard.elapsed(),
+        }
+    }
+
+    /// Wake `n` on every connection change (lost, re-established, expired).
+    pub fn watch_state(&self, n: &Arc<Notify>) {
+        let mut st = lock(&self.sh.st);
+        st.state_watchers.retain(|w| w.strong_count() > 0);
+        st.state_watchers.push(Arc::downgrade(n));
+    }
+
+    /// Wait until connected (or expired, or the budget runs out).
+    pub fn wait_connected(&self, budget: Duration) -> Result<(), ZkError> {
+        let deadline = Instant::now() + budget;
+        let mut st = lock(&self.sh.st);
+        loop {
+            match st.state {
+                State::Connected => return Ok(()),
+                State::Expired => return Err(ZkError::Expired),
+                State::Connecting => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ZkError::Unreachable(st.last_error.clone()));
+            }
+            st = self
+                .sh
+                .cv
+                .wait_timeout(st, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+
+    /// Send one request and wait for its answer. `budget` bounds the wait for a connection.
+    fn call(
+        &self,
+        op: i32,
+        body: &[u8],
+        budget: Duration,
+        watch: Option<(WatchKind, &str, &Arc<Notify>)>,
+    ) -> Result<Vec<u8>, ZkError> {
+        self.wait_connected(budget)?;
+        let (tx, rx) = mpsc::channel();
+        let reply_bound;
+        {
+            let mut st = lock(&self.sh.st);
+            if st.state != State::Connected {
+                return Err(ZkError::ConnectionLoss);
+            }
+            let xid = st.xid;
+            st.xid = if st.xid >= i32::MAX - 1 {
+                1
+            } else {
+                st.xid + 1
+            };
+            let mut frame = W::new();
+            frame.i32(0).i32(xid).i32(op);
+            frame.0.extend_from_slice(body);
+            let len = (frame.0.len() - 4) as i32;
+            frame.0[..4].copy_from_slice(&len.to_be_bytes());
+            if let Some((kind, path, n)) = watch {
+                let map = match kind {
+                    WatchKind::Data => &mut st.data_watches,
+                    WatchKind::Child => &mut st.child_watches,
+                };
+                let v = map.entry(path.to_string()).or_default();
+                v.retain(|w| w.strong_count() > 0);
+                v.push(Arc::downgrade(n));
+            }
+            st.pending.insert(xid, tx);
+            let Some(w) = st.writer.as_mut() else {
+                st.pending.remove(&xid);
+                return Err(ZkError::ConnectionLoss);
+            };
+            if w.write_all(&frame.0).is_err() {
+                let _ = w.shutdown(Shutdown::Both);
+                st.pending.remove(&xid);
+                return Err(ZkError::ConnectionLoss);
+            }
+            st.last_sent = Instant::now();
+            reply_bound = st.negotiated.max(Duration::from_secs(2)) * 2;
+        }
+        C_REQUESTS.fetch_add(1, Ordering::Relaxed);
+        let counter = match op {
+            proto::OP_GET_CHILDREN => Some(&C_CHILDREN),
+            proto::OP_EXISTS => Some(&C_EXISTS),
+            proto::OP_GET_DATA => Some(&C_GET),
+            proto::OP_CREATE2 => Some(&C_CREATE),
+            proto::OP_DELETE => Some(&C_DELETE),
+            _ => None,
+        };
+        if let Some(c) = counter {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        // The reader fails every pending request when the connection breaks, so this bound
+        // only guards against a server that keeps the connection but never answers.
+        match rx.recv_timeout(reply_bound) {
+            Ok(Ok((0, body))) => Ok(body),
+            Ok(Ok((proto::ERR_SESSION_EXPIRED, _))) => Err(ZkError::Expired),
+            Ok(Ok((err, _))) => Err(ZkError::Api(err)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ZkError::ConnectionLoss),
+        }
+    }
+
+    pub fn create(
+        &self,
+        path: &str,
+        data: &[u8],
+        acl: &[proto::Acl],
+        mode: i32,
+        budget: Duration,
+    ) -> Result<(String, Stat), ZkError> {
+        let mut w = W::new();
+        w.str(path).buf(data).acls(acl).i32(mode);
+        let body = self.call(proto::OP_CREATE2, &w.0, budget, None)?;
+        let mut r = R::new(&body);
+        let p = r.string().map_err(|_| ZkError::Api(-5))?;
+        let stat = r.stat().map_err(|_| ZkError::Api(-5))?;
+        Ok((p, stat))
+    }
+
+    pub fn delete(&self, path: &str, version: i32, budget: Duration) -> Result<(), ZkError> {
+        let mut w = W::new();
+        w.str(path).i32(version);
+        self.call(proto::OP_DELETE, &w.0, budget, None).map(|_| ())
+    }
+
+    /// Stat of `path`, None if it does not exist. With `watch`, `n` fires when the node is
+    /// created, changed or deleted.
+    pub fn exists(
+        &self,
+        path: &str,
+        watch: Option<&Arc<Notify>>,
+        budget: Duration,
+    ) -> Result<Option<Stat>, ZkError> {
+        let mut w = W::new();
+        w.str(path).bool(watch.is_some());
+        match self.call(
+            proto::OP_EXISTS,
+            &w.0,
+            budget,
+            watch.map(|n| (WatchKind::Data, path, n)),
+        ) {
+            Ok(body) => R::new(&body).stat().map(Some).map_err(|_| ZkError::Api(-5)),
+            Err(ZkError::Api(proto::ERR_NO_NODE)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn get_data(
+        &self,
+        path: &str,
+        watch: Option<&Arc<Notify>>,
+        budget: Duration,
+    ) -> Result<(Vec<u8>, Stat), ZkError> {
+        let mut w = W::new();
+        w.str(path).bool(watch.is_some());
+        let body = self.call(
+            proto::OP_GET_DATA,
+            &w.0,
+            budget,
+            watch.map(|n| (WatchKind::Data, path, n)),
+        )?;
+        let mut r = R::new(&body);
+        let data = r.buf().map_err(|_| ZkError::Api(-5))?;
+        let stat = r.stat().map_err(|_| ZkError::Api(-5))?;
+        Ok((data, stat))
+    }
+
+    pub fn set_data(&self, path: &str, data: &[u8], budget: Duration) -> Result<Stat, ZkError> {
+        let mut w = W::new();
+        w.str(path).buf(data).i32(-1);
+        let body = self.call(proto::OP_SET_DATA, &w.0, budget, None)?;
+        R::new(&body).stat().map_err(|_| ZkError::Api(-5))
+    }
+
+    pub fn get_children(
+        &self,
+        path: &str,
+        watch: Option<&Arc<Notify>>,
+        budget: Duration,
+    ) -> Result<Vec<String>, ZkError> {
+        let mut w = W::new();
+        w.str(path).bool(watch.is_some());
+        let body = self.call(
+            proto::OP_GET_CHILDREN,
+            &w.0,
+            budget,
+            watch.map(|n| (WatchKind::Child, path, n)),
+        )?;
+        R::new(&body).strings().map_err(|_| ZkError::Api(-5))
+    }
+}
+
+/// Read and buffer frames from a stream whose reads may time out mid-frame.
+struct FrameReader {
+    buf: Vec<u8>,
+}
+
+enum Got {
+    Frame(Vec<u8>),
+    Idle,
+}
+
+const MAX_FRAME: usize = 64 << 20;
+
+impl FrameReader {
+    fn next(&mut self, s: &mut TcpStream) -> io::Result<Got> {
+        loop {
+            if self.buf.len() >= 4 {
+                let n = i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+                if n < 0 || n as usize > MAX_FRAME {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "bad frame length",
+                    ));
+                }
+                let n = n as usize;
+                if self.buf.len() >= 4 + n {
+                    let frame = self.buf[4..4 + n].to_vec();
+                    self.buf.drain(..4 + n);
+                    return Ok(Got::Frame(frame));
+                }
+            }
+            let mut tmp = [0u8; 16384];
+            match s.read(&mut tmp) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the server closed the connection",
+                    ))
+                }
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::TimedOut =>
+                {
+                    return Ok(Got::Idle)
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn frame(body: &W) -> Vec<u8> {
+    let mut v = Vec::with_capacity(body.0.len() + 4);
+    v.extend_from_slice(&(body.0.len() as i32).to_be_bytes());
+    v.extend_from_slice(&body.0);
+    v
+}
+
+/// The reader thread: connect, serve, reconnect, until the session expires.
+fn run(sh: Arc<Shared>) {
+    let n = sh.cfg.hosts.len().max(1);
+    let mut idx = (std::process::id() as usize) % n;
+    let mut failures_in_row = 0usize;
+    loop {
+        if lock(&sh.st).state == State::Expired {
+            return;
+        }
+        let host = sh.cfg.hosts.get(idx % n).cloned().unwrap_or_default();
+        idx += 1;
+        match connect(&sh, &host) {
+            Ok((stream, reader)) => {
+                failures_in_row = 0;
+                let why = serve(&sh, stream, reader);
+                disconnected(&sh, &format!("connection to {host} lost: {why}"));
+            }
+            Err(ConnectErr::Expired) => {
+                let mut st = lock(&sh.st);
+                st.state = State::Expired;
+                st.last_error = "session expired".into();
+                wake_everyone(&mut st);
+                sh.cv.notify_all();
+                return;
+            }
+            Err(ConnectErr::Io(e)) => {
+                failures_in_row += 1;
+                let mut st = lock(&sh.st);
+                st.last_error = format!("{host}: {e}");
+                drop(st);
+                if failures_in_row % n == 0 {
+                    // Every server failed once: back off a little (bounded), then go round again.
+                    let k = (failures_in_row / n).min(5) as u64;
+                    std::thread::sleep(Duration::from_millis(50 * k));
+                }
+            }
+        }
+    }
+}
+
+enum ConnectErr {
+    Io(String),
+    Expired,
+}
+
+fn io_err(e: io::Error) -> ConnectErr {
+    ConnectErr::Io(e.to_string())
+}
+
+fn connect(sh: &Shared, host: &str) -> Result<(TcpStream, FrameReader), ConnectErr> {
+    let (session_id, passwd, last_zxid) = {
+        let st = lock(&sh.st);
+        (st.session_id, st.passwd.clone(), st.last_zxid)
+    };
+    let timeout = sh.cfg.timeout;
+    let per_try = (timeout / 2).clamp(Duration::from_millis(500), Duration::from_secs(3));
+    let addrs: Vec<_> = host
+        .to_socket_addrs()
+        .map_err(|e| ConnectErr::Io(format!("cannot resolve: {e}")))?
+        .collect();
+    let mut last = ConnectErr::Io("no address".into());
+    let mut stream = None;
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, per_try) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = io_err(e),
+        }
+    }
+    let mut s = stream.ok_or(last)?;
+    let _ = s.set_nodelay(true);
+    s.set_read_timeout(Some(per_try)).map_err(io_err)?;
+    s.set_write_timeout(Some(per_try)).map_err(io_err)?;
+    let mut req = W::new();
+    req.i32(0)
+        .i64(last_zxid)
+        .i32(timeout.as_millis().min(i32::MAX as u128) as i32)
+        .i64(session_id)
+        .buf(&passwd)
+        .bool(false);
+    s.write_all(&frame(&req)).map_err(io_err)?;
+    let mut reader = FrameReader { buf: Vec::new() };
+    let deadline = Instant::now() + per_try;
+    let body = loop {
+        match reader.next(&mut s).map_err(io_err)? {
+            Got::Frame(f) => break f,
+            Got::Idle if Instant::now() >= deadline => {
+                return Err(ConnectErr::Io("no answer to the session handshake".into()))
+            }
+            Got::Idle => {}
+        }
+    };
+    let mut r = R::new(&body);
+    let parsed = (|| -> Result<(i32, i64, Vec<u8>), proto::Short> {
+        let _proto_version = r.i32()?;
+        let t = r.i32()?;
+        let sid = r.i64()?;
+        let pw = r.buf()?;
+        Ok((t, sid, pw))
+    })();
+    let (neg, sid, pw) =
+        parsed.map_err(|_| ConnectErr::Io("malformed session handshake answer".into()))?;
+    if neg <= 0 {
+        return Err(if session_id != 0 {
+            ConnectErr::Expired
+        } else {
+            ConnectErr::Io("the server refused the session".into())
+        });
+    }
+    let negotiated = Duration::from_millis(neg as u64);
+    if let Some(auth) = &sh.cfg.auth {
+        let mut a = W::new();
+        a.i32(proto::XID_AUTH)
+            .i32(proto::OP_AUTH)
+            .i32(0)
+            .str("digest")
+            .buf(auth.as_bytes());
+        s.write_all(&frame(&a)).map_err(io_err)?;
+    }
+    let ping = (negotiated / 3).max(Duration::from_millis(50));
+    s.set_read_timeout(Some(ping.min(Duration::from_millis(500))))
+        .map_err(io_err)?;
+    s.set_write_timeout(Some(negotiated / 2)).map_err(io_err)?;
+    let writer = s.try_clone().map_err(io_err)?;
+    let mut st = lock(&sh.st);
+    if st.session_id != sid {
+        C_SESSIONS.fetch_add(1, Ordering::Relaxed);
+    }
+    C_CONNS.fetch_add(1, Ordering::Relaxed);
+    st.session_id = sid;
+    st.passwd = pw;
+    st.negotiated = negotiated;
+    st.writer = Some(writer);
+    st.state = State::Connected;
+    st.gen += 1;
+    st.last_heard = Instant::now();
+    st.last_sent = Instant::now();
+    wake_everyone(&mut st);
+    sh.cv.notify_all();
+    Ok((s, reader))
+}
+
+fn wake_everyone(st: &mut St) {
+    fire_all(&mut st.data_watches);
+    fire_all(&mut st.child_watches);
+    st.state_watchers.retain(|w| match w.upgrade() {
+        Some(n) => {
+            n.fire();
+            true
+        }
+        None => false,
+    });
+}
+
+fn disconnected(sh: &Shared, why: &str) {
+    let mut st = lock(&sh.st);
+    if let Some(w) = st.writer.take() {
+        let _ = w.shutdown(Shutdown::Both);
+    }
+    if st.state == State::Connected {
+        st.state = State::Connecting;
+    }
+    st.last_error = why.to_string();
+    for (_, tx) in st.pending.drain() {
+        let _ = tx.send(Err(ZkError::ConnectionLoss));
+    }
+    wake_everyone(&mut st);
+    sh.cv.notify_all();
+}
+
+/// Serve one connection until it breaks; returns why.
+fn serve(sh: &Shared, mut s: TcpStream, mut reader: FrameReader) -> String {
+    loop {
+        let got = match reader.next(&mut s) {
+            Ok(g) => g,
+            Err(e) => return e.to_string(),
+        };
+        let mut st = lock(&sh.st);
+        let negotiated = st.negotiated;
+        match got {
+            Got::Idle => {}
+            Got::Frame(f) => {
+                st.last_heard = Instant::now();
+                let mut r = R::new(&f);
+                let (Ok(xid), Ok(zxid), Ok(err)) = (r.i32(), r.i64(), r.i32()) else {
+                    return "malformed reply".into();
+                };
+                if zxid > 0 {
+                    st.last_zxid = zxid;
+                }
+                match xid {
+                    proto::XID_NOTIFICATION => {
+                        let (Ok(ty), Ok(_state), Ok(path)) = (r.i32(), r.i32(), r.string()) else {
+                            return "malformed watch event".into();
+                        };
+                        C_EVENTS.fetch_add(1, Ordering::Relaxed);
+                        match ty {
+                            proto::EV_CREATED | proto::EV_DATA_CHANGED => {
+                                fire_path(&mut st.data_watches, &path)
+                            }
+                            proto::EV_DELETED => {
+                                fire_path(&mut st.data_watches, &path);
+                                fire_path(&mut st.child_watches, &path);
+                            }
+                            proto::EV_CHILDREN_CHANGED => fire_path(&mut st.child_watches, &path),
+                            _ => {}
+                        }
+                    }
+                    proto::XID_PING => {}
+                    proto::XID_AUTH => {
+                        if err != 0 {
+                            st.last_error =
+                                format!("digest authentication failed: {}", proto::err_name(err));
+                        }
+                    }
+                    _ => {
+                        if let Some(tx) = st.pending.remove(&xid) {
+                            let _ = tx.send(Ok((err, f[16..].to_vec())));
+                        }
+                    }
+                }
+            }
+        }
+        if st.last_heard.elapsed() > negotiated * 2 / 3 {
+            return format!(
+                "no answer from the server for {:.1} s",
+                st.last_heard.elapsed().as_secs_f64()
+            );
+        }
+        if st.last_sent.elapsed() >= negotiated / 3 {
+            let mut p = W::new();
+            p.i32(proto::XID_PING).i32(proto::OP_PING);
+            let f = frame(&p);
+            let ok = st.writer.as_mut().map(|w| w.write_all(&f).is_ok());
+            if ok != Some(true) {
+                return "cannot send a ping".into();
+            }
+            st.last_sent = Instant::now();
+        }
+    }
+}
+
+/// Sessions of this process, by (hosts, auth, timeout). A forked child starts a new table and
+/// leaks the parent's (never touching its sockets or threads, which the child does not have).
+#[allow(clippy::type_complexity)]
+static SESSIONS: Mutex<Option<(u32, HashMap<String, Arc<Session>>)>> = Mutex::new(None);
+
+pub fn session(cfg: &Config) -> io::Result<Arc<Session>> {
+    let key = format!(
+        "{}\u{0}{}\u{0}{}",
+        cfg.hosts.join(","),
+        cfg.auth.as_deref().unwrap_or(""),
+        cfg.timeout.as_millis()
+    );
+    let pid = std::process::id();
+    let mut g = SESSIONS.lock().unwrap_or_else(|e| e.into_inner());
+    if g.as_ref().is_some_and(|(p, _)| *p != pid) {
+        if let Some(old) = g.take() {
+            std::mem::forget(old);
+        }
+    }
+    let (_, map) = g.get_or_insert_with(|| (pid, HashMap::new()));
+    if let Some(s) = map.get(&key) {
+        if s.state() != State::Expired {
+            return Ok(s.clone());
+        }
+    }
+    let s = Arc::new(Session::start(cfg.clone())?);
+    map.insert(key, s.clone());
+    Ok(s)
+}

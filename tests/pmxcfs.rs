@@ -1,0 +1,1097 @@
+//! pmxcfs backend tests on a plain directory under /dev/shm (tmpfs: inode numbers only grow,
+//! as on pmxcfs). Where pmxcfs's own behaviour matters (unlock requests, expiry, refresh), the
+//! processes run with tests/pmxcfs/pmxemu.so preloaded, which answers utime(0,0)/utime(0,now)
+//! on the lock directory as pmxcfs does and logs every mkdir/rmdir/utime (the cluster traffic).
+//!
+//! Child processes are this test binary re-run in worker mode (`worker_main`, driven by
+//! PMX_WORKER), so they use the library exactly as a user program does.
+
+use lockfn::{ErrorKind, Location, Lock, Options, Target};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const TESTS_ROOT: &str = "/dev/shm/lockfn-pmxcfs-tests";
+
+// ----------------------------------------------------------------------------------------------
+// Environment: one root per test process, set before any lock is used.
+
+struct Env {
+    root: PathBuf,
+    lockdir: PathBuf,
+}
+
+fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        if let Ok(root) = std::env::var("PMX_TEST_ROOT") {
+            // A worker: the parent set everything.
+            let root = PathBuf::from(root);
+            return Env {
+                lockdir: root.join("pve/priv/lock"),
+                root,
+            };
+        }
+        let _ = std::fs::create_dir_all(TESTS_ROOT);
+        // Remove roots of earlier runs whose process is gone.
+        if let Ok(d) = std::fs::read_dir(TESTS_ROOT) {
+            for e in d.flatten() {
+                let pid: i32 = e.file_name().to_string_lossy().parse().unwrap_or(0);
+                if pid > 0 && !Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let root = PathBuf::from(format!("{TESTS_ROOT}/{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let lockdir = root.join("pve/priv/lock");
+        std::fs::create_dir_all(&lockdir).unwrap();
+        std::fs::create_dir_all(root.join("flock")).unwrap();
+        std::fs::create_dir_all(root.join("run")).unwrap();
+        std::env::set_var("PMX_TEST_ROOT", &root);
+        std::env::set_var("LOCKFN_PMXCFS_DIR", &lockdir);
+        std::env::set_var("LOCKFN_PMXLOCK_DIR", root.join("flock"));
+        std::env::set_var("LOCKFN_RUN_DIR", root.join("run"));
+        Env { root, lockdir }
+    })
+}
+
+fn target(name: &str) -> Target {
+    env();
+    Target::parse(&format!("pmxcfs:{name}")).unwrap()
+}
+
+fn opts(timeout: Option<f64>) -> Options {
+    let mut o = Options::default();
+    o.timeout = timeout.map(Duration::from_secs_f64);
+    o
+}
+
+fn lock_path(name: &str) -> PathBuf {
+    env().lockdir.join(name)
+}
+
+fn ino(name: &str) -> Option<u64> {
+    std::fs::symlink_metadata(lock_path(name))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// A fresh directory for markers and counts of one test.
+fn markdir(test: &str) -> PathBuf {
+    let d = env().root.join(format!("mark-{test}"));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+fn require(what: &str) -> bool {
+    if std::env::var("LOCKFN_TEST_REQUIRE_SERVERS").as_deref() == Ok("1") {
+        panic!("{what} is required (LOCKFN_TEST_REQUIRE_SERVERS=1) but missing");
+    }
+    eprintln!("SKIP: {what} is missing");
+    false
+}
+
+/// The pmxcfs emulator shim, built once per test process.
+fn pmxemu() -> PathBuf {
+    static SO: OnceLock<PathBuf> = OnceLock::new();
+    SO.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pmxcfs/pmxemu.c");
+        let out = env().root.join("pmxemu.so");
+        let st = Command::new("cc")
+            .args(["-shared", "-fPIC", "-O2", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .arg("-ldl")
+            .status()
+            .expect("cc (needed to build the pmxcfs emulator shim)");
+        assert!(st.success(), "building {}", src.display());
+        out
+    })
+    .clone()
+}
+
+/// Add the emulator to a command: TTL in seconds, optional log.
+fn emulate(cmd: &mut Command, ttl: f64, log: Option<&Path>) {
+    cmd.env("LD_PRELOAD", pmxemu())
+        .env("PMXEMU_DIR", &env().lockdir)
+        .env("PMXEMU_TTL", ttl.to_string());
+    if let Some(l) = log {
+        cmd.env("PMXEMU_LOG", l);
+    }
+}
+
+fn venv_python() -> Option<PathBuf> {
+    let venv = std::env::var("LOCKFN_VENV")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            let d = PathBuf::from("/var/cache/lockfn-tests/venv");
+            d.exists().then_some(d)
+        })?;
+    let py = venv.join("bin/python");
+    let ok = Command::new(&py)
+        .args(["-c", "import pmxlock"])
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(py)
+}
+
+// ----------------------------------------------------------------------------------------------
+// Worker processes
+
+fn worker(mode: &str) -> Command {
+    env();
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args([
+        "worker_main",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .env("PMX_WORKER", mode)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    c
+}
+
+/// A running child whose protocol lines (stdout) are read by a thread.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd.spawn().unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { child, lines: rx }
+    }
+
+    /// The next line starting with one of the protocol words, within `t`.
+    fn expect(&self, t: Duration) -> String {
+        let deadline = Instant::now() + t;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if PROTO.iter().any(|p| l.starts_with(p)) => return l,
+                Ok(_) => continue, // libtest chatter
+                Err(e) => panic!("no line from worker within {t:?}: {e:?}"),
+            }
+        }
+    }
+
+    fn expect_prefix(&self, prefix: &str, t: Duration) -> String {
+        let l = self.expect(t);
+        assert!(l.starts_with(prefix), "expected {prefix}…, got {l:?}");
+        l
+    }
+
+    /// Skip protocol lines until one starts with `prefix`, within `t`.
+    fn wait_for(&self, prefix: &str, t: Duration) -> String {
+        let deadline = Instant::now() + t;
+        loop {
+            let l = self.expect(deadline.saturating_duration_since(Instant::now()));
+            if l.starts_with(prefix) {
+                return l;
+            }
+        }
+    }
+
+    /// No protocol line within `t`.
+    fn quiet_for(&self, t: Duration) {
+        let deadline = Instant::now() + t;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if PROTO.iter().any(|p| l.starts_with(p)) => {
+                    panic!("worker said {l:?} while it should have been waiting")
+                }
+                Ok(_) => continue,
+                Err(mpsc::RecvTimeoutError::Timeout) => return,
+                Err(e) => panic!("worker ended while it should have been waiting: {e:?}"),
+            }
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn kill9(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+
+    fn wait_ok(mut self, t: Duration) -> i32 {
+        let deadline = Instant::now() + t;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                panic!("worker did not exit within {t:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
+const PROTO: [&str; 7] = ["ACQUIRED", "RELEASED", "UPDATE", "ERR", "OK", "DONE", "IN"];
+
+fn field(line: &str, i: usize) -> &str {
+    line.split_whitespace().nth(i).unwrap_or("")
+}
+
+fn inside_enter(mark: &Path) {
+    let r = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(mark.join("inside"));
+    if r.is_err() {
+        append(
+            &mark.join("violations"),
+            &format!("lockfn {} found someone inside\n", std::process::id()),
+        );
+    }
+}
+
+fn inside_leave(mark: &Path) {
+    let _ = std::fs::remove_file(mark.join("inside"));
+    append(
+        &mark.join("count"),
+        &format!("lockfn {}\n", std::process::id()),
+    );
+}
+
+fn append(p: &Path, text: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(p)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+fn kind_name(k: ErrorKind) -> &'static str {
+    match k {
+        ErrorKind::Busy => "busy",
+        ErrorKind::Permission => "permission",
+        ErrorKind::Unavailable => "unavailable",
+        ErrorKind::Lost => "lost",
+        ErrorKind::Canceled => "canceled",
+        ErrorKind::Invalid => "invalid",
+        ErrorKind::NotHeld => "notheld",
+        _ => "other",
+    }
+}
+
+/// Worker entry: does nothing unless PMX_WORKER is set.
+///   loop: PMX_ITERS acquisitions of PMX_NAME, each checking PMX_MARK/inside.
+///   hold: acquire, print "ACQUIRED token epoch", obey stdin ("update", "release"/EOF).
+///   try:  acquire with PMX_TIMEOUT, print "OK token" or "ERR kind message".
+#[test]
+fn worker_main() {
+    let Ok(mode) = std::env::var("PMX_WORKER") else {
+        return;
+    };
+    let name = std::env::var("PMX_NAME").unwrap();
+    let mark = std::env::var("PMX_MARK").ok().map(PathBuf::from);
+    let timeout: Option<f64> = std::env::var("PMX_TIMEOUT")
+        .ok()
+        .map(|t| t.parse().unwrap());
+    let t = Target::parse(&format!("pmxcfs:{name}")).unwrap();
+    let mut o = opts(timeout);
+    o.holder = Some(format!("worker {mode}"));
+    o.persist = std::env::var("PMX_PERSIST").is_ok();
+    let code = match mode.as_str() {
+        "loop" => {
+            let iters: u32 = std::env::var("PMX_ITERS").unwrap().parse().unwrap();
+            let mark = mark.unwrap();
+            for _ in 0..iters {
+                let l = Lock::acquire(&t, &o).unwrap();
+                inside_enter(&mark);
+                std::thread::sleep(Duration::from_micros(200));
+                inside_leave(&mark);
+                l.release().unwrap();
+            }
+            println!("DONE");
+            0
+        }
+        "try" => match Lock::acquire(&t, &o) {
+            Ok(l) => {
+                println!("OK {}", l.token());
+                l.release().unwrap();
+                0
+            }
+            Err(e) => {
+                println!("ERR {} {}", kind_name(e.kind()), e.message());
+                1
+            }
+        },
+        "hold" => match Lock::acquire(&t, &o) {
+            Ok(l) => {
+                if let Some(m) = &mark {
+                    inside_enter(m);
+                }
+                println!("ACQUIRED {} {:.6}", l.token(), now_secs());
+                let stdin = std::io::stdin();
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    let n = stdin.lock().read_line(&mut line).unwrap_or(0);
+                    if n == 0 || line.trim() == "release" {
+                        break;
+                    }
+                    if line.trim() == "update" {
+                        match l.update() {
+                            Ok(()) => println!("UPDATE ok"),
+                            Err(e) => println!("UPDATE {} {}", kind_name(e.kind()), e.message()),
+                        }
+                    }
+                    if line.trim() == "detach" {
+                        l.detach().unwrap();
+                        println!("RELEASED detached");
+                        std::process::exit(0);
+                    }
+                }
+                if let Some(m) = &mark {
+                    inside_leave(m);
+                }
+                match l.release() {
+                    Ok(()) => println!("RELEASED ok {:.6}", now_secs()),
+                    Err(e) => println!("RELEASED {} {}", kind_name(e.kind()), e.message()),
+                }
+                0
+            }
+            Err(e) => {
+                println!("ERR {} {}", kind_name(e.kind()), e.message());
+                1
+            }
+        },
+        other => panic!("unknown worker mode {other}"),
+    };
+    std::process::exit(code);
+}
+
+fn spawn_hold(name: &str, extra: &[(&str, &str)]) -> Proc {
+    let mut c = worker("hold");
+    c.env("PMX_NAME", name);
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    Proc::spawn(c)
+}
+
+fn read_lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .map(|s| s.lines().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+fn assert_no_violations(mark: &Path) {
+    let v = read_lines(&mark.join("violations"));
+    assert!(v.is_empty(), "mutual exclusion violated: {v:?}");
+}
+
+// ----------------------------------------------------------------------------------------------
+// Basics
+
+#[test]
+fn acquire_release_token_is_inode_and_grows() {
+    let t = target("basic");
+    let l = Lock::acquire(&t, &opts(Some(0.0))).unwrap();
+    let i1 = ino("basic").expect("lock directory exists while held");
+    assert_eq!(l.token(), i1, "token is the directory's st_ino");
+    let st = lockfn::status(&t).unwrap();
+    assert!(st.held);
+    assert_eq!(st.holders.len(), 1);
+    assert_eq!(st.holders[0].record.pid, std::process::id() as i32);
+    assert_eq!(st.holders[0].record.token, i1);
+    let listed = lockfn::list("pmxcfs:bas").unwrap();
+    assert!(listed
+        .iter()
+        .any(|s| s.target == "pmxcfs:basic" && s.details.contains_key("age_s")));
+    l.update().unwrap();
+    l.release().unwrap();
+    assert_eq!(ino("basic"), None, "released: directory removed");
+    assert!(
+        !env().root.join("run/pmxcfs/basic").exists(),
+        "record removed"
+    );
+    assert!(!lockfn::status(&t).unwrap().held);
+    let l2 = Lock::acquire(&t, &opts(Some(0.0))).unwrap();
+    assert!(l2.token() > i1, "token grows: {} then {}", i1, l2.token());
+    assert_eq!(l2.renew_interval(), Some(Duration::from_secs(60)));
+    l2.release().unwrap();
+}
+
+#[test]
+fn names_with_slash_are_invalid_and_options_checked() {
+    env();
+    assert_eq!(
+        Target::parse("pmxcfs:a/b").unwrap_err().kind(),
+        ErrorKind::Invalid
+    );
+    let mut o = opts(Some(0.0));
+    o.shared = true;
+    assert_eq!(
+        Lock::acquire(&target("opt"), &o).unwrap_err().kind(),
+        ErrorKind::Invalid
+    );
+    let mut o = opts(Some(0.0));
+    o.ttl = Some(Duration::from_secs(30));
+    let e = Lock::acquire(&target("opt"), &o).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Invalid);
+    assert!(e.message().contains("120 s"), "{e}");
+    assert_eq!(ino("opt"), None);
+}
+
+#[test]
+fn try_once_and_timeout_against_same_node_holder() {
+    let t = target("busy-node");
+    let held = Lock::acquire(&t, &opts(Some(0.0))).unwrap();
+    // A second acquisition in the same process is a different flock: busy (not reentrant).
+    let start = Instant::now();
+    let e = Lock::acquire(&t, &opts(Some(0.0))).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy);
+    assert!(start.elapsed() < Duration::from_millis(200));
+    assert!(
+        e.message()
+            .starts_with("cfs-lock 'busy-node' error: lock is busy"),
+        "{e}"
+    );
+    assert!(
+        e.message().contains(&format!("pid {}", std::process::id())),
+        "{e}"
+    );
+    let start = Instant::now();
+    let e = Lock::acquire(&t, &opts(Some(0.5))).unwrap_err();
+    let el = start.elapsed();
+    assert_eq!(e.kind(), ErrorKind::Busy);
+    assert!(
+        e.message()
+            .starts_with("cfs-lock 'busy-node' error: got lock request timeout"),
+        "{e}"
+    );
+    assert!(
+        el >= Duration::from_millis(490) && el < Duration::from_secs(2),
+        "{el:?}"
+    );
+    assert_eq!(
+        ino("busy-node"),
+        Some(held.token()),
+        "the holder's directory is untouched"
+    );
+    held.release().unwrap();
+}
+
+#[test]
+fn timeout_against_foreign_directory() {
+    // A directory made by someone else (cfs_lock, another node): waited for, never taken.
+    let t = target("busy-foreign");
+    std::fs::create_dir(lock_path("busy-foreign")).unwrap();
+    let before = ino("busy-foreign");
+    let start = Instant::now();
+    let e = Lock::acquire(&t, &opts(Some(0.8))).unwrap_err();
+    let el = start.elapsed();
+    assert_eq!(e.kind(), ErrorKind::Busy);
+    assert!(e.message().contains("got lock request timeout"), "{e}");
+    assert!(e.message().contains("held outside lockfn"), "{e}");
+    assert!(
+        el >= Duration::from_millis(790) && el < Duration::from_secs(3),
+        "{el:?}"
+    );
+    assert_eq!(ino("busy-foreign"), before);
+    let st = lockfn::status(&t).unwrap();
+    assert!(st.held && st.holders.is_empty() && st.details.contains_key("holder"));
+    // try-once, then released by its owner: we get it.
+    assert_eq!(
+        Lock::acquire(&t, &opts(Some(0.0))).unwrap_err().kind(),
+        ErrorKind::Busy
+    );
+    std::fs::remove_dir(lock_path("busy-foreign")).unwrap();
+    Lock::acquire(&t, &opts(Some(0.0)))
+        .unwrap()
+        .release()
+        .unwrap();
+}
+
+#[test]
+fn cancel_stops_waiting_and_leaves_nothing() {
+    for (name, foreign) in [("cancel-dir", true), ("cancel-flock", false)] {
+        let t = target(name);
+        let held = if foreign {
+            std::fs::create_dir(lock_path(name)).unwrap();
+            None
+        } else {
+            Some(Lock::acquire(&t, &opts(Some(0.0))).unwrap())
+        };
+        let before = ino(name);
+        let mut fds = [0; 2];
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let mut o = opts(None);
+        o.cancel_fd = Some(fds[0]);
+        let w = fds[1];
+        let canceller = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let t0 = Instant::now();
+            unsafe { libc::write(w, b"x".as_ptr().cast(), 1) };
+            t0
+        });
+        let e = Lock::acquire(&t, &o).unwrap_err();
+        let t0 = canceller.join().unwrap();
+        let lag = t0.elapsed();
+        assert_eq!(e.kind(), ErrorKind::Canceled, "{name}: {e}");
+        assert!(
+            lag < Duration::from_millis(300),
+            "{name}: cancel noticed after {lag:?}"
+        );
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        assert_eq!(ino(name), before, "{name}: directory untouched");
+        if let Some(h) = held {
+            h.release().unwrap();
+        } else {
+            std::fs::remove_dir(lock_path(name)).unwrap();
+        }
+        // Nothing left behind: the flock is free and there is no record.
+        Lock::acquire(&t, &opts(Some(0.0)))
+            .unwrap()
+            .release()
+            .unwrap();
+        assert!(!env().root.join("run/pmxcfs").join(name).exists());
+    }
+}
+
+#[test]
+fn unavailable_when_pmxcfs_is_down() {
+    env();
+    let base = env().root.join("down");
+    // pmxcfs down: /etc/pve is an empty directory.
+    std::fs::create_dir_all(base.join("pve")).unwrap();
+    let mut t = target("down");
+    t.location = Location::Pmxcfs {
+        dir: base.join("pve/priv/lock"),
+    };
+    let e = Lock::acquire(&t, &opts(Some(0.0))).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(
+        e.message().contains("not online") && e.message().contains("is empty"),
+        "{e}"
+    );
+    // priv exists but no lock/ yet: created, as cfs_lock does (mkdir $lockdir).
+    std::fs::create_dir_all(base.join("pve/priv")).unwrap();
+    let l = Lock::acquire(&t, &opts(Some(0.0))).unwrap();
+    assert!(base.join("pve/priv/lock/down").is_dir());
+    l.release().unwrap();
+}
+
+#[test]
+fn non_root_gets_permission_error() {
+    env();
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: needs root to drop to nobody");
+        return;
+    }
+    // priv/ is 0700 root: nobody cannot even look inside.
+    let base = env().root.join("eperm");
+    std::fs::create_dir_all(base.join("pve/priv/lock")).unwrap();
+    std::fs::set_permissions(
+        base.join("pve/priv"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    std::fs::set_permissions(&env().root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut c = worker("try");
+    c.env("PMX_NAME", "eperm")
+        .env("PMX_TIMEOUT", "0")
+        .env("LOCKFN_PMXCFS_DIR", base.join("pve/priv/lock"));
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid",
+        "nobody",
+        "--regid",
+        "nogroup",
+        "--clear-groups",
+        "--",
+    ])
+    .arg(c.get_program())
+    .args(c.get_args());
+    for (k, v) in c.get_envs() {
+        cmd.env(k, v.unwrap());
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+    let p = Proc::spawn(cmd);
+    let l = p.expect(Duration::from_secs(30));
+    assert!(l.starts_with("ERR permission"), "{l}");
+    assert!(l.contains("only root may use"), "{l}");
+    assert_eq!(p.wait_ok(Duration::from_secs(10)), 1);
+}
+
+// ----------------------------------------------------------------------------------------------
+// Mutual exclusion, crash recovery, orphans
+
+#[test]
+fn mutual_exclusion_8_processes_200_iterations() {
+    let mark = markdir("mutex");
+    let procs: Vec<Proc> = (0..8)
+        .map(|_| {
+            let mut c = worker("loop");
+            c.env("PMX_NAME", "mutex")
+                .env("PMX_ITERS", "200")
+                .env("PMX_MARK", &mark);
+            Proc::spawn(c)
+        })
+        .collect();
+    let start = Instant::now();
+    for p in procs {
+        p.expect_prefix("DONE", Duration::from_secs(240));
+        assert_eq!(p.wait_ok(Duration::from_secs(10)), 0);
+    }
+    eprintln!("8x200 pmxcfs acquisitions in {:?}", start.elapsed());
+    assert_no_violations(&mark);
+    assert_eq!(read_lines(&mark.join("count")).len(), 1600);
+    assert_eq!(ino("mutex"), None);
+}
+
+#[test]
+fn mutual_exclusion_across_two_emulated_nodes() {
+    // Two "nodes" (separate flock and record directories) share only the lock directory:
+    // exclusion across them rests on mkdir alone, as on a cluster.
+    let mark = markdir("nodes");
+    let procs: Vec<Proc> = (0..4)
+        .map(|i| {
+            let node = i % 2;
+            let mut c = worker("loop");
+            c.env("PMX_NAME", "nodes")
+                .env("PMX_ITERS", "20")
+                .env("PMX_MARK", &mark)
+                .env(
+                    "LOCKFN_PMXLOCK_DIR",
+                    env().root.join(format!("flock-n{node}")),
+                )
+                .env("LOCKFN_RUN_DIR", env().root.join(format!("run-n{node}")));
+            emulate(&mut c, 120.0, None);
+            Proc::spawn(c)
+        })
+        .collect();
+    for p in procs {
+        p.expect_prefix("DONE", Duration::from_secs(240));
+        assert_eq!(p.wait_ok(Duration::from_secs(10)), 0);
+    }
+    assert_no_violations(&mark);
+    assert_eq!(read_lines(&mark.join("count")).len(), 80);
+}
+
+#[test]
+fn kill9_holder_is_taken_over_by_same_node_waiter_within_1s() {
+    let mut holder = spawn_hold("kill9", &[]);
+    let l = holder.expect_prefix("ACQUIRED", Duration::from_secs(30));
+    let old: u64 = field(&l, 1).parse().unwrap();
+    let waiter = spawn_hold("kill9", &[]);
+    waiter.quiet_for(Duration::from_millis(500));
+    let t_kill = now_secs();
+    // Not reaped until the waiter is in: a zombie (exited, files closed) is a dead holder.
+    unsafe { libc::kill(holder.child.id() as i32, libc::SIGKILL) };
+    let l = waiter.expect_prefix("ACQUIRED", Duration::from_secs(5));
+    let _ = holder.child.wait();
+    let took = field(&l, 2).parse::<f64>().unwrap() - t_kill;
+    let new: u64 = field(&l, 1).parse().unwrap();
+    eprintln!("FIGURE takeover after kill -9: {:.1} ms", took * 1000.0);
+    assert!(took < 1.0, "takeover took {took:.3} s");
+    assert!(new > old, "a new incarnation: token {old} -> {new}");
+    drop(waiter);
+}
+
+#[test]
+fn same_node_handoff_latency() {
+    let mut a = spawn_hold("handoff", &[]);
+    a.expect_prefix("ACQUIRED", Duration::from_secs(30));
+    let b = spawn_hold("handoff", &[]);
+    b.quiet_for(Duration::from_millis(300));
+    a.send("release");
+    let r = a.expect_prefix("RELEASED ok", Duration::from_secs(5));
+    let l = b.expect_prefix("ACQUIRED", Duration::from_secs(5));
+    let lat = field(&l, 2).parse::<f64>().unwrap() - field(&r, 2).parse::<f64>().unwrap();
+    eprintln!("FIGURE same-node handoff latency: {:.2} ms", lat * 1000.0);
+    assert!(lat < 0.05, "handoff took {:.1} ms", lat * 1000.0);
+}
+
+#[test]
+fn orphan_of_ours_is_not_taken_when_directory_is_another_incarnation() {
+    // Our holder dies holding incarnation X. pmxcfs expires X and someone else (cfs_lock on
+    // this or another node) makes Y. Our record still says "dead holder" — but for X: Y must
+    // never be taken over.
+    let mut holder = spawn_hold("reincarnated", &[]);
+    holder.expect_prefix("ACQUIRED", Duration::from_secs(30));
+    holder.kill9();
+    let x = ino("reincarnated").unwrap();
+    std::fs::remove_dir(lock_path("reincarnated")).unwrap(); // pmxcfs's expiry
+    std::fs::create_dir(lock_path("reincarnated")).unwrap(); // the other holder
+    let y = ino("reincarnated").unwrap();
+    assert_ne!(x, y);
+    let t = target("reincarnated");
+    let e = Lock::acquire(&t, &opts(Some(1.5))).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    assert_eq!(
+        ino("reincarnated"),
+        Some(y),
+        "the other holder's directory is untouched"
+    );
+    // gc does not touch it either.
+    lockfn::gc("pmxcfs:reincarnated").unwrap();
+    assert_eq!(ino("reincarnated"), Some(y));
+    std::fs::remove_dir(lock_path("reincarnated")).unwrap();
+    Lock::acquire(&t, &opts(Some(0.0)))
+        .unwrap()
+        .release()
+        .unwrap();
+}
+
+#[test]
+fn live_or_persistent_holder_is_never_taken_over() {
+    // A live holder in another process, waited for through the flock only when it holds it;
+    // here it detached (persistent): the flock is free, the record says persist.
+    let mut holder = spawn_hold("persist", &[("PMX_PERSIST", "1")]);
+    let l = holder.expect_prefix("ACQUIRED", Duration::from_secs(30));
+    let tok: u64 = field(&l, 1).parse().unwrap();
+    holder.send("detach");
+    holder.expect_prefix("RELEASED detached", Duration::from_secs(5));
+    let _ = holder.child.wait();
+    let t = target("persist");
+    let e = Lock::acquire(&t, &opts(Some(0.6))).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    assert_eq!(ino("persist"), Some(tok));
+    assert_eq!(lockfn::gc("pmxcfs:persist").unwrap(), 0);
+    let st = lockfn::status(&t).unwrap();
+    assert!(st.holders[0].record.persist);
+    lockfn::update_named(&t).unwrap();
+    assert_eq!(lockfn::release_named(&t, false).unwrap(), 1);
+    assert_eq!(ino("persist"), None);
+    assert_eq!(
+        lockfn::release_named(&t, false).unwrap_err().kind(),
+        ErrorKind::NotHeld
+    );
+}
+
+#[test]
+fn gc_releases_dead_holders_only() {
+    let mut dead = spawn_hold("gc-dead", &[]);
+    dead.expect_prefix("ACQUIRED", Duration::from_secs(30));
+    dead.kill9();
+    let mut live = spawn_hold("gc-live", &[]);
+    live.expect_prefix("ACQUIRED", Duration::from_secs(30));
+    std::fs::create_dir(lock_path("gc-foreign")).unwrap();
+    let n = lockfn::gc("pmxcfs:gc-").unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(ino("gc-dead"), None);
+    assert!(ino("gc-live").is_some() && ino("gc-foreign").is_some());
+    live.send("release");
+    live.expect_prefix("RELEASED ok", Duration::from_secs(5));
+    std::fs::remove_dir(lock_path("gc-foreign")).unwrap();
+    // force: an operator override of whatever holds it.
+    std::fs::create_dir(lock_path("gc-foreign")).unwrap();
+    let t = target("gc-foreign");
+    assert_eq!(
+        lockfn::release_named(&t, false).unwrap_err().kind(),
+        ErrorKind::NotHeld
+    );
+    assert_eq!(lockfn::release_named(&t, true).unwrap(), 1);
+    assert_eq!(ino("gc-foreign"), None);
+}
+
+// ----------------------------------------------------------------------------------------------
+// With pmxcfs's semantics emulated: expiry, lost locks, traffic
+
+#[test]
+fn expired_lock_is_taken_after_ttl_and_old_holder_sees_lost() {
+    let mut a = worker("hold");
+    a.env("PMX_NAME", "expiry");
+    emulate(&mut a, 2.0, None);
+    let mut a = Proc::spawn(a);
+    a.expect_prefix("ACQUIRED", Duration::from_secs(30));
+    a.send("update");
+    a.expect_prefix("UPDATE ok", Duration::from_secs(5));
+    let t0 = Instant::now();
+    // A waiter that does not share our node-local flock (another node / cfs_lock): its unlock
+    // requests expire the lock once it is 2 s old. Emulated by a waiter with its own flock dir.
+    let mut b = worker("hold");
+    b.env("PMX_NAME", "expiry")
+        .env("LOCKFN_PMXLOCK_DIR", env().root.join("flock-node2"))
+        .env("LOCKFN_RUN_DIR", env().root.join("run-node2"));
+    emulate(&mut b, 2.0, None);
+    let b = Proc::spawn(b);
+    b.expect_prefix("ACQUIRED", Duration::from_secs(10));
+    let el = t0.elapsed();
+    assert!(
+        el >= Duration::from_millis(1500) && el < Duration::from_secs(5),
+        "{el:?}"
+    );
+    a.send("update");
+    let u = a.expect_prefix("UPDATE", Duration::from_secs(5));
+    assert!(u.starts_with("UPDATE lost"), "{u}");
+    a.send("release");
+    let r = a.expect_prefix("RELEASED", Duration::from_secs(5));
+    assert!(r.starts_with("RELEASED lost"), "{r}");
+    assert!(ino("expiry").is_some(), "the new holder's directory stays");
+}
+
+/// Per-op counts of one pid in an emulator log, and the most of `op` in any 1 s window.
+fn traffic(log: &Path, pid: u32, op: &str) -> (usize, usize) {
+    let times: Vec<i64> = read_lines(log)
+        .iter()
+        .filter(|l| field(l, 0) == op && field(l, 1) == pid.to_string())
+        .map(|l| field(l, 4).parse().unwrap())
+        .collect();
+    let mut most = 0;
+    for (i, t) in times.iter().enumerate() {
+        let n = times[i..]
+            .iter()
+            .take_while(|u| **u < t + 1_000_000_000)
+            .count();
+        most = most.max(n);
+    }
+    (times.len(), most)
+}
+
+#[test]
+fn traffic_while_waiting_5s_is_within_limits() {
+    env();
+    let log = env().root.join("traffic.log");
+    // Held by someone else on the cluster (a young lock: unlock requests get EACCES).
+    std::fs::create_dir(lock_path("traffic")).unwrap();
+    let mut c = worker("try");
+    c.env("PMX_NAME", "traffic").env("PMX_TIMEOUT", "5");
+    emulate(&mut c, 120.0, Some(&log));
+    let p = Proc::spawn(c);
+    let pid = p.child.id();
+    let l = p.expect(Duration::from_secs(30));
+    assert!(l.starts_with("ERR busy"), "{l}");
+    let (mkdirs, mkdir_peak) = traffic(&log, pid, "mkdir");
+    let (unlocks, unlock_peak) = traffic(&log, pid, "unlock");
+    eprintln!(
+        "FIGURE waiting 5 s on a cluster-held lock: {mkdirs} mkdir ({mkdir_peak} max in 1 s), \
+         {unlocks} unlock requests ({unlock_peak} max in 1 s)"
+    );
+    assert!(mkdir_peak <= 4, "{mkdir_peak} mkdir in one second");
+    assert!(
+        unlock_peak <= 1,
+        "{unlock_peak} unlock requests in one second"
+    );
+    assert!(
+        mkdirs >= 10 && unlocks >= 3,
+        "it kept trying: {mkdirs} mkdir, {unlocks} unlock"
+    );
+    let refreshes = traffic(&log, pid, "refresh").0 + traffic(&log, pid, "rmdir").0;
+    assert_eq!(
+        refreshes, 0,
+        "a waiter never refreshes or removes someone else's lock"
+    );
+    std::fs::remove_dir(lock_path("traffic")).unwrap();
+
+    // Waiting behind a same-node holder (on the node-local flock): no cluster traffic at all.
+    let held = Lock::acquire(&target("traffic2"), &opts(Some(0.0))).unwrap();
+    let mut c = worker("try");
+    c.env("PMX_NAME", "traffic2").env("PMX_TIMEOUT", "2");
+    emulate(&mut c, 120.0, Some(&log));
+    let p = Proc::spawn(c);
+    let pid = p.child.id();
+    assert!(p.expect(Duration::from_secs(30)).starts_with("ERR busy"));
+    assert_eq!(
+        traffic(&log, pid, "mkdir").0 + traffic(&log, pid, "unlock").0,
+        0
+    );
+    held.release().unwrap();
+}
+
+// ----------------------------------------------------------------------------------------------
+// Interop with Proxmox's cfs_lock (Perl) and pmxlock (PyPI)
+
+fn perl_loop(name: &str, iters: u32, mark: &Path, hold: f64, ttl: f64) -> Proc {
+    let mut c = Command::new("perl");
+    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pmxcfs/cfs_lock_loop.pl"))
+        .arg(&env().lockdir)
+        .arg(name)
+        .arg(iters.to_string())
+        .arg(mark)
+        .arg(hold.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    emulate(&mut c, ttl, None);
+    Proc::spawn(c)
+}
+
+fn our_loop(name: &str, iters: u32, mark: &Path, ttl: f64) -> Proc {
+    let mut c = worker("loop");
+    c.env("PMX_NAME", name)
+        .env("PMX_ITERS", iters.to_string())
+        .env("PMX_MARK", mark);
+    emulate(&mut c, ttl, None);
+    Proc::spawn(c)
+}
+
+#[test]
+fn interop_with_cfs_lock_perl_loop() {
+    let mark = markdir("perl");
+    let perl = perl_loop("perl", 60, &mark, 0.002, 120.0);
+    let ours: Vec<Proc> = (0..2).map(|_| our_loop("perl", 60, &mark, 120.0)).collect();
+    perl.expect_prefix("IN", Duration::from_secs(60));
+    for p in ours {
+        p.expect_prefix("DONE", Duration::from_secs(120));
+    }
+    perl.wait_for("DONE", Duration::from_secs(120));
+    assert_no_violations(&mark);
+    let count = read_lines(&mark.join("count"));
+    assert_eq!(count.len(), 180);
+    assert_eq!(count.iter().filter(|l| l.starts_with("perl")).count(), 60);
+}
+
+#[test]
+fn live_cfs_lock_holder_is_not_taken_over_after_our_holder_died() {
+    let mark = markdir("perl-orphan");
+    let mut c = worker("hold");
+    c.env("PMX_NAME", "perl-orphan");
+    emulate(&mut c, 1.0, None);
+    let mut holder = Proc::spawn(c);
+    let l = holder.expect_prefix("ACQUIRED", Duration::from_secs(30));
+    let x: u64 = field(&l, 1).parse().unwrap();
+    holder.kill9();
+    // cfs_lock waits, its unlock request expires X after 1 s, it makes Y and holds it 2 s.
+    let perl = perl_loop("perl-orphan", 1, &mark, 2.0, 1.0);
+    perl.expect_prefix("IN", Duration::from_secs(10));
+    let y = ino("perl-orphan").unwrap();
+    assert_ne!(x, y);
+    let t_in = Instant::now();
+    let mut c = worker("hold");
+    c.env("PMX_NAME", "perl-orphan").env("PMX_MARK", &mark);
+    emulate(&mut c, 120.0, None);
+    let ours = Proc::spawn(c);
+    let l = ours.expect_prefix("ACQUIRED", Duration::from_secs(10));
+    assert!(
+        t_in.elapsed() > Duration::from_millis(1500),
+        "took over the live cfs_lock holder"
+    );
+    assert!(field(&l, 1).parse::<u64>().unwrap() > y);
+    perl.expect_prefix("DONE", Duration::from_secs(5));
+    drop(ours);
+    assert_no_violations(&mark);
+}
+
+fn pmxlock_cmd(py: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(py);
+    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pmxcfs/pmxlock_run.py"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    c
+}
+
+#[test]
+fn interop_with_pmxlock() {
+    let Some(py) = venv_python() else {
+        require("pmxlock in LOCKFN_VENV");
+        return;
+    };
+    let mark = markdir("pmxlock");
+    let ours: Vec<Proc> = (0..2)
+        .map(|_| our_loop("pmxlock", 100, &mark, 120.0))
+        .collect();
+    let script = format!(
+        "set -C; : > {m}/inside || echo pmxlock found someone inside >> {m}/violations; \
+         sleep 0.01; rm -f {m}/inside; echo pmxlock >> {m}/count",
+        m = mark.display()
+    );
+    let mut ok = 0;
+    for _ in 0..15 {
+        let mut c = pmxlock_cmd(&py, &["-w", "60", "--", "pmxlock", "sh", "-c", &script]);
+        emulate(&mut c, 120.0, None);
+        let st = c.status().unwrap();
+        assert!(st.success(), "pmxlock failed: {st:?}");
+        ok += 1;
+    }
+    for p in ours {
+        p.expect_prefix("DONE", Duration::from_secs(120));
+    }
+    assert_no_violations(&mark);
+    let count = read_lines(&mark.join("count"));
+    assert_eq!(count.len(), 200 + ok);
+    assert_eq!(ino("pmxlock"), None);
+}
+
+#[test]
+fn pmxlock_holder_excludes_us_and_we_exclude_pmxlock() {
+    let Some(py) = venv_python() else {
+        require("pmxlock in LOCKFN_VENV");
+        return;
+    };
+    let mark = markdir("pmxlock-x");
+    // pmxlock holds (2 s): we wait, and get it after.
+    let script = format!(
+        "set -C; : > {m}/inside || echo V >> {m}/violations; echo IN; sleep 2; rm -f {m}/inside",
+        m = mark.display()
+    );
+    let p = Proc::spawn(pmxlock_cmd(&py, &["--", "pmxlock-x", "sh", "-c", &script]));
+    p.lines.recv_timeout(Duration::from_secs(30)).unwrap(); // "IN"
+    let t0 = Instant::now();
+    let ours = Lock::acquire(&target("pmxlock-x"), &opts(Some(20.0))).unwrap();
+    assert!(
+        t0.elapsed() > Duration::from_millis(1000),
+        "did not wait for pmxlock"
+    );
+    assert!(!mark.join("inside").exists(), "pmxlock still inside");
+    // We hold: pmxlock -n fails with its conflict code, pmxlock -w 1 times out.
+    let st = pmxlock_cmd(&py, &["-n", "-E", "7", "pmxlock-x", "true"])
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(7));
+    let st = pmxlock_cmd(&py, &["-w", "1", "pmxlock-x", "true"])
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(1));
+    assert_eq!(ino("pmxlock-x"), Some(ours.token()));
+    ours.release().unwrap();
+    let st = pmxlock_cmd(&py, &["-n", "pmxlock-x", "true"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_no_violations(&mark);
+}

@@ -1,0 +1,979 @@
+//! ZooKeeper backend against a real server (ZKHOSTS): exclusion, semaphores, timeouts,
+//! cancel, loss, expiry after kill -9, fork, auth, herd-free handoff, and interop with kazoo
+//! and lockpick (LOCKFN_VENV).
+
+mod zk_common;
+
+use lockfn::backend::zookeeper::counters;
+use lockfn::{ErrorKind, Lock};
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use zk_common::*;
+
+fn env(k: &str) -> String {
+    std::env::var(k).unwrap_or_default()
+}
+
+/// Worker roles, run when this binary is re-executed by `spawn_worker("worker", …)`.
+#[test]
+fn worker() {
+    let Ok(role) = std::env::var("LOCKFN_ZK_WORKER") else {
+        return;
+    };
+    let t = lockfn::Target::parse(&env("W_TARGET")).unwrap();
+    let n: usize = env("W_N").parse().unwrap_or(1);
+    let dir = PathBuf::from(env("W_DIR"));
+    let code = match role.as_str() {
+        "mutex" => {
+            let o = opts(None);
+            for _ in 0..n {
+                let l = acquire_retrying(&t, &o, 50).unwrap();
+                if let Err(e) = critical(&dir, Duration::ZERO) {
+                    say(&format!("error {e}"));
+                    std::process::exit(3);
+                }
+                l.release().unwrap();
+            }
+            0
+        }
+        "sem" => {
+            let mut o = opts(None);
+            o.limit = env("W_LIMIT").parse().unwrap();
+            let mut max = 0;
+            for i in 0..n {
+                let l = Lock::acquire(&t, &o).unwrap();
+                let me = dir.join(format!("h.{}.{i}", std::process::id()));
+                std::fs::write(&me, b"").unwrap();
+                let inside = std::fs::read_dir(&dir)
+                    .unwrap()
+                    .filter(|e| {
+                        e.as_ref()
+                            .map(|e| e.file_name().to_string_lossy().starts_with("h."))
+                            .unwrap_or(false)
+                    })
+                    .count();
+                max = max.max(inside);
+                std::thread::sleep(Duration::from_millis(20));
+                std::fs::remove_file(&me).unwrap();
+                l.release().unwrap();
+            }
+            say(&format!("max {max}"));
+            0
+        }
+        "hold" => {
+            let mut o = opts(None);
+            o.ttl = Some(Duration::from_millis(env("W_TTL_MS").parse().unwrap()));
+            let l = Lock::acquire(&t, &o).unwrap();
+            say(&format!("held {}", l.token()));
+            // Held until killed.
+            std::thread::sleep(Duration::from_secs(600));
+            0
+        }
+        "scrub" => {
+            let n = lockfn::backend::zookeeper::hide_credentials_in_cmdline();
+            say(&format!("scrubbed {n}"));
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            0
+        }
+        "herd" => {
+            herd(&t);
+            0
+        }
+        "check" => {
+            check_local(&t);
+            0
+        }
+        "hold_check" => {
+            let mut o = opts(None);
+            o.ttl = Some(Duration::from_millis(env("W_TTL_MS").parse().unwrap()));
+            let l = Lock::acquire(&t, &o).unwrap();
+            say(&format!("held {}", l.token()));
+            let mut line = String::new();
+            while std::io::stdin().read_line(&mut line).unwrap_or(0) > 0 {
+                match l.update() {
+                    Ok(()) => say("ok"),
+                    Err(e) => say(&format!("err {:?} {e}", e.kind())),
+                }
+                line.clear();
+            }
+            0
+        }
+        "fork" => {
+            let parent_lock = Lock::acquire(&t, &opts(Some(Duration::from_secs(10)))).unwrap();
+            let other = lockfn::Target::parse(&env("W_TARGET2")).unwrap();
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // Child: the parent's handle is not ours; a zk: lock works on a new session.
+                let code = (|| {
+                    if parent_lock.update().map_err(|e| e.kind()) != Err(ErrorKind::Forked) {
+                        return 10;
+                    }
+                    let l = match Lock::acquire(&other, &opts(Some(Duration::from_secs(10)))) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            eprintln!("child acquire: {e}");
+                            return 11;
+                        }
+                    };
+                    if l.update().is_err() || l.release().is_err() {
+                        return 12;
+                    }
+                    // The parent's lock is still held by the parent: busy for us.
+                    match Lock::acquire(&t, &opts(Some(Duration::ZERO))) {
+                        Err(e) if e.kind() == ErrorKind::Busy => {}
+                        _ => return 13,
+                    }
+                    parent_lock.forget();
+                    0
+                })();
+                unsafe { libc::_exit(code) };
+            }
+            let mut status = 0;
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            let child = libc::WEXITSTATUS(status);
+            let parent_ok = parent_lock.update().is_ok();
+            say(&format!("child {child} parent_ok {parent_ok}"));
+            parent_lock.release().unwrap();
+            0
+        }
+        _ => 2,
+    };
+    std::process::exit(code);
+}
+
+#[test]
+fn mutual_exclusion_8x200() {
+    let Some(h) = zkhosts() else { return };
+    let t = target(&h, &unique("mutex"));
+    let dir = tempdir("mutex");
+    let start = Instant::now();
+    let mut kids: Vec<_> = (0..8)
+        .map(|_| {
+            spawn_worker(
+                "worker",
+                "mutex",
+                &[
+                    ("W_TARGET", t.canonical()),
+                    ("W_N", "200".into()),
+                    ("W_DIR", dir.display().to_string()),
+                ],
+            )
+        })
+        .collect();
+    for k in &mut kids {
+        let st = k.wait().unwrap();
+        assert!(st.success(), "worker failed: {st:?}");
+    }
+    assert_eq!(read_counter(&dir), 1600);
+    eprintln!(
+        "zk mutual exclusion: 1600 acquisitions by 8 processes in {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn semaphore_limit_3() {
+    let Some(h) = zkhosts() else { return };
+    let t = target(&h, &unique("sem"));
+    let dir = tempdir("sem");
+    let mut kids: Vec<_> = (0..6)
+        .map(|_| {
+            spawn_worker(
+                "worker",
+                "sem",
+                &[
+                    ("W_TARGET", t.canonical()),
+                    ("W_N", "15".into()),
+                    ("W_LIMIT", "3".into()),
+                    ("W_DIR", dir.display().to_string()),
+                ],
+            )
+        })
+        .collect();
+    let mut maxes = Vec::new();
+    for k in &mut kids {
+        let mut out = BufReader::new(k.stdout.take().unwrap());
+        let line = read_until(&mut out, "max ").expect("worker output");
+        maxes.push(line[4..].parse::<usize>().unwrap());
+        assert!(k.wait().unwrap().success());
+    }
+    let max = *maxes.iter().max().unwrap();
+    assert!(max <= 3, "more than 3 holders at once: {maxes:?}");
+    assert!(max >= 2, "the semaphore never let two in: {maxes:?}");
+    // A different limit on the same semaphore is an error, as in kazoo.
+    let mut o = opts(Some(Duration::ZERO));
+    o.limit = 4;
+    let e = Lock::acquire(&t, &o).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+    assert!(e.to_string().contains("max_leases 3"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn try_once_timeout_status_and_token() {
+    let Some(h) = zkhosts() else { return };
+    let t = target(&h, &unique("timeout"));
+    let mut o = opts(None);
+    o.holder = Some("the test".into());
+    let start = Instant::now();
+    let a = Lock::acquire(&t, &o).unwrap();
+    let uncontended = start.elapsed();
+    let st = lockfn::status(&t).unwrap();
+    assert!(st.held);
+    assert_eq!(st.holders.len(), 1);
+    assert_eq!(st.holders[0].record.pid, std::process::id() as i32);
+    assert_eq!(st.holders[0].record.holder, "the test");
+    assert_eq!(st.holders[0].record.token, a.token());
+
+    let s = Instant::now();
+    let e = Lock::acquire(&t, &opts(Some(Duration::ZERO))).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy);
+    assert!(e.to_string().contains("the test"), "{e}");
+    assert!(s.elapsed() < Duration::from_secs(2));
+
+    let s = Instant::now();
+    let e = Lock::acquire(&t, &opts(Some(Duration::from_millis(700)))).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy);
+    assert!(
+        s.elapsed() >= Duration::from_millis(700),
+        "{:?}",
+        s.elapsed()
+    );
+    assert!(s.elapsed() < Duration::from_secs(5), "{:?}", s.elapsed());
+    // Nothing left behind by the failed waiters.
+    let st = lockfn::status(&t).unwrap();
+    assert_eq!(st.details["waiting"], 0, "{st:?}");
+
+    let tok = a.token();
+    a.release().unwrap();
+    let s = Instant::now();
+    let b = Lock::acquire(&t, &opts(Some(Duration::ZERO))).unwrap();
+    assert!(
+        b.token() > tok,
+        "token must grow: {} then {}",
+        tok,
+        b.token()
+    );
+    b.release().unwrap();
+    let cycle = s.elapsed();
+    assert!(!lockfn::status(&t).unwrap().held);
+    eprintln!(
+        "zk uncontended: first acquire (with connect) {:.2} ms, acquire+release {:.2} ms",
+        uncontended.as_secs_f64() * 1e3,
+        cycle.as_secs_f64() * 1e3
+    );
+    // A steadier figure: 50 cycles.
+    let s = Instant::now();
+    for _ in 0..50 {
+        Lock::acquire(&t, &opts(None)).unwrap().release().unwrap();
+    }
+    eprintln!(
+        "zk uncontended acquire+release: {:.2} ms mean over 50",
+        s.elapsed().as_secs_f64() * 1e3 / 50.0
+    );
+}
+
+#[test]
+fn cancel_stops_waiting_and_leaves_nothing() {
+    let Some(h) = zkhosts() else { return };
+    let t = target(&h, &unique("cancel"));
+    let a = Lock::acquire(&t, &opts(None)).unwrap();
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let t2 = t.clone();
+    let rfd = fds[0];
+    let waiter = std::thread::spawn(move || {
+        let mut o = opts(None);
+        o.cancel_fd = Some(rfd);
+        let s = Instant::now();
+        let r = Lock::acquire(&t2, &o);
+        (r.map(|_| ()), s.elapsed())
+    });
+    // Wait until the waiter is queued (its contender node exists).
+    let s = Instant::now();
+    while lockfn::status(&t).unwrap().details["waiting"] != 1 {
+        assert!(s.elapsed() < Duration::from_secs(10), "waiter never queued");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let c = Instant::now();
+    assert_eq!(unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) }, 1);
+    let (r, _) = waiter.join().unwrap();
+    assert_eq!(r.unwrap_err().kind(), ErrorKind::Canceled);
+    assert!(c.elapsed() < Duration::from_secs(2), "{:?}", c.elapsed());
+    let st = lockfn::status(&t).unwrap();
+    assert_eq!(
+        st.details["waiting"], 0,
+        "cancelled waiter left its node: {st:?}"
+    );
+    a.release().unwrap();
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+}
+
+#[test]
+fn unreachable_ensemble_is_unavailable_in_time() {
+    // Nothing listens on port 1 of 127.0.0.1 (refused) nor on 127.0.0.9:9 (refused too).
+    let t = lockfn::Target::parse("zk://127.0.0.1:1,127.0.0.9:9/lockfn-test/x").unwrap();
+    let s = Instant::now();
+    let e = Lock::acquire(&t, &opts(Some(Duration::from_millis(800)))).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(e.to_string().contains("127.0.0.1:1,127.0.0.9:9"), "{e}");
+    assert!(s.elapsed() < Duration::from_secs(3), "{:?}", s.elapsed());
+    // Waiting forever is bounded by the session timeout (ttl).
+    let mut o = opts(None);
+    o.ttl = Some(Duration::from_secs(2));
+    let s = Instant::now();
+    let e = Lock::acquire(&t, &o).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(s.elapsed() < Duration::from_secs(5), "{:?}", s.elapsed());
+    // Try-once too.
+    let e = Lock::acquire(&t, &opts(Some(Duration::ZERO))).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+}
+
+#[test]
+fn lost_when_node_deleted_by_operator() {
+    let Some(h) = zkhosts() else { return };
+    let t = target(&h, &unique("lost"));
+    let a = Lock::acquire(&t, &opts(None)).unwrap();
+    a.update().unwrap();
+    a.check().unwrap();
+    assert_eq!(lockfn::release_named(&t, true).unwrap(), 1);
+    let e = a.update().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Lost, "{e}");
+    assert_eq!(a.release().unwrap_err().kind(), ErrorKind::Lost);
+}
+
+/// Run in a worker (process-wide counters): after the first check arms a watch on our node,
+/// checks are local until the node goes; its deletion is then noticed. Prints `check ok`.
+fn check_local(t: &lockfn::Target) {
+    let a = Lock::acquire(t, &opts(None)).unwrap();
+    a.check().unwrap(); // arms the watch on our node
+    let before = counters().requests;
+    for _ in 0..10 {
+        a.check().unwrap();
+    }
+    assert_eq!(
+        counters().requests,
+        before,
+        "check with an armed watch must be local"
+    );
+    lockfn::release_named(t, true).unwrap();
+    let s = Instant::now();
+    loop {
+        match a.check() {
+            Ok(()) => {}
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Lost);
+                break;
+            }
+        }
+        assert!(s.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    say("check ok");
+}
+
+#[test]
+fn check_is_local_and_notices_deletion_through_watch() {
+    let Some(h) = zkhosts() else { return };
+    let mut k = spawn_worker(
+        "worker",
+        "check",
+        &[("W_TARGET", target(&h, &unique("check")).canonical())],
+    );
+    let mut out = BufReader::new(k.stdout.take().unwrap());
+    assert_eq!(read_until(&mut out, "check").as_deref(), Some("check ok"));
+    assert!(k.wait().unwrap().success());
+}
+
+#[test]
+fn kill9_holder_waiter_gets_it_after_session_expiry() {
+    let Some(h) = zkhosts() else { return };
+    let t = target(&h, &unique("kill9"));
+    let ttl = Duration::from_secs(2);
+    let mut k = spawn_worker(
+        "worker",
+        "hold",
+        &[
+            ("W_TARGET", t.canonical()),
+            ("W_TTL_MS", ttl.as_millis().to_string()),
+        ],
+    );
+    let mut out = BufReader::new(k.stdout.take().unwrap());
+    read_until(&mut out, "held").expect("holder never held");
+    assert_eq!(
+        Lock::acquire(&t, &opts(Some(Duration::ZERO)))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Busy
+    );
+    unsafe { libc::kill(k.id() as i32, libc::SIGKILL) };
+    let killed = Instant::now();
+    let _ = k.wait();
+    let l = Lock::acquire(&t, &opts(Some(Duration::from_secs(30)))).unwrap();
+    let took = killed.elapsed();
+    eprintln!(
+        "zk kill -9 takeover: {:.2} s after the kill (session timeout {:.1} s)",
+        took.as_secs_f64(),
+        ttl.as_secs_f64()
+    );
+    assert!(
+        took >= ttl / 2,
+        "acquired before the holder's session could expire: {took:?}"
+    );
+    assert!(took < ttl * 4 + Duration::from_secs(2), "{took:?}");
+    l.release().unwrap();
+}
+
+#[test]
+fn session_expiry_of_a_stopped_holder_is_reported_lost() {
+    let Some(h) = zkhosts() else { return };
+    let t = target(&h, &unique("expire"));
+    let mut k = spawn_worker(
+        "worker",
+        "hold_check",
+        &[("W_TARGET", t.canonical()), ("W_TTL_MS", "2000".into())],
+    );
+    let mut out = BufReader::new(k.stdout.take().unwrap());
+    let mut stdin = k.stdin.take().unwrap();
+    read_until(&mut out, "held").expect("holder never held");
+    writeln!(stdin, "check").unwrap();
+    assert_eq!(read_until(&mut out, "").unwrap(), "ok");
+    // Freeze the holder: its session expires, and only then do we get the lock.
+    unsafe { libc::kill(k.id() as i32, libc::SIGSTOP) };
+    let stopped = Instant::now();
+    let l = Lock::acquire(&t, &opts(Some(Duration::from_secs(30)))).unwrap();
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        stopped.elapsed()
+    );
+    unsafe { libc::kill(k.id() as i32, libc::SIGCONT) };
+    writeln!(stdin, "check").unwrap();
+    let answer = read_until(&mut out, "").unwrap();
+    assert!(answer.starts_with("err Lost"), "{answer}");
+    drop(stdin);
+    assert!(k.wait().unwrap().success());
+    l.update().unwrap();
+    l.release().unwrap();
+}
+
+/// The herd measurement, run in a worker process so that the process-wide request
+/// counters see only this test's traffic. Prints `herd DONE EVENTS CHILDREN`.
+fn herd(t: &lockfn::Target) {
+    let t = t.clone();
+    let first = Lock::acquire(&t, &opts(None)).unwrap();
+    let c0 = counters();
+    let n = 50;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let t = t.clone();
+            let done = done.clone();
+            let order = order.clone();
+            std::thread::spawn(move || {
+                let l = Lock::acquire(&t, &opts(Some(Duration::from_secs(120)))).unwrap();
+                order.lock().unwrap().push(Instant::now());
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                l.release().unwrap();
+            })
+        })
+        .collect();
+    // Every waiter has set its one watch (one exists call each).
+    let s = Instant::now();
+    while counters().exists < c0.exists + n as u64 {
+        assert!(
+            s.elapsed() < Duration::from_secs(60),
+            "waiters did not queue"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let c1 = counters();
+    let released = Instant::now();
+    first.release().unwrap();
+    for th in threads {
+        th.join().unwrap();
+    }
+    let total = released.elapsed();
+    let c2 = counters();
+    let events = c2.watch_events - c1.watch_events;
+    let children = c2.get_children - c1.get_children;
+    let requests = c2.requests - c1.requests;
+    eprintln!(
+        "zk 50 waiters: {n} handoffs in {:.1} ms ({:.2} ms each); per handoff: {:.2} watch \
+         events, {:.2} getChildren, {:.2} requests (incl. the holder's delete)",
+        total.as_secs_f64() * 1e3,
+        total.as_secs_f64() * 1e3 / n as f64,
+        events as f64 / n as f64,
+        children as f64 / n as f64,
+        requests as f64 / n as f64,
+    );
+    say(&format!(
+        "herd {} {events} {children}",
+        done.load(std::sync::atomic::Ordering::SeqCst)
+    ));
+}
+
+#[test]
+fn fifty_waiters_each_release_wakes_one() {
+    let Some(h) = zkhosts() else { return };
+    let mut k = spawn_worker(
+        "worker",
+        "herd",
+        &[("W_TARGET", target(&h, &unique("herd")).canonical())],
+    );
+    let mut out = BufReader::new(k.stdout.take().unwrap());
+    let line = read_until(&mut out, "herd ").expect("herd worker output");
+    assert!(k.wait().unwrap().success());
+    let v: Vec<u64> = line[5..].split(' ').map(|x| x.parse().unwrap()).collect();
+    assert_eq!(v[0], 50, "not every waiter got the lock");
+    // Each release wakes exactly one waiter: one watch event and one getChildren per handoff.
+    assert_eq!(v[1], 50, "watch events for 50 handoffs");
+    assert_eq!(v[2], 50, "getChildren calls for 50 handoffs");
+}
+
+#[test]
+fn fork_child_gets_fresh_session_parent_untouched() {
+    let Some(h) = zkhosts() else { return };
+    let mut k = spawn_worker(
+        "worker",
+        "fork",
+        &[
+            ("W_TARGET", target(&h, &unique("fork1")).canonical()),
+            ("W_TARGET2", target(&h, &unique("fork2")).canonical()),
+        ],
+    );
+    let mut out = BufReader::new(k.stdout.take().unwrap());
+    let line = read_until(&mut out, "child").expect("fork worker output");
+    assert_eq!(line, "child 0 parent_ok true");
+    assert!(k.wait().unwrap().success());
+}
+
+#[test]
+fn shared_readers_together_writer_alone() {
+    let Some(h) = zkhosts() else { return };
+    let t = target(&h, &unique("rw"));
+    let mut r = opts(Some(Duration::ZERO));
+    r.shared = true;
+    let r1 = Lock::acquire(&t, &r).unwrap();
+    let r2 = Lock::acquire(&t, &r).unwrap();
+    assert_eq!(
+        Lock::acquire(&t, &opts(Some(Duration::ZERO)))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Busy
+    );
+    assert_eq!(lockfn::status(&t).unwrap().holders.len(), 2);
+    r1.release().unwrap();
+    r2.release().unwrap();
+    let w = Lock::acquire(&t, &opts(Some(Duration::ZERO))).unwrap();
+    assert_eq!(Lock::acquire(&t, &r).unwrap_err().kind(), ErrorKind::Busy);
+    w.release().unwrap();
+}
+
+#[test]
+fn digest_auth_acl_keeps_others_out_and_password_hidden() {
+    let Some(h) = zkhosts() else { return };
+    let name = unique("auth");
+    let mine =
+        lockfn::Target::parse(&format!("zk://alice:s3cret-pw@{h}/lockfn-test/{name}")).unwrap();
+    let other =
+        lockfn::Target::parse(&format!("zk://mallory:other-pw@{h}/lockfn-test/{name}")).unwrap();
+    let a = Lock::acquire(&mine, &opts(None)).unwrap();
+    a.release().unwrap();
+    let e = Lock::acquire(&other, &opts(Some(Duration::ZERO))).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Permission, "{e}");
+    assert!(!e.to_string().contains("other-pw"), "{e}");
+    assert!(!e.to_string().contains("s3cret"), "{e}");
+    // Anyone may read who holds it.
+    let a = Lock::acquire(&mine, &opts(None)).unwrap();
+    let st = lockfn::status(&other).unwrap();
+    assert!(st.held);
+    let json = serde_json::to_string(&st).unwrap();
+    assert!(
+        !json.contains("s3cret") && !json.contains("other-pw"),
+        "{json}"
+    );
+    // Nor can the other identity force it away.
+    assert_eq!(
+        lockfn::release_named(&other, true).unwrap_err().kind(),
+        ErrorKind::Permission
+    );
+    a.release().unwrap();
+}
+
+// ---- interop with kazoo and lockpick ----
+
+/// A running kazoo_hold.py: holds until its stdin is closed.
+struct Kazoo {
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+fn kazoo(py: &PathBuf, hosts: &str, path: &str, kind: &str, leases: u32, timeout: f64) -> Kazoo {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/zk/kazoo_hold.py");
+    let mut child = Command::new(py)
+        .args([
+            script,
+            hosts,
+            path,
+            kind,
+            &leases.to_string(),
+            &timeout.to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    Kazoo { child, out }
+}
+
+impl Kazoo {
+    /// "held" or "busy" (or "error: …").
+    fn outcome(&mut self) -> String {
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    }
+    fn line(&mut self) -> String {
+        self.outcome()
+    }
+    fn release(mut self) {
+        drop(self.child.stdin.take());
+        let st = self.child.wait().unwrap();
+        assert!(matches!(st.code(), Some(0..=2)), "{st:?}");
+    }
+}
+
+#[test]
+fn kazoo_lock_excludes_ours_and_back() {
+    let (Some(h), Some(py)) = (zkhosts(), venv_python()) else {
+        return;
+    };
+    let name = unique("kz");
+    let t = target(&h, &name);
+    // kazoo holds: we are busy; it releases: we get it.
+    let mut k = kazoo(&py, &h, &path_of(&name), "lock", 1, 10.0);
+    assert_eq!(k.outcome(), "held");
+    let e = Lock::acquire(&t, &opts(Some(Duration::ZERO))).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy);
+    assert!(e.to_string().contains("kazoo-test"), "{e}");
+    let waiter = {
+        let t = t.clone();
+        std::thread::spawn(move || Lock::acquire(&t, &opts(Some(Duration::from_secs(20)))))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    k.release();
+    let ours = waiter.join().unwrap().unwrap();
+    // We hold: kazoo is busy (try-once and with a timeout), and sees our record.
+    let mut k2 = kazoo(&py, &h, &path_of(&name), "lock", 1, 0.0);
+    assert_eq!(k2.outcome(), "busy");
+    k2.release();
+    let mut k3 = kazoo(&py, &h, &path_of(&name), "lock", 1, 20.0);
+    std::thread::sleep(Duration::from_millis(500));
+    ours.release().unwrap();
+    assert_eq!(k3.outcome(), "held");
+    k3.release();
+}
+
+#[test]
+fn kazoo_contenders_show_our_record() {
+    let (Some(h), Some(py)) = (zkhosts(), venv_python()) else {
+        return;
+    };
+    let name = unique("kzc");
+    let t = target(&h, &name);
+    let mut o = opts(None);
+    o.holder = Some("ours-text".into());
+    let ours = Lock::acquire(&t, &o).unwrap();
+    let mut k = kazoo(&py, &h, &path_of(&name), "lock", 1, 20.0);
+    std::thread::sleep(Duration::from_millis(300));
+    ours.release().unwrap();
+    assert_eq!(k.outcome(), "held");
+    let c = k.line();
+    assert!(c.starts_with("contenders:"), "{c}");
+    k.release();
+}
+
+#[test]
+fn kazoo_read_write_locks_mix_with_ours() {
+    let (Some(h), Some(py)) = (zkhosts(), venv_python()) else {
+        return;
+    };
+    let name = unique("kzrw");
+    let t = target(&h, &name);
+    let mut shared = opts(Some(Duration::ZERO));
+    shared.shared = true;
+    // kazoo ReadLock + our read lock together; our writer waits.
+    let mut kr = kazoo(&py, &h, &path_of(&name), "rlock", 1, 10.0);
+    assert_eq!(kr.outcome(), "held");
+    let ours_r = Lock::acquire(&t, &shared).unwrap();
+    assert_eq!(
+        Lock::acquire(&t, &opts(Some(Duration::ZERO)))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Busy
+    );
+    // kazoo WriteLock waits for both readers.
+    let mut kw = kazoo(&py, &h, &path_of(&name), "wlock", 1, 0.0);
+    assert_eq!(kw.outcome(), "busy");
+    kw.release();
+    kr.release();
+    ours_r.release().unwrap();
+    // kazoo WriteLock holds: our reader is busy.
+    let mut kw = kazoo(&py, &h, &path_of(&name), "wlock", 1, 10.0);
+    assert_eq!(kw.outcome(), "held");
+    assert_eq!(
+        Lock::acquire(&t, &shared).unwrap_err().kind(),
+        ErrorKind::Busy
+    );
+    kw.release();
+    // Our writer holds: kazoo ReadLock is busy.
+    let w = Lock::acquire(&t, &opts(Some(Duration::ZERO))).unwrap();
+    let mut kr = kazoo(&py, &h, &path_of(&name), "rlock", 1, 0.0);
+    assert_eq!(kr.outcome(), "busy");
+    kr.release();
+    w.release().unwrap();
+}
+
+#[test]
+fn kazoo_semaphore_shares_leases_with_ours() {
+    let (Some(h), Some(py)) = (zkhosts(), venv_python()) else {
+        return;
+    };
+    let name = unique("kzsem");
+    let t = target(&h, &name);
+    let mut o = opts(Some(Duration::ZERO));
+    o.limit = 2;
+    let mut k = kazoo(&py, &h, &path_of(&name), "sem", 2, 10.0);
+    assert_eq!(k.outcome(), "held");
+    let ours = Lock::acquire(&t, &o).unwrap();
+    // Both leases taken: kazoo and we are busy.
+    assert_eq!(Lock::acquire(&t, &o).unwrap_err().kind(), ErrorKind::Busy);
+    let mut k2 = kazoo(&py, &h, &path_of(&name), "sem", 2, 0.0);
+    assert_eq!(k2.outcome(), "busy");
+    k2.release();
+    let st = lockfn::status(&t).unwrap();
+    assert_eq!((st.limit, st.available), (Some(2), Some(0)), "{st:?}");
+    k.release();
+    let second = Lock::acquire(&t, &o).unwrap();
+    // A kazoo Semaphore with other max_leases refuses, as we do.
+    let mut k3 = kazoo(&py, &h, &path_of(&name), "sem", 5, 0.0);
+    assert!(k3.outcome().starts_with("error:"));
+    k3.release();
+    ours.release().unwrap();
+    second.release().unwrap();
+}
+
+#[test]
+fn lockpick_lock_unlock_against_ours() {
+    let (Some(h), Some(py)) = (zkhosts(), venv_python()) else {
+        return;
+    };
+    let lockpick = py.with_file_name("lockpick");
+    let name = unique("lp");
+    let t = target(&h, &name);
+    // lockpick (chroot /lockfn-test) takes a persistent lock and prints its node.
+    let out = Command::new(&py)
+        .args([
+            lockpick.to_str().unwrap(),
+            "-s",
+            &h,
+            "-c",
+            "/lockfn-test",
+            "lock",
+            &format!("/{name}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let node = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(node.contains("__lock__"), "{node:?}");
+    assert_eq!(
+        Lock::acquire(&t, &opts(Some(Duration::ZERO)))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Busy
+    );
+    // release_named without force refuses lockpick's node (not ours); lockpick unlocks it.
+    assert_eq!(
+        lockfn::release_named(&t, false).unwrap_err().kind(),
+        ErrorKind::NotHeld
+    );
+    let st = Command::new(&py)
+        .args([
+            lockpick.to_str().unwrap(),
+            "-s",
+            &h,
+            "-c",
+            "/lockfn-test",
+            "unlock",
+            &node,
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let ours = Lock::acquire(&t, &opts(Some(Duration::ZERO))).unwrap();
+    // While we hold, lockpick cannot lock (its retries: 1 × 1 s).
+    let out = Command::new(&py)
+        .args([
+            lockpick.to_str().unwrap(),
+            "-s",
+            &h,
+            "-c",
+            "/lockfn-test",
+            "-r",
+            "1",
+            "-p",
+            "1",
+            "lock",
+            &format!("/{name}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success() || out.stdout.is_empty(),
+        "lockpick got it while we held it"
+    );
+    ours.release().unwrap();
+    // lockpick's failed attempt left a persistent contender behind: remove it by force.
+    let _ = lockfn::release_named(&t, true);
+}
+
+#[test]
+fn persistent_lock_outlives_handle_and_is_released_by_name() {
+    let Some(h) = zkhosts() else { return };
+    let t = target(&h, &unique("persist"));
+    let mut o = opts(Some(Duration::ZERO));
+    o.persist = true;
+    let l = Lock::acquire(&t, &o).unwrap();
+    let tok = l.token();
+    l.detach().unwrap();
+    let st = lockfn::status(&t).unwrap();
+    assert!(st.held && st.holders[0].record.persist, "{st:?}");
+    assert_eq!(st.holders[0].record.token, tok);
+    assert_eq!(
+        Lock::acquire(&t, &opts(Some(Duration::ZERO)))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Busy
+    );
+    lockfn::update_named(&t).unwrap();
+    assert_eq!(lockfn::release_named(&t, false).unwrap(), 1);
+    assert_eq!(
+        lockfn::release_named(&t, false).unwrap_err().kind(),
+        ErrorKind::NotHeld
+    );
+    Lock::acquire(&t, &opts(Some(Duration::ZERO)))
+        .unwrap()
+        .release()
+        .unwrap();
+}
+
+#[test]
+fn lockpick_rlock_wlock_against_ours() {
+    let (Some(h), Some(py)) = (zkhosts(), venv_python()) else {
+        return;
+    };
+    let lockpick = py.with_file_name("lockpick");
+    let name = unique("lprw");
+    let t = target(&h, &name);
+    let lp = |args: &[&str]| {
+        let mut a = vec![
+            lockpick.to_str().unwrap(),
+            "-s",
+            &h,
+            "-c",
+            "/lockfn-test",
+            "-r",
+            "1",
+            "-p",
+            "1",
+        ];
+        a.extend_from_slice(args);
+        Command::new(&py).args(&a).output().unwrap()
+    };
+    let path = format!("/{name}");
+    // lockpick's read lock: our read lock shares it, our write lock waits.
+    let out = lp(&["rlock", &path]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rnode = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(rnode.contains("__rlock__"), "{rnode:?}");
+    let mut shared = opts(Some(Duration::ZERO));
+    shared.shared = true;
+    let r = Lock::acquire(&t, &shared).unwrap();
+    assert_eq!(
+        Lock::acquire(&t, &opts(Some(Duration::ZERO)))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Busy
+    );
+    r.release().unwrap();
+    assert!(lp(&["unlock", &rnode]).status.success());
+    // lockpick's write lock: our read lock waits.
+    let out = lp(&["wlock", &path]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wnode = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(wnode.contains("__lock__"), "{wnode:?}");
+    assert_eq!(
+        Lock::acquire(&t, &shared).unwrap_err().kind(),
+        ErrorKind::Busy
+    );
+    assert!(lp(&["unlock", &wnode]).status.success());
+    Lock::acquire(&t, &shared).unwrap().release().unwrap();
+}
+
+#[test]
+fn password_in_a_url_argument_is_hidden_from_ps() {
+    let exe = std::env::current_exe().unwrap();
+    let secret_arg = "zk://bob:topsecret@127.0.0.1:1,127.0.0.2:2/locks/x";
+    let mut k = Command::new(exe)
+        .args([
+            "worker",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+            secret_arg,
+        ])
+        .env("LOCKFN_ZK_WORKER", "scrub")
+        .env("W_TARGET", "zk:unused")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(k.stdout.take().unwrap());
+    let line = read_until(&mut out, "scrubbed").expect("scrub worker output");
+    assert_eq!(line, "scrubbed 1");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", k.id())).unwrap();
+    let text = String::from_utf8_lossy(&cmdline);
+    assert!(!text.contains("topsecret"), "{text}");
+    assert!(
+        text.contains("zk://bob:*********@127.0.0.1:1,127.0.0.2:2/locks/x"),
+        "{text}"
+    );
+    drop(k.stdin.take());
+    assert!(k.wait().unwrap().success());
+}

@@ -1,0 +1,154 @@
+//! Shared helpers of the ZooKeeper tests: server discovery, unique lock names, worker
+//! processes (this test binary re-executed in a role), and the overlap-checking critical
+//! section.
+
+#![allow(dead_code)]
+
+use lockfn::{Lock, Options, Target};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// ZKHOSTS, or None (test skipped with a printed reason) — a failure when the run promised
+/// servers (LOCKFN_TEST_REQUIRE_SERVERS=1).
+pub fn zkhosts() -> Option<String> {
+    match std::env::var("ZKHOSTS") {
+        Ok(h) if !h.is_empty() => Some(h),
+        _ => {
+            if std::env::var("LOCKFN_TEST_REQUIRE_SERVERS").as_deref() == Ok("1") {
+                panic!("ZKHOSTS is not set but LOCKFN_TEST_REQUIRE_SERVERS=1");
+            }
+            eprintln!("skipped: ZKHOSTS is not set (start one with tests/servers/zookeeper.sh)");
+            None
+        }
+    }
+}
+
+pub fn venv_python() -> Option<PathBuf> {
+    let v = std::env::var("LOCKFN_VENV").ok().filter(|v| !v.is_empty());
+    let v = v.unwrap_or_else(|| "/var/cache/lockfn-tests/venv".to_string());
+    let p = Path::new(&v).join("bin/python");
+    if p.exists() {
+        Some(p)
+    } else {
+        if std::env::var("LOCKFN_TEST_REQUIRE_SERVERS").as_deref() == Ok("1") {
+            panic!("LOCKFN_VENV has no bin/python: {v}");
+        }
+        eprintln!("skipped: no Python venv with kazoo (LOCKFN_VENV)");
+        None
+    }
+}
+
+/// A lock name unique to this test run.
+pub fn unique(name: &str) -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{name}-{}-{}", std::process::id(), t % 1_000_000_000)
+}
+
+/// `zk://HOSTS/lockfn-test/NAME`: explicit, so the test does not depend on ZKHOSTS parsing.
+pub fn target(hosts: &str, name: &str) -> Target {
+    Target::parse(&format!("zk://{hosts}/lockfn-test/{name}")).unwrap()
+}
+
+pub fn path_of(name: &str) -> String {
+    format!("/lockfn-test/{name}")
+}
+
+pub fn opts(timeout: Option<Duration>) -> Options {
+    let mut o = Options::default();
+    o.timeout = timeout;
+    o
+}
+
+/// The critical section: an O_EXCL marker proves nobody else is inside, and a counter file
+/// is read, incremented and written back (lost updates show overlap too).
+pub fn critical(dir: &Path, hold: Duration) -> Result<(), String> {
+    let marker = dir.join("marker");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&marker)
+        .map_err(|e| format!("overlap: marker exists ({e})"))?;
+    let counter = dir.join("counter");
+    let n: u64 = std::fs::read_to_string(&counter)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if !hold.is_zero() {
+        std::thread::sleep(hold);
+    }
+    std::fs::write(&counter, format!("{}\n", n + 1)).map_err(|e| e.to_string())?;
+    std::fs::remove_file(&marker).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+pub fn read_counter(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join("counter"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(unique(&format!("lockfn-zk-{name}")));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Re-run this test binary as a worker: the test named `entry` runs `role` (see the test
+/// file's worker function) with `env`.
+pub fn spawn_worker(entry: &str, role: &str, env: &[(&str, String)]) -> Child {
+    let exe = std::env::current_exe().unwrap();
+    let mut c = Command::new(exe);
+    c.args([entry, "--exact", "--nocapture", "--test-threads=1", "-q"])
+        .env("LOCKFN_ZK_WORKER", role)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn().unwrap()
+}
+
+/// Acquire with retries on `Unavailable` (bounded), for workers that live through outages.
+pub fn acquire_retrying(t: &Target, o: &Options, tries: usize) -> lockfn::Result<Lock> {
+    let mut last = None;
+    for _ in 0..tries {
+        match Lock::acquire(t, o) {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == lockfn::ErrorKind::Unavailable => {
+                last = Some(e);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap())
+}
+
+pub fn say(line: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "W:{line}");
+    let _ = o.flush();
+}
+
+/// Read worker lines (prefixed `W:`) until one starts with `prefix`; None at EOF.
+pub fn read_until(r: &mut impl std::io::BufRead, prefix: &str) -> Option<String> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if let Some(rest) = line.trim_end().strip_prefix("W:") {
+            if rest.starts_with(prefix) {
+                return Some(rest.to_string());
+            }
+        }
+    }
+}
