@@ -432,9 +432,9 @@ t_cluster_leader_stop() {
     crit=$WORK/crit.sh
     cat >"$crit" <<SH
 #!/bin/bash
-trap 'rm -f $WORK/inside; exit 143' TERM
+trap 'rm -f $WORK/inside; date +%s.%N > $WORK/cl.\$1.end; exit 143' TERM
 if ! (set -C; echo \$\$ > $WORK/inside) 2>/dev/null; then echo "overlap \$\$" >> $WORK/violations; fi
-touch $WORK/cl.\$1
+date +%s.%N > $WORK/cl.\$1
 for i in \$(seq \$2); do sleep 0.1; done
 rm -f $WORK/inside
 SH
@@ -459,6 +459,37 @@ SH
     # The holder kept its lock or was told it lost it; the waiters got it in turn.
     [[ ${rcs[0]} == 0 || ${rcs[0]} == 75 ]] || return 1
     [[ ${rcs[1]} == 0 && ${rcs[2]} == 0 ]] || return 1
+    # Phase 2: the holder talks to the leader's own agent, which is stopped under it. Its
+    # session dies with that node (after the lock-delay the next waiter may take the key);
+    # the holder must have reported the loss and stopped its command first.
+    tests/servers/consul.sh start-node "$d" "$leader" || return 1
+    leader=$(tests/servers/consul.sh leader "$d") || return 1
+    # shellcheck disable=SC2207
+    addrs=($(sed -n 's/^CONSUL_HTTP_ADDRS="\(.*\)"/\1/p' "$d/env"))
+    a=${addrs[$((leader - 1))]}
+    b=${addrs[$((leader % 3))]}
+    echo "phase 2: leader node $leader; holder on its agent $a, waiter on $b"
+    k=$(key cluster2)
+    rm -f "$WORK/cl.h" "$WORK/cl.w1"
+    pids=() rcs=()
+    "$L" run --ttl 10 -w 120 "consul://$a/$k" -- "$crit" h 600 &
+    pids+=($!)
+    wait_file 20 "$WORK/cl.h" || return 1
+    "$L" run --ttl 10 -w 120 "consul://$b/$k" -- "$crit" w1 5 &
+    pids+=($!)
+    sleep 1
+    local stopped
+    stopped=$(now)
+    tests/servers/consul.sh stop-node "$d" "$leader" || return 1
+    for p in "${pids[@]}"; do
+        wait "$p"
+        rcs+=($?)
+    done
+    echo "exit codes: holder ${rcs[0]}, waiter ${rcs[1]}"
+    awk -v s="$stopped" -v h="$(cat "$WORK/cl.h.end" 2>/dev/null || echo 0)" -v w="$(cat "$WORK/cl.w1")" \
+        'BEGIN{printf "after the leader stopped: holder stopped its command at +%.1f s, waiter entered at +%.1f s\n", h-s, w-s}'
+    [[ ! -s $WORK/violations ]] || { cat "$WORK/violations"; return 1; }
+    [[ ${rcs[0]} == 75 && ${rcs[1]} == 0 ]] || return 1
     tests/servers/consul.sh stop "$d" >/dev/null 2>&1
 }
 
