@@ -390,6 +390,10 @@ fn operator_destroying_the_session_is_a_loss() {
         assert_eq!(e.kind(), ErrorKind::Lost, "{e}");
         let e = l.release().unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Lost, "{e}");
+        if limit == 1 {
+            // The released key with our record was tidied away.
+            assert!(kv(&addr, &key).is_none());
+        }
         // Someone else can take it (a lock-delay may apply after an invalidation).
         let l2 = Lock::acquire(&t, &{
             let mut o = opts(Some(30.0));

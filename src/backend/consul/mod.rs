@@ -198,7 +198,7 @@ pub(super) fn lost(target: &Target, why: &str) -> Error {
 }
 
 /// Our holder record, if the key's value is one.
-fn our_record(e: &KvEntry) -> Option<HolderRecord> {
+pub(super) fn our_record(e: &KvEntry) -> Option<HolderRecord> {
     let bytes = e.bytes()?;
     let mut r: HolderRecord = serde_json::from_slice(&bytes).ok()?;
     if r.token == 0 {

@@ -281,13 +281,29 @@ impl Held for MutexHeld {
             .retry(3, || self.client.session_destroy(&self.session));
         match r? {
             Txn::Applied(_) => d,
-            Txn::Failed(_) => Err(lost(
-                &self.target,
-                &format!(
-                    "key {} was no longer held by our session at release",
-                    self.key
-                ),
-            )),
+            Txn::Failed(_) => {
+                // Lost (our session was invalidated): the key may still sit there released,
+                // with our record. Tidy it away unless someone took it meanwhile.
+                if let Ok((Some(e), _)) = self.client.kv_get(&self.key, None) {
+                    let ours = super::our_record(&e).is_some_and(|r| {
+                        r.pid == self.record.pid
+                            && r.start_time == self.record.start_time
+                            && r.host == self.record.host
+                    });
+                    if e.holder().is_none() && ours {
+                        let _ = self.client.txn(&[serde_json::json!({
+                            "Verb": "delete-cas", "Key": self.key, "Index": e.modify_index
+                        })]);
+                    }
+                }
+                Err(lost(
+                    &self.target,
+                    &format!(
+                        "key {} was no longer held by our session at release",
+                        self.key
+                    ),
+                ))
+            }
         }
     }
 
