@@ -28,9 +28,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// `api.LockFlagValue`: the flags of a key used as a mutex.
-pub const LOCK_FLAG: u64 = 0x2ddc_cbc0_58a5_0c18;
+pub(crate) const LOCK_FLAG: u64 = 0x2ddc_cbc0_58a5_0c18;
 /// `api.SemaphoreFlagValue`: the flags of a semaphore's keys.
-pub const SEM_FLAG: u64 = 0xe0f6_9a2b_aa41_4de0;
+pub(crate) const SEM_FLAG: u64 = 0xe0f6_9a2b_aa41_4de0;
 /// Session TTL when the caller gives none (api.Lock's DefaultLockSessionTTL).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(15);
 pub const MIN_TTL: Duration = Duration::from_secs(10);
