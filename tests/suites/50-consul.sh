@@ -213,6 +213,21 @@ t_persist() {
     [[ $(kvkeys "$A" "$k") == "[]" ]] && [[ -z $(sessions_of "$A" "$k") ]]
 }
 
+t_release_match() {
+    local k out
+    k=$(key match)
+    "$L" acquire --persist "consul://$A/$k/a" >/dev/null || return 1
+    "$L" acquire --persist "consul://$A/$k/b" >/dev/null || return 1
+    "$L" acquire --persist "consul://$A/$k-other" >/dev/null || return 1
+    out=$("$L" release --match "$k/.*" "consul://$A/") || return 1
+    [[ $out == "released $k/a"*"released $k/b" ]] || { echo "release --match: $out"; return 1; }
+    "$L" status --check "consul://$A/$k/a"; [[ $? == 1 ]] || return 1
+    "$L" status --check "consul://$A/$k-other" || return 1
+    "$L" release --match "$k/.*" "consul://$A/"; [[ $? == 65 ]] || return 1
+    "$L" release --match x sem:; [[ $? == 64 ]] || return 1
+    "$L" release "consul://$A/$k-other"
+}
+
 # --- loss -----------------------------------------------------------------------------------
 
 t_operator_destroys_session() {
@@ -499,6 +514,7 @@ check "exit codes, -E, timeout, unreachable agent, bad ttl" t_codes_and_timeout
 check "cancel: SIGTERM while waiting exits 143 at once and leaves no session" t_cancel
 check "status --json, list, release --force (holder exits 75)" t_status_list_release
 check "acquire --persist, update, release" t_persist
+check "release --match REGEX releases exactly the matching keys" t_release_match
 check "operator destroys the session: lockfn run stops its command within 2 s" t_operator_destroys_session
 check "kill -9 of a holder: next waiter after TTL + lock-delay, never before" t_kill9_takeover
 check "consul lock (mutex) both ways" t_consul_lock_mutex
