@@ -193,6 +193,11 @@ struct ReleaseArgs {
     /// Release whoever holds it (operator override; resourcelock's forced unget)
     #[arg(long)]
     force: bool,
+    /// Consul only: release (forced) every held lock whose whole key matches REGEX
+    /// (consullock's regex unlock); TARGET is then `consul:` or `consul://HOST:PORT/`
+    #[arg(long, value_name = "REGEX")]
+    r#match: Option<String>,
+    /// The lock, e.g. sem:backup
     target: String,
 }
 
@@ -306,34 +311,38 @@ fn acquired_json(lock: &Lock) -> serde_json::Value {
     })
 }
 
-/// Acquire with SIGINT/SIGTERM/SIGHUP/SIGQUIT cancelling the wait. On cancel the error says
-/// which signal, and the exit code is 128+N.
-pub fn acquire_cancellable(
-    target: &Target,
-    opts: &mut Options,
-) -> Result<Lock, (lockfn::Error, u8)> {
-    let fd = signals::pipe().map_err(|e| (internal(e), exit::INTERNAL))?;
+/// What a CLI acquisition ends with, short of an error to report by kind.
+pub enum Acquired {
+    Lock(Lock),
+    /// The wait was cancelled by signal N (already reported): exit 128+N.
+    Canceled(u8),
+}
+
+/// Acquire with SIGINT/SIGTERM/SIGHUP/SIGQUIT cancelling the wait; a cancel is reported on
+/// stderr, naming the signal.
+pub fn acquire_cancellable(target: &Target, opts: &mut Options) -> Result<Acquired, lockfn::Error> {
+    let fd = signals::pipe().map_err(internal)?;
     signals::catch(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT])
-        .map_err(|e| (internal(e), exit::INTERNAL))?;
+        .map_err(internal)?;
     opts.cancel_fd = Some(fd);
     log!(1, "acquiring {target}");
     match Lock::acquire(target, opts) {
         Ok(l) => {
             log!(1, "acquired {target}, token {}", l.token());
-            Ok(l)
+            Ok(Acquired::Lock(l))
         }
         Err(e) if e.kind() == ErrorKind::Canceled => {
             let sig = signals::drain(fd)
                 .first()
                 .map(|r| r.signo)
                 .unwrap_or(libc::SIGTERM);
-            let e = lockfn::Error::new(
-                ErrorKind::Canceled,
-                format!("waiting for {target} canceled by {}", signals::name(sig)),
+            eprintln!(
+                "lockfn: waiting for {target} canceled by {}",
+                signals::name(sig)
             );
-            Err((e, 128 + sig as u8))
+            Ok(Acquired::Canceled(128 + sig as u8))
         }
-        Err(e) => Err((e, 0)),
+        Err(e) => Err(e),
     }
 }
 
@@ -346,13 +355,9 @@ fn hold(a: HoldArgs) -> CmdResult {
     let mut opts = a.lock.options()?;
     signals::pipe().map_err(internal)?;
     signals::hangup_on_stdin_close();
-    let lock = match acquire_cancellable(&target, &mut opts) {
-        Ok(l) => l,
-        Err((e, 0)) => return Err(e),
-        Err((e, code)) => {
-            eprintln!("lockfn: {e}");
-            return Ok(code);
-        }
+    let lock = match acquire_cancellable(&target, &mut opts)? {
+        Acquired::Lock(l) => l,
+        Acquired::Canceled(code) => return Ok(code),
     };
     print_json(&acquired_json(&lock));
     let sigfd = signals::pipe().map_err(internal)?;
@@ -456,13 +461,9 @@ fn acquire(a: AcquireArgs) -> CmdResult {
     let target = parse_target(&a.target)?;
     let mut opts = a.lock.options()?;
     opts.persist = true;
-    let lock = match acquire_cancellable(&target, &mut opts) {
-        Ok(l) => l,
-        Err((e, 0)) => return Err(e),
-        Err((e, code)) => {
-            eprintln!("lockfn: {e}");
-            return Ok(code);
-        }
+    let lock = match acquire_cancellable(&target, &mut opts)? {
+        Acquired::Lock(l) => l,
+        Acquired::Canceled(code) => return Ok(code),
     };
     let info = acquired_json(&lock);
     let token = lock.token();
@@ -476,6 +477,30 @@ fn acquire(a: AcquireArgs) -> CmdResult {
 }
 
 fn release(a: ReleaseArgs) -> CmdResult {
+    if let Some(pattern) = &a.r#match {
+        let addr = if a.target == "consul:" || a.target == "consul" {
+            None
+        } else if let Some(rest) = a.target.strip_prefix("consul://") {
+            Some(rest.split('/').next().unwrap_or_default()).filter(|s| !s.is_empty())
+        } else {
+            return Err(lockfn::Error::new(
+                ErrorKind::Invalid,
+                "--match works on Consul only: lockfn release --match REGEX consul: \
+                 (or consul://HOST:PORT/)",
+            ));
+        };
+        let keys = lockfn::backend::consul::release_matching(addr, pattern)?;
+        if keys.is_empty() {
+            return Err(lockfn::Error::new(
+                ErrorKind::NotHeld,
+                format!("no held Consul lock matches '{pattern}'"),
+            ));
+        }
+        for k in keys {
+            println!("released {k}");
+        }
+        return Ok(0);
+    }
     let target = parse_target(&a.target)?;
     let n = lockfn::release_named(&target, a.force)?;
     log!(1, "released {n} slot(s) of {target}");
@@ -503,9 +528,17 @@ fn describe(st: &Status) -> String {
     }
     for h in &st.holders {
         let r = &h.record;
-        let age = lockfn::holder::now_secs() - r.since;
+        // Holders recorded by other tools (consul lock, consullock) have no known start.
+        let age = if r.since > 0.0 {
+            format!(
+                "for {:.1} s",
+                (lockfn::holder::now_secs() - r.since).max(0.0)
+            )
+        } else {
+            "since an unknown time".to_string()
+        };
         s.push_str(&format!(
-            "\n  pid {} on {} ({}), token {}, for {:.1} s{}{}",
+            "\n  pid {} on {} ({}), token {}, {}{}{}",
             r.pid,
             r.host,
             serde_json::to_value(h.state)
@@ -513,7 +546,7 @@ fn describe(st: &Status) -> String {
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
             r.token,
-            age.max(0.0),
+            age,
             if r.persist { ", persistent" } else { "" },
             if r.holder.is_empty() {
                 String::new()
