@@ -65,16 +65,15 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 say "cargo build --release"
-if ! cargo build --release --lib --bin lockfn --quiet; then
+# One invocation for the library, the CLI and the bench target (benches/lockfn_bench.rs, a
+# harness-less bench): separate invocations resolve features differently (the bench pulls
+# dev-dependencies) and would rebuild each other's artifacts on every run.
+BUILD_JSON=$(cargo build --release --lib --bin lockfn --bench lockfn_bench --message-format=json --quiet)
+rc=$?
+BENCH_BIN=$(sed -n 's/.*"executable":"\([^"]*lockfn_bench[^"]*\)".*/\1/p' <<<"$BUILD_JSON" | tail -n 1)
+if [[ $rc != 0 || -z $BENCH_BIN || ! -x $BENCH_BIN ]]; then
   echo "benches/run.sh: cargo build --release failed" >&2
-  exit 1
-fi
-# The Rust bench binary (benches/lockfn_bench.rs, a harness-less bench target), release profile.
-BENCH_BIN=$(cargo build --release --bench lockfn_bench --message-format=json --quiet 2>/dev/null |
-  sed -n 's/.*"executable":"\([^"]*lockfn_bench[^"]*\)".*/\1/p' | tail -n 1)
-if [[ -z $BENCH_BIN || ! -x $BENCH_BIN ]]; then
-  echo "benches/run.sh: building benches/lockfn_bench.rs failed" >&2
-  cargo build --release --bench lockfn_bench >&2
+  cargo build --release --lib --bin lockfn --bench lockfn_bench >&2
   exit 1
 fi
 REL=$ROOT/target/release
