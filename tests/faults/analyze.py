@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Checks the history a checker.sh run left in its work directory and prints one line
+`RESULT {json}`; exit status 1 on any violation or when the workers did not finish.
+
+Files (see crit.sh and checker.sh): state "count last" then the landed writes "token run
+pid" (in landing order), runs "run rc time", events "time kind ...", faults "time kind token run",
+fenced "time op token seen last run", violations (free text, one per line), inside (marker).
+
+Checks: no violation recorded by a critical section or the injector; the final count equals
+the number of landed writes; landed tokens strictly increase; every run that exited 0 landed
+exactly once and no run landed twice (no lost and no doubled update); every worker reached
+ITERATIONS successful runs; a run whose pmxcfs directory was removed exited 75 (lock lost);
+a marker left at the end belongs to a dead process or a run declared lost.
+
+JSON fields: backend, fault, target, workers, iterations, runs (lockfn run started),
+ok_runs (exited 0), ops (landed writes = final count), faults (injected), fenced (late reads
+or writes rejected by the token check), superseded (holders found inside after their lock
+was declared lost), stale_markers (left by SIGKILLed holders), exit_codes {rc: n},
+violations (count) and violation_samples, recovery_s {n, median, max} (fault to the next
+holder's entry), duration_s, pass.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+
+
+def lines(path):
+    try:
+        with open(path) as f:
+            return [ln.split() for ln in f if ln.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dir")
+    for a in ("label", "fault", "target"):
+        ap.add_argument("--" + a, required=True)
+    ap.add_argument("--workers", type=int, required=True)
+    ap.add_argument("--iterations", type=int, required=True)
+    ap.add_argument("--start", type=float, required=True)
+    ap.add_argument("--end", type=float, required=True)
+    a = ap.parse_args()
+    d = a.dir
+    problems = []
+    try:
+        with open(os.path.join(d, "violations")) as f:
+            problems += [ln.rstrip("\n") for ln in f if ln.strip()]
+    except FileNotFoundError:
+        pass
+
+    state = lines(os.path.join(d, "state"))
+    count, last = (int(x) for x in state[0][:2])
+    landed = state[1:]
+    if count != len(landed):
+        problems.append(f"final count {count} != {len(landed)} landed writes")
+    toks = [int(x[0]) for x in landed]
+    for i in range(1, len(toks)):
+        if toks[i] <= toks[i - 1]:
+            problems.append(f"landed token {toks[i]} not above the previous {toks[i - 1]}")
+    if toks and toks[-1] != last:
+        problems.append(f"state's last token {last} is not the last landed {toks[-1]}")
+    landed_runs = {}
+    for x in landed:
+        landed_runs[x[1]] = landed_runs.get(x[1], 0) + 1
+    for r, n in landed_runs.items():
+        if n > 1:
+            problems.append(f"run {r} landed {n} times")
+
+    runs = lines(os.path.join(d, "runs"))
+    rc_of = {r[0]: int(r[1]) for r in runs}
+    exit_codes = {}
+    for r in runs:
+        exit_codes[r[1]] = exit_codes.get(r[1], 0) + 1
+    ok_runs = [r for r, rc in rc_of.items() if rc == 0]
+    for r in ok_runs:
+        if r not in landed_runs:
+            problems.append(f"run {r} exited 0 but its increment is not in the final state (lost update)")
+    per_worker = {}
+    for r in ok_runs:
+        w = r.split(".")[0]
+        per_worker[w] = per_worker.get(w, 0) + 1
+    incomplete = [
+        f"worker {w}: {per_worker.get(str(w), 0)}/{a.iterations} runs succeeded"
+        for w in range(a.workers)
+        if per_worker.get(str(w), 0) < a.iterations
+    ]
+
+    events = lines(os.path.join(d, "events"))
+    faults = lines(os.path.join(d, "faults"))
+    enters = sorted((float(e[0]), e[2]) for e in events if len(e) > 2 and e[1] == "enter")
+    recovery = []
+    for f in faults:
+        t0, kind = float(f[0]), f[1]
+        if kind in ("kill-waiter",):
+            continue
+        tok = f[2] if len(f) > 2 else "-"
+        nxt = [t for t, tk in enters if t > t0 and tk != tok]
+        if nxt:
+            recovery.append(nxt[0] - t0)
+        if kind == "rmdir":
+            run = f[3]
+            if rc_of.get(run) != 75:
+                problems.append(
+                    f"run {run}: its lock directory was removed, but lockfn run exited "
+                    f"{rc_of.get(run)} (expected 75, lock lost)"
+                )
+    marker = lines(os.path.join(d, "inside"))
+    if marker:
+        opid, olfn, otok = marker[0][0], marker[0][1], marker[0][2]
+        for pid in (opid, olfn):
+            if os.path.exists(f"/proc/{pid}") and not os.path.exists(os.path.join(d, "invalid", otok)):
+                try:
+                    with open(f"/proc/{pid}/status") as s:
+                        st = [ln for ln in s if ln.startswith("State:")][0].split()[1]
+                except (OSError, IndexError):
+                    st = "Z"
+                if st not in ("Z", "X"):
+                    problems.append(f"process {pid} of token {otok} still inside at the end")
+    fenced = lines(os.path.join(d, "fenced"))
+    res = {
+        "backend": a.label,
+        "fault": a.fault,
+        "target": a.target,
+        "workers": a.workers,
+        "iterations": a.iterations,
+        "runs": len(runs),
+        "ok_runs": len(ok_runs),
+        "ops": count,
+        "faults": len(faults),
+        "fenced": len(fenced),
+        "fenced_writes": sum(1 for x in fenced if x[1] == "write"),
+        "superseded": sum(1 for e in events if len(e) > 1 and e[1] == "superseded"),
+        "stale_markers": sum(1 for e in events if len(e) > 1 and e[1] == "stale"),
+        "exit_codes": exit_codes,
+        "violations": len(problems),
+        "violation_samples": problems[:5],
+        "incomplete": incomplete[:5],
+        "recovery_s": {
+            "n": len(recovery),
+            "median": round(statistics.median(recovery), 3) if recovery else None,
+            "max": round(max(recovery), 3) if recovery else None,
+        },
+        "duration_s": round(a.end - a.start, 1),
+    }
+    res["pass"] = not problems and not incomplete
+    print("RESULT " + json.dumps(res, sort_keys=True))
+    return 0 if res["pass"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
