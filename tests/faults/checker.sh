@@ -109,7 +109,7 @@ inject() {
     opid='' olfn='' otok='' orun=''
     read -r opid olfn otok orun 2>/dev/null <"$dir/inside" || continue
     [[ -n $orun ]] || continue
-    pstate "$opid" >/dev/null && pstate "$olfn" >/dev/null || continue
+    if ! pstate "$opid" >/dev/null || ! pstate "$olfn" >/dev/null; then continue; fi
     case $fault in
     kill-holder)
       t0=$EPOCHREALTIME
@@ -139,8 +139,17 @@ inject() {
       kill -CONT "$olfn" 2>/dev/null
       ;;
     rmdir)
-      # Keep the holder in its section until lockfn notices and stops it.
+      # Keep the holder in its section until lockfn notices and stops it; only a holder
+      # that says it stays (before its write) is chosen.
       : >"$dir/hold/$otok"
+      for ((p = 0; p < 50; p++)); do
+        [[ -e $dir/hold/$otok.ack ]] && break
+        sleep 0.02
+      done
+      if [[ ! -e $dir/hold/$otok.ack ]]; then
+        rm -f "$dir/hold/$otok"
+        continue
+      fi
       echo "$EPOCHREALTIME 0" >"$dir/invalid/$otok"
       t0=$EPOCHREALTIME
       if ! rmdir "$lockdir/$name" 2>>"$dir/external.err"; then

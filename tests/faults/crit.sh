@@ -16,7 +16,7 @@
 #    not a violation). A write whose read went stale although fencing let it through would
 #    be a lost update: a violation. A landed write adds "token run pid" to DIR/state.
 # Sleep: FAULT_CRIT_SLEEP seconds (default 0.02); while DIR/hold/TOKEN exists (the injector
-# wants this holder inside its section), up to 12 s more, in small steps.
+# wants this holder inside its section; DIR/hold/TOKEN.ack says it saw it), up to 12 s more.
 set -u
 set -C # '>' is O_EXCL
 dir=$1
@@ -125,6 +125,7 @@ fi
 sleep "$nap"
 for ((i = 0; i < 240; i++)); do
   [[ -e $dir/hold/$tok ]] || break
+  ((i == 0)) && : >|"$dir/hold/$tok.ack"
   sleep 0.05
 done
 store write "$n"
