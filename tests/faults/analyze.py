@@ -9,13 +9,14 @@ fenced "time op token seen last run", violations (free text, one per line), insi
 Checks: no violation recorded by a critical section or the injector; the final count equals
 the number of landed writes; landed tokens strictly increase; every run that exited 0 landed
 exactly once and no run landed twice (no lost and no doubled update); every worker reached
-ITERATIONS successful runs; a run whose pmxcfs directory was removed exited 75 (lock lost);
+ITERATIONS successful runs (liveness); a run whose pmxcfs directory was removed exited 75 (lock lost);
 a marker left at the end belongs to a dead process or a run declared lost.
 
 JSON fields: backend, fault, target, workers, iterations, runs (lockfn run started),
 ok_runs (exited 0), ops (landed writes = final count), faults (injected), fenced (late reads
 or writes rejected by the token check), superseded (holders found inside after their lock
-was declared lost), stale_markers (left by SIGKILLed holders), exit_codes {rc: n},
+was declared lost), stale_markers (left by SIGKILLed holders), exit_codes {rc: n}, fault_outcomes {"KIND rc N":
+count} (how the hit runs ended),
 violations (count) and violation_samples, recovery_s {n, median, max} (fault to the next
 holder's entry), duration_s, pass.
 """
@@ -93,8 +94,12 @@ def main():
     faults = lines(os.path.join(d, "faults"))
     enters = sorted((float(e[0]), e[2]) for e in events if len(e) > 2 and e[1] == "enter")
     recovery = []
+    outcomes = {}
     for f in faults:
         t0, kind = float(f[0]), f[1]
+        if kind != "kill-waiter" and len(f) > 3 and f[3] != "-":
+            key = f"{kind} rc {rc_of.get(f[3])}"
+            outcomes[key] = outcomes.get(key, 0) + 1
         if kind in ("kill-waiter",):
             continue
         tok = f[2] if len(f) > 2 else "-"
@@ -136,6 +141,7 @@ def main():
         "superseded": sum(1 for e in events if len(e) > 1 and e[1] == "superseded"),
         "stale_markers": sum(1 for e in events if len(e) > 1 and e[1] == "stale"),
         "exit_codes": exit_codes,
+        "fault_outcomes": outcomes,
         "violations": len(problems),
         "violation_samples": problems[:5],
         "incomplete": incomplete[:5],

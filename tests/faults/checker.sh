@@ -7,6 +7,7 @@
 #
 # Usage: checker.sh [OPTIONS] TARGET WORKERS ITERATIONS [-- LOCKFN_RUN_ARGS...]
 #   --label TEXT      backend label for the report (default: TARGET's service)
+#   --name TEXT       fault label for the report (default: the --fault KIND)
 #   --fault KIND      none | kill-holder | kill-waiter | stop-holder | rmdir | external
 #   --faults K        inject at most K faults (default 6)
 #   --every SECS      mean seconds between faults (default 1; random in [SECS/2, 3·SECS/2])
@@ -16,16 +17,22 @@
 #   --external CMD    external: run `CMD` once, in the background, --after SECS after the
 #                     start; each line it prints, "EPOCH label", is a fault event
 #   --after SECS      (default 3)
+#   --cont-gap SECS   stop-holder: SIGCONT goes to the command first on odd faults (its late
+#                     write must be fenced), to lockfn first on even ones (lockfn must stop
+#                     the command), the other one SECS later (default 0.3)
 #   --seed N          PRNG seed (default 1)
+#   --max-secs SECS   the workers start no run after SECS (default 150)
+# Workers keep running until each had ITERATIONS successful runs and the injector is done.
 # Env: LOCKFN (binary), FAULT_CRIT_SLEEP (seconds in the section, default 0.02),
 #      FAULT_KEEP=1 keeps the work directory.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 lockfn=${LOCKFN:-$here/../../target/debug/lockfn}
-label='' fault=none max_faults=6 every=1 stop_secs=5 min_age=0 lockdir='' external='' after=3 seed=1
+label='' name='' fault=none max_faults=6 every=1 stop_secs=5 min_age=0 lockdir='' external='' after=3 seed=1 max_secs=150 cont_gap=0.3
 while [[ $# -gt 0 && $1 == --* ]]; do
   case $1 in
   --label) label=$2 ;;
+  --name) name=$2 ;;
   --fault) fault=$2 ;;
   --faults) max_faults=$2 ;;
   --every) every=$2 ;;
@@ -35,6 +42,8 @@ while [[ $# -gt 0 && $1 == --* ]]; do
   --external) external=$2 ;;
   --after) after=$2 ;;
   --seed) seed=$2 ;;
+  --max-secs) max_secs=$2 ;;
+  --cont-gap) cont_gap=$2 ;;
   *)
     echo "checker.sh: unknown option $1" >&2
     exit 64
@@ -50,6 +59,7 @@ target=$1 workers=$2 iters=$3
 shift 3
 [[ ${1:-} == -- ]] && shift
 [[ -n $label ]] || label=${target%%:*}
+[[ -n $name ]] || name=$fault
 RANDOM=$seed
 
 dir=$(mktemp -d /tmp/lockfn-faults.XXXXXX)
@@ -84,7 +94,9 @@ wait_gone() {
 worker() {
   local w=$1 ok=0 attempt=0 lp rc
   shift
-  while ((ok < iters && attempt < 3 * iters + 5)); do
+  # Until ITERATIONS runs succeeded and the injector is done (bounded in attempts and time).
+  while ((attempt < max_attempts)) && [[ ! -e $dir/deadline ]]; do
+    ((ok >= iters)) && [[ ! -e $dir/injecting ]] && break
     FAULT_RUN="$w.$attempt" "$lockfn" run "$@" "$target" -- "$here/crit.sh" "$dir" 2>>"$dir/w/$w.err" &
     lp=$!
     echo "$lp" >|"$dir/w/$w.pid"
@@ -135,8 +147,15 @@ inject() {
       kill -STOP "$opid" "$olfn" 2>/dev/null || continue
       echo "$t0 stop-holder $otok $orun" >>"$dir/faults"
       sleep "$stop_secs"
-      kill -CONT "$opid" 2>/dev/null
-      kill -CONT "$olfn" 2>/dev/null
+      if ((k % 2 == 0)); then
+        kill -CONT "$opid" 2>/dev/null
+        sleep "$cont_gap"
+        kill -CONT "$olfn" 2>/dev/null
+      else
+        kill -CONT "$olfn" 2>/dev/null
+        sleep "$cont_gap"
+        kill -CONT "$opid" 2>/dev/null
+      fi
       ;;
     rmdir)
       # Keep the holder in its section until lockfn notices and stops it; only a holder
@@ -170,20 +189,26 @@ inject() {
   done
 }
 
+max_attempts=$((3 * iters + 500))
+: >"$dir/injecting"
 start=$EPOCHREALTIME
+( sleep "$max_secs" && : >"$dir/deadline" ) &
+dpid=$!
 pids=()
 for ((w = 0; w < workers; w++)); do
   worker "$w" "$@" 2>>"$dir/w/$w.jobs" &
   pids+=($!)
 done
-inject &
+( inject; rm -f "$dir/injecting" ) &
 ipid=$!
 for p in "${pids[@]}"; do wait "$p"; done
 : >"$dir/done"
 wait "$ipid"
+kill "$dpid" 2>/dev/null
+wait "$dpid" 2>/dev/null
 end=$EPOCHREALTIME
 # Anything still inside must be dead or declared lost.
-python3 "$here/analyze.py" "$dir" --label "$label" --fault "$fault" --target "$target" \
+python3 "$here/analyze.py" "$dir" --label "$label" --fault "$name" --target "$target" \
   --workers "$workers" --iterations "$iters" --start "$start" --end "$end"
 rc=$?
 if [[ $rc -ne 0 || ${FAULT_KEEP:-0} == 1 ]]; then
