@@ -95,7 +95,7 @@ worker() {
   local w=$1 ok=0 attempt=0 lp rc
   shift
   # Until ITERATIONS runs succeeded and the injector is done (bounded in attempts and time).
-  while ((attempt < max_attempts)) && [[ ! -e $dir/deadline ]]; do
+  while ((attempt < max_attempts && ${EPOCHREALTIME%.*} < deadline)); do
     ((ok >= iters)) && [[ ! -e $dir/injecting ]] && break
     FAULT_RUN="$w.$attempt" "$lockfn" run "$@" "$target" -- "$here/crit.sh" "$dir" 2>>"$dir/w/$w.err" &
     lp=$!
@@ -192,8 +192,7 @@ inject() {
 max_attempts=$((3 * iters + 500))
 : >"$dir/injecting"
 start=$EPOCHREALTIME
-( sleep "$max_secs" && : >"$dir/deadline" ) &
-dpid=$!
+deadline=$((${start%.*} + max_secs))
 pids=()
 for ((w = 0; w < workers; w++)); do
   worker "$w" "$@" 2>>"$dir/w/$w.jobs" &
@@ -204,8 +203,6 @@ ipid=$!
 for p in "${pids[@]}"; do wait "$p"; done
 : >"$dir/done"
 wait "$ipid"
-kill "$dpid" 2>/dev/null
-wait "$dpid" 2>/dev/null
 end=$EPOCHREALTIME
 # Anything still inside must be dead or declared lost.
 python3 "$here/analyze.py" "$dir" --label "$label" --fault "$name" --target "$target" \
