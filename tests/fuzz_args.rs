@@ -13,7 +13,7 @@
 //!   panics out, never aborts; whatever it acquired is released.
 //!
 //! Bounded: FUZZ_ITERS (default 20000 parse cases, a tenth of that for the C ABI) and at most
-//! FUZZ_SECS seconds (default 20) per test. FUZZ_SEED picks the sequence (default fixed, so
+//! FUZZ_SECS seconds (default 10) per test. FUZZ_SEED picks the sequence (default fixed, so
 //! a failure is reproducible; the seed and the input are printed on failure).
 //! Servers: ZooKeeper/Consul targets point at a closed port (127.0.0.1:1) with a short
 //! timeout, so no server is needed and none is touched.
@@ -56,10 +56,49 @@ fn env_u64(var: &str, default: u64) -> u64 {
 }
 
 const PIECES: &[&str] = &[
-    "sem:", "pmxcfs:", "zk:", "consul:", "zk://", "consul://", "zookeeper:", "bogus:", ":", "/",
-    "//", ".", "..", "../", "/..", "@", "user:pw@", "h:1", "127.0.0.1:2181", ",", "[::1]:2181",
-    "a", "lock", "x-y_z.0", "%2e%2e", "\\", " ", "\t", "\n", "\u{7f}", "é", "ü/", "*", "?", "#",
-    "http://", "9999999999", "-", "_", "~", "$HOME", "\u{202e}", "\u{0}",
+    "sem:",
+    "pmxcfs:",
+    "zk:",
+    "consul:",
+    "zk://",
+    "consul://",
+    "zookeeper:",
+    "bogus:",
+    ":",
+    "/",
+    "//",
+    ".",
+    "..",
+    "../",
+    "/..",
+    "@",
+    "user:pw@",
+    "h:1",
+    "127.0.0.1:2181",
+    ",",
+    "[::1]:2181",
+    "a",
+    "lock",
+    "x-y_z.0",
+    "%2e%2e",
+    "\\",
+    " ",
+    "\t",
+    "\n",
+    "\u{7f}",
+    "é",
+    "ü/",
+    "*",
+    "?",
+    "#",
+    "http://",
+    "9999999999",
+    "-",
+    "_",
+    "~",
+    "$HOME",
+    "\u{202e}",
+    "\u{0}",
 ];
 
 /// A random target: pieces of the grammar, random chars, sometimes very long.
@@ -68,7 +107,10 @@ fn gen_target(r: &mut Rng) -> String {
     let n = r.below(8);
     for _ in 0..n {
         match r.below(10) {
-            0..=5 => s.push_str(r.pick(PIECES)),
+            0..=5 => {
+                let piece: &&str = r.pick(PIECES);
+                s.push_str(piece)
+            }
             6 | 7 => {
                 for _ in 0..r.below(12) {
                     let c = b"abcXYZ019._-/:@,"[r.below(16)] as char;
@@ -173,7 +215,11 @@ fn check_target(text: &str) -> Result<(), String> {
             name_ok(&t.name, false)?;
             let p = dir.join(&t.name);
             if p.parent() != Some(dir.as_path()) {
-                return Err(format!("pmxcfs path {} escapes {}", p.display(), dir.display()));
+                return Err(format!(
+                    "pmxcfs path {} escapes {}",
+                    p.display(),
+                    dir.display()
+                ));
             }
         }
         Location::Zk { hosts, path, .. } => {
@@ -196,14 +242,16 @@ fn check_target(text: &str) -> Result<(), String> {
         }
     }
     let canon = t.canonical();
-    if canon.contains("secret") {
+    if text.contains("secret@") && canon.contains("secret") {
         return Err(format!("canonical form shows the password: {canon}"));
     }
     // The canonical text names the same lock (explicit URLs with credentials lose them).
     match Target::parse(&canon) {
         Ok(again) => {
             if again.service != t.service || again.name != t.name {
-                return Err(format!("canonical {canon:?} parses to another lock: {again:?}"));
+                return Err(format!(
+                    "canonical {canon:?} parses to another lock: {again:?}"
+                ));
             }
         }
         Err(e) if !t.explicit => {
@@ -234,7 +282,7 @@ fn target_parsing_properties() {
     let _dir = setup_env();
     let seed = env_u64("FUZZ_SEED", 0x10c4_f00d);
     let iters = env_u64("FUZZ_ITERS", 20_000);
-    let limit = Duration::from_secs(env_u64("FUZZ_SECS", 20));
+    let limit = Duration::from_secs(env_u64("FUZZ_SECS", 10));
     let mut r = Rng::new(seed);
     let start = Instant::now();
     let (mut n, mut accepted) = (0u64, 0u64);
@@ -255,7 +303,10 @@ fn target_parsing_properties() {
     eprintln!("target parsing: {n} cases, {accepted} accepted, seed {seed:#x}");
     assert!(n >= 1000.min(iters), "only {n} cases ran");
     // Both sides of the grammar were reached.
-    assert!(accepted > n / 20 && accepted < n, "{accepted} of {n} accepted");
+    assert!(
+        accepted > n / 20 && accepted < n,
+        "{accepted} of {n} accepted"
+    );
 }
 
 fn c_string(r: &mut Rng, text: &str) -> Option<CString> {
@@ -288,7 +339,7 @@ fn c_entry_points_survive_bad_arguments() {
     let dir = setup_env();
     let seed = env_u64("FUZZ_SEED", 0x10c4_f00d) ^ 0xc0de;
     let iters = env_u64("FUZZ_ITERS", 20_000) / 10;
-    let limit = Duration::from_secs(env_u64("FUZZ_SECS", 20));
+    let limit = Duration::from_secs(env_u64("FUZZ_SECS", 10));
     let pid = std::process::id();
     let mut r = Rng::new(seed);
     let start = Instant::now();
@@ -351,9 +402,24 @@ fn c_entry_points_survive_bad_arguments() {
             continue;
         }
         let mut h: *mut lock_handle = 0x1234 as *mut lock_handle;
-        let out: *mut *mut lock_handle = if r.chance(5) { std::ptr::null_mut() } else { &mut h };
+        let out: *mut *mut lock_handle = if r.chance(5) {
+            std::ptr::null_mut()
+        } else {
+            &mut h
+        };
+        let t0 = Instant::now();
         let c = unsafe { lock_acquire(ptr(&target), opts_ptr, out) };
-        assert!(known_code(c), "seed {seed:#x} case {n}: lock_acquire({text:?}) returned {c}");
+        if t0.elapsed() > Duration::from_millis(300) {
+            eprintln!(
+                "slow lock_acquire {:?}: {text:?} {o:?} -> {c} {}",
+                t0.elapsed(),
+                last_error()
+            );
+        }
+        assert!(
+            known_code(c),
+            "seed {seed:#x} case {n}: lock_acquire({text:?}) returned {c}"
+        );
         codes[c as usize] += 1;
         if c == LOCK_OK {
             assert!(!out.is_null() && !h.is_null(), "OK without a handle");
@@ -364,7 +430,11 @@ fn c_entry_points_survive_bad_arguments() {
             let u = unsafe { lock_update(h) };
             assert!(known_code(u));
             let rel = unsafe { lock_release(h) };
-            assert!(matches!(rel, LOCK_OK | LOCK_ELOST), "release gave {rel}: {}", last_error());
+            assert!(
+                matches!(rel, LOCK_OK | LOCK_ELOST),
+                "release gave {rel}: {}",
+                last_error()
+            );
             // A second release of the same handle is refused, not a crash.
             assert_eq!(unsafe { lock_release(h) }, LOCK_ENOTHELD);
             assert_eq!(unsafe { lock_update(h) }, LOCK_ENOTHELD);
@@ -388,8 +458,16 @@ fn c_entry_points_survive_bad_arguments() {
         // Status and gc: local targets only (remote ones would wait for a connection).
         if !remote {
             let mut js: *mut c_char = 0x10 as *mut c_char;
-            let jsp: *mut *mut c_char = if r.chance(5) { std::ptr::null_mut() } else { &mut js };
+            let jsp: *mut *mut c_char = if r.chance(5) {
+                std::ptr::null_mut()
+            } else {
+                &mut js
+            };
+            let t0 = Instant::now();
             let s = unsafe { lock_status(ptr(&target), jsp) };
+            if t0.elapsed() > Duration::from_millis(300) {
+                eprintln!("slow lock_status {:?}: {text:?}", t0.elapsed());
+            }
             assert!(known_code(s), "lock_status({text:?}) returned {s}");
             if s == LOCK_OK {
                 let doc = unsafe { CStr::from_ptr(js) }.to_str().unwrap().to_string();
@@ -403,14 +481,31 @@ fn c_entry_points_survive_bad_arguments() {
         let scope_text = match r.below(4) {
             0 => format!("sem:fuzz-{pid}-"),
             1 => "pmxcfs:fuzz-".to_string(),
-            _ => gen_target(&mut r).replace("zk", "z").replace("consul", "c"),
+            _ => gen_target(&mut r),
         };
+        // gc of a remote service has no timeout: it would wait for the closed port.
+        let scope_service = scope_text.split(':').next().and_then(Service::parse);
+        let remote_scope = matches!(scope_service, Some(Service::Zk | Service::Consul));
         let scope = c_string(&mut r, &scope_text);
         let mut removed: c_uint = 77;
-        let rp: *mut c_uint = if r.chance(50) { std::ptr::null_mut() } else { &mut removed };
-        if !scope_text.starts_with("sem:") || scope_text.starts_with(&format!("sem:fuzz-{pid}")) {
-            if !(scope_text.is_empty() || scope_text == "sem" || scope_text == "pmxcfs") {
+        let rp: *mut c_uint = if r.chance(50) {
+            std::ptr::null_mut()
+        } else {
+            &mut removed
+        };
+        // Never a whole local service (that would gc other tests' dead holders): our prefixes.
+        let ours = match scope_service {
+            Some(Service::Sem) => scope_text.starts_with(&format!("sem:fuzz-{pid}")),
+            Some(Service::Pmxcfs) => scope_text.starts_with("pmxcfs:fuzz-"),
+            _ => !scope_text.is_empty(),
+        };
+        if ours && !remote_scope {
+            {
+                let t0 = Instant::now();
                 let g = unsafe { lock_gc(ptr(&scope), rp) };
+                if t0.elapsed() > Duration::from_millis(300) {
+                    eprintln!("slow lock_gc {:?}: {scope_text:?}", t0.elapsed());
+                }
                 assert!(known_code(g), "lock_gc({scope_text:?}) returned {g}");
             }
         }
@@ -428,6 +523,12 @@ fn c_entry_points_survive_bad_arguments() {
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!("C ABI: {n} cases, {acquired} acquired, codes {codes:?}, seed {seed:#x}");
     assert!(n >= 100.min(iters), "only {n} cases ran");
-    assert!(acquired > 0, "no case acquired a lock: the generator is too narrow");
-    assert!(codes[LOCK_EINVAL as usize] > 0, "no case was rejected as invalid");
+    assert!(
+        acquired > 0,
+        "no case acquired a lock: the generator is too narrow"
+    );
+    assert!(
+        codes[LOCK_EINVAL as usize] > 0,
+        "no case was rejected as invalid"
+    );
 }
