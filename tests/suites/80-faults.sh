@@ -85,6 +85,21 @@ server_missing() { # WHAT: fail or skip a backend whose server is missing
   fi
 }
 
+# --- the checker itself: a "lock" that lets 3 holders in at once must be caught -----------
+# shellcheck disable=SC2053
+if [[ checker-selftest == $ONLY ]]; then
+  timeout -k 10 60 "$CHECK" --label selftest "sem:faults-$ID-0" 3 5 -- --limit 3 >"$T/out.self" 2>"$T/err.self"
+  rc=$?
+  line=$(grep '^RESULT ' "$T/out.self" | tail -1)
+  if [[ $rc -ne 0 && $line =~ \"violations\":\ [1-9] ]]; then
+    PASSED=$((PASSED + 1))
+    echo "ok   checker-selftest (a limit-3 semaphore is reported: ${line:0:160}...)"
+  else
+    FAILED=$((FAILED + 1))
+    echo "FAIL checker-selftest: the checker did not catch 3 holders at once (exit $rc): $line"
+  fi
+fi
+
 # --- sem ---------------------------------------------------------------------------------
 case_ sem-kill-holder 90 --fault kill-holder --faults 8 --every 0.4 "sem:faults-$ID-1" 4 15
 case_ sem-kill-waiter 90 --fault kill-waiter --faults 8 --every 0.3 "sem:faults-$ID-2" 4 15
