@@ -326,8 +326,10 @@ locked $T" ]
   echo update >&"${H[1]}"
   read -r -t 10 line <&"${H[0]}"
   [ "$line" = '{"updated":true}' ]
+  hpid=$H_PID
   exec {H[1]}>&-
-  wait "$H_PID"
+  # (bash unsets H_PID once the coprocess is gone: keep the pid, and wait for the event)
+  wait_for 10 sh -c "! kill -0 $hpid"
   free "$T"
 }
 

@@ -306,34 +306,38 @@ fn acquired_json(lock: &Lock) -> serde_json::Value {
     })
 }
 
-/// Acquire with SIGINT/SIGTERM/SIGHUP/SIGQUIT cancelling the wait. On cancel the error says
-/// which signal, and the exit code is 128+N.
-pub fn acquire_cancellable(
-    target: &Target,
-    opts: &mut Options,
-) -> Result<Lock, (lockfn::Error, u8)> {
-    let fd = signals::pipe().map_err(|e| (internal(e), exit::INTERNAL))?;
+/// What a CLI acquisition ends with, short of an error to report by kind.
+pub enum Acquired {
+    Lock(Lock),
+    /// The wait was cancelled by signal N (already reported): exit 128+N.
+    Canceled(u8),
+}
+
+/// Acquire with SIGINT/SIGTERM/SIGHUP/SIGQUIT cancelling the wait; a cancel is reported on
+/// stderr, naming the signal.
+pub fn acquire_cancellable(target: &Target, opts: &mut Options) -> Result<Acquired, lockfn::Error> {
+    let fd = signals::pipe().map_err(internal)?;
     signals::catch(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT])
-        .map_err(|e| (internal(e), exit::INTERNAL))?;
+        .map_err(internal)?;
     opts.cancel_fd = Some(fd);
     log!(1, "acquiring {target}");
     match Lock::acquire(target, opts) {
         Ok(l) => {
             log!(1, "acquired {target}, token {}", l.token());
-            Ok(l)
+            Ok(Acquired::Lock(l))
         }
         Err(e) if e.kind() == ErrorKind::Canceled => {
             let sig = signals::drain(fd)
                 .first()
                 .map(|r| r.signo)
                 .unwrap_or(libc::SIGTERM);
-            let e = lockfn::Error::new(
-                ErrorKind::Canceled,
-                format!("waiting for {target} canceled by {}", signals::name(sig)),
+            eprintln!(
+                "lockfn: waiting for {target} canceled by {}",
+                signals::name(sig)
             );
-            Err((e, 128 + sig as u8))
+            Ok(Acquired::Canceled(128 + sig as u8))
         }
-        Err(e) => Err((e, 0)),
+        Err(e) => Err(e),
     }
 }
 
@@ -346,13 +350,9 @@ fn hold(a: HoldArgs) -> CmdResult {
     let mut opts = a.lock.options()?;
     signals::pipe().map_err(internal)?;
     signals::hangup_on_stdin_close();
-    let lock = match acquire_cancellable(&target, &mut opts) {
-        Ok(l) => l,
-        Err((e, 0)) => return Err(e),
-        Err((e, code)) => {
-            eprintln!("lockfn: {e}");
-            return Ok(code);
-        }
+    let lock = match acquire_cancellable(&target, &mut opts)? {
+        Acquired::Lock(l) => l,
+        Acquired::Canceled(code) => return Ok(code),
     };
     print_json(&acquired_json(&lock));
     let sigfd = signals::pipe().map_err(internal)?;
@@ -456,13 +456,9 @@ fn acquire(a: AcquireArgs) -> CmdResult {
     let target = parse_target(&a.target)?;
     let mut opts = a.lock.options()?;
     opts.persist = true;
-    let lock = match acquire_cancellable(&target, &mut opts) {
-        Ok(l) => l,
-        Err((e, 0)) => return Err(e),
-        Err((e, code)) => {
-            eprintln!("lockfn: {e}");
-            return Ok(code);
-        }
+    let lock = match acquire_cancellable(&target, &mut opts)? {
+        Acquired::Lock(l) => l,
+        Acquired::Canceled(code) => return Ok(code),
     };
     let info = acquired_json(&lock);
     let token = lock.token();

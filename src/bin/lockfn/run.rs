@@ -2,7 +2,7 @@
 //! a parent-death signal (SIGKILL) so it dies with a SIGKILLed `lockfn run`, and it is stopped
 //! (TERM, then KILL after a grace) when the lock is lost.
 
-use crate::{acquire_cancellable, exit, log, signals, LockArgs};
+use crate::{acquire_cancellable, exit, log, signals, Acquired, LockArgs};
 use clap::{Args, ValueEnum};
 use lockfn::{ErrorKind, Lock, Options, Target};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -138,16 +138,13 @@ pub fn run(a: RunArgs) -> crate::CmdResult {
         }
     }
     let lock = match acquire_cancellable(&target, &mut opts) {
-        Ok(l) => l,
-        Err((e, 0)) if e.kind() == ErrorKind::Busy => {
+        Ok(Acquired::Lock(l)) => l,
+        Ok(Acquired::Canceled(code)) => return Ok(code),
+        Err(e) if e.kind() == ErrorKind::Busy => {
             eprintln!("lockfn: {e}");
             return Ok(a.conflict_exit_code);
         }
-        Err((e, 0)) => return Err(e),
-        Err((e, code)) => {
-            eprintln!("lockfn: {e}");
-            return Ok(code);
-        }
+        Err(e) => return Err(e),
     };
     supervise(lock, &argv, &a, grace)
 }
