@@ -137,6 +137,8 @@ inject() {
       grep -qa lockfn "/proc/$p/cmdline" 2>/dev/null || continue
       # Still waiting: not the one inside, and no command (child) yet.
       [[ -z $(cat "/proc/$p/task/$p/children" 2>/dev/null) ]] || continue
+      # Not a holder (acquired, command not started yet or finished): the service says so.
+      if "$lockfn" status --json "$target" 2>/dev/null | grep -Eq "\"pid\":${p}[,}]"; then continue; fi
       t0=$EPOCHREALTIME
       kill -KILL "$p" 2>/dev/null || continue
       echo "$t0 kill-waiter - $w" >>"$dir/faults"

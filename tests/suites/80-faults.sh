@@ -14,7 +14,7 @@
 # and waiter faults; if unset, the suite starts its own), FAULTS_REPORT (JSON report, default
 # /tmp/lockfn-faults.json), LOCKFN_TEST_REQUIRE_SERVERS=1 (a server that cannot be started
 # fails the suite instead of skipping). Bounded: each case has its own timeout; the whole
-# suite takes about 3 minutes (consul adds about 2) on 2 cores.
+# suite takes about 2 minutes without consul, about 5 with it, on 2 cores.
 # Prints a table, one RESULT line per case, and a final `N passed, N failed`.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
@@ -154,7 +154,7 @@ if ((want_zk)); then
     case_ zk-kill-waiter 120 --fault kill-waiter --faults 5 --every 0.4 zk:faults-$ID-2 3 10 -- --ttl 2 -w 60
     # Stopped 5 s with a 2 s session: ZooKeeper may expire it 2/3 of the timeout after the
     # last ping, so another holder may enter 1.2 s after the stop at the earliest.
-    case_ zk-stop-holder 150 --fault stop-holder --faults 4 --stop 5 --min-age 1.2 --every 0.5 \
+    case_ zk-stop-holder 150 --fault stop-holder --faults 3 --stop 5 --min-age 1.2 --every 0.5 \
       zk:faults-$ID-3 3 10 -- --ttl 2 -w 60
   else
     server_missing zk "no ZooKeeper (ZKHOSTS unset and tests/servers/zookeeper.sh start failed)"
@@ -183,7 +183,7 @@ fi
 # --- consul ------------------------------------------------------------------------------
 consul_ready() { # is the consul backend in this build?
   [[ -d src/backend/consul ]] || return 1
-  ! "$LOCKFN" status consul:faults-probe 2>&1 | grep -q 'not implemented'
+  ! timeout 20 "$LOCKFN" status consul:faults-probe 2>&1 | grep -q 'not implemented'
 }
 if ! consul_ready; then
   for f in kill-holder kill-waiter stop-holder leader-restart; do
@@ -197,12 +197,16 @@ else
     fi
   fi
   if [[ -n ${CONSUL_HTTP_ADDR:-} ]]; then
-    # Sessions have a 10 s TTL at least, which Consul may let run to 2×TTL, plus lock-delay:
-    # few faults, or the suite would not be bounded.
-    case_ consul-kill-holder 150 --fault kill-holder --faults 2 --every 0.5 consul:faults-$ID-1 3 5 -- --ttl 10 -w 90
-    case_ consul-kill-waiter 120 --fault kill-waiter --faults 3 --every 0.4 consul:faults-$ID-2 3 5 -- --ttl 10 -w 90
+    # Sessions have a 10 s TTL at least, which Consul lets run up to 2×TTL, and a lock is
+    # then kept for its lock-delay (15 s by default: 35 s per dead holder, measured): with
+    # --lock-delay 0 and few faults the suite stays bounded (recovery ≈ 10–20 s).
+    case_ consul-kill-holder 150 --fault kill-holder --faults 2 --every 0.5 consul:faults-$ID-1 3 5 \
+      -- --ttl 10 --lock-delay 0 -w 90
+    case_ consul-kill-waiter 120 --fault kill-waiter --faults 3 --every 0.4 consul:faults-$ID-2 3 5 \
+      -- --ttl 10 --lock-delay 0 -w 90
+    # Stopped 25 s: past 2×TTL, so the session is gone and another holder gets in first.
     case_ consul-stop-holder 150 --fault stop-holder --faults 2 --stop 25 --min-age 10 --every 0.5 \
-      consul:faults-$ID-3 3 5 -- --ttl 10 -w 90
+      consul:faults-$ID-3 3 5 -- --ttl 10 --lock-delay 0 -w 90
   else
     server_missing consul "no Consul agent (CONSUL_HTTP_ADDR unset and tests/servers/consul.sh start failed)"
   fi
@@ -214,7 +218,7 @@ else
         zk_env "$T/consulc"
         case_ consul-leader-restart 150 --label consul-cluster --name leader-restart --fault external \
           --external "$ROOT/tests/faults/leader-restart.sh consul $T/consulc term 2 4 6" --after 2 \
-          consul:faults-$ID-4 3 10 -- --ttl 10 -w 90
+          consul:faults-$ID-4 3 10 -- --ttl 10 --lock-delay 0 -w 90
         printf '%s\n' "${RESULTS[@]}" >"$T/consulc.results"
         echo "$PASSED $FAILED" >"$T/consulc.counts"
       )
