@@ -15,7 +15,8 @@ a marker left at the end belongs to a dead process or a run declared lost.
 JSON fields: backend, fault, target, workers, iterations, runs (lockfn run started),
 ok_runs (exited 0), ops (landed writes = final count), faults (injected), fenced (late reads
 or writes rejected by the token check), superseded (holders found inside after their lock
-was declared lost), stale_markers (left by SIGKILLed holders), exit_codes {rc: n}, fault_outcomes {"KIND rc N":
+was declared lost), lost_overlaps (entered while a holder whose lock the service had revoked, and which
+learnt it, was still inside: not a violation), stale_markers (left by SIGKILLed holders), exit_codes {rc: n}, fault_outcomes {"KIND rc N":
 count} (how the hit runs ended),
 violations (count) and violation_samples, recovery_s {n, median, max} (fault to the next
 holder's entry), duration_s, pass.
@@ -90,6 +91,24 @@ def main():
         if per_worker.get(str(w), 0) < a.iterations
     ]
 
+    # Two live holders at once: a violation unless the older one's lock had been revoked by
+    # the service, which its lockfn run must have noticed (exit 75 or a "was lost" warning).
+    lost_overlaps = 0
+    for o in lines(os.path.join(d, "overlaps")):
+        orun = o[3]
+        try:
+            with open(os.path.join(d, "w", orun + ".err")) as f:
+                said_lost = "was lost" in f.read()
+        except OSError:
+            said_lost = False
+        if rc_of.get(orun) == 75 or said_lost:
+            lost_overlaps += 1
+        else:
+            problems.append(
+                f"overlap: run {o[1]} (token {o[2]}) entered while run {orun} (token {o[4]}, "
+                f"exit {rc_of.get(orun)}) was inside: {' '.join(o[5:])}"
+            )
+
     events = lines(os.path.join(d, "events"))
     faults = lines(os.path.join(d, "faults"))
     enters = sorted((float(e[0]), e[2]) for e in events if len(e) > 2 and e[1] == "enter")
@@ -139,6 +158,7 @@ def main():
         "fenced": len(fenced),
         "fenced_writes": sum(1 for x in fenced if x[1] == "write"),
         "superseded": sum(1 for e in events if len(e) > 1 and e[1] == "superseded"),
+        "lost_overlaps": lost_overlaps,
         "stale_markers": sum(1 for e in events if len(e) > 1 and e[1] == "stale"),
         "exit_codes": exit_codes,
         "fault_outcomes": outcomes,

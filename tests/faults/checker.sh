@@ -71,6 +71,7 @@ echo 0 >"$dir/seen"
 : >"$dir/fenced"
 : >"$dir/violations"
 : >"$dir/runs"
+: >"$dir/overlaps"
 
 pstate() {
   local st
@@ -97,7 +98,7 @@ worker() {
   # Until ITERATIONS runs succeeded and the injector is done (bounded in attempts and time).
   while ((attempt < max_attempts && ${EPOCHREALTIME%.*} < deadline)); do
     ((ok >= iters)) && [[ ! -e $dir/injecting ]] && break
-    FAULT_RUN="$w.$attempt" "$lockfn" run "$@" "$target" -- "$here/crit.sh" "$dir" 2>>"$dir/w/$w.err" &
+    FAULT_RUN="$w.$attempt" "$lockfn" run "$@" "$target" -- "$here/crit.sh" "$dir" 2>"$dir/w/$w.$attempt.err" &
     lp=$!
     echo "$lp" >|"$dir/w/$w.pid"
     wait "$lp"
