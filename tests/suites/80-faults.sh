@@ -205,7 +205,7 @@ else
     case_ consul-kill-waiter 120 --fault kill-waiter --faults 3 --every 0.4 consul:faults-$ID-2 3 5 \
       -- --ttl 10 --lock-delay 0 -w 90
     # Stopped 25 s: past 2×TTL, so the session is gone and another holder gets in first.
-    case_ consul-stop-holder 150 --fault stop-holder --faults 2 --stop 25 --min-age 10 --every 0.5 \
+    case_ consul-stop-holder 150 --fault stop-holder --faults 1 --stop 25 --min-age 10 --every 0.5 \
       consul:faults-$ID-3 3 5 -- --ttl 10 --lock-delay 0 -w 90
   else
     server_missing consul "no Consul agent (CONSUL_HTTP_ADDR unset and tests/servers/consul.sh start failed)"
