@@ -266,11 +266,3 @@ pub fn poll_readable(fd: RawFd, timeout_ms: i32) -> bool {
         }
     }
 }
-
-/// The error for a service that this build does not implement yet.
-pub(crate) fn not_implemented(service: Service) -> Error {
-    Error::new(
-        ErrorKind::Unavailable,
-        format!("the {service} backend is not implemented in this build of lockfn"),
-    )
-}

@@ -193,6 +193,11 @@ struct ReleaseArgs {
     /// Release whoever holds it (operator override; resourcelock's forced unget)
     #[arg(long)]
     force: bool,
+    /// Consul only: release (forced) every held lock whose whole key matches REGEX
+    /// (consullock's regex unlock); TARGET is then `consul:` or `consul://HOST:PORT/`
+    #[arg(long, value_name = "REGEX")]
+    r#match: Option<String>,
+    /// The lock, e.g. sem:backup
     target: String,
 }
 
@@ -472,6 +477,30 @@ fn acquire(a: AcquireArgs) -> CmdResult {
 }
 
 fn release(a: ReleaseArgs) -> CmdResult {
+    if let Some(pattern) = &a.r#match {
+        let addr = if a.target == "consul:" || a.target == "consul" {
+            None
+        } else if let Some(rest) = a.target.strip_prefix("consul://") {
+            Some(rest.split('/').next().unwrap_or_default()).filter(|s| !s.is_empty())
+        } else {
+            return Err(lockfn::Error::new(
+                ErrorKind::Invalid,
+                "--match works on Consul only: lockfn release --match REGEX consul: \
+                 (or consul://HOST:PORT/)",
+            ));
+        };
+        let keys = lockfn::backend::consul::release_matching(addr, pattern)?;
+        if keys.is_empty() {
+            return Err(lockfn::Error::new(
+                ErrorKind::NotHeld,
+                format!("no held Consul lock matches '{pattern}'"),
+            ));
+        }
+        for k in keys {
+            println!("released {k}");
+        }
+        return Ok(0);
+    }
     let target = parse_target(&a.target)?;
     let n = lockfn::release_named(&target, a.force)?;
     log!(1, "released {n} slot(s) of {target}");
@@ -499,9 +528,17 @@ fn describe(st: &Status) -> String {
     }
     for h in &st.holders {
         let r = &h.record;
-        let age = lockfn::holder::now_secs() - r.since;
+        // Holders recorded by other tools (consul lock, consullock) have no known start.
+        let age = if r.since > 0.0 {
+            format!(
+                "for {:.1} s",
+                (lockfn::holder::now_secs() - r.since).max(0.0)
+            )
+        } else {
+            "since an unknown time".to_string()
+        };
         s.push_str(&format!(
-            "\n  pid {} on {} ({}), token {}, for {:.1} s{}{}",
+            "\n  pid {} on {} ({}), token {}, {}{}{}",
             r.pid,
             r.host,
             serde_json::to_value(h.state)
@@ -509,7 +546,7 @@ fn describe(st: &Status) -> String {
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
             r.token,
-            age.max(0.0),
+            age,
             if r.persist { ", persistent" } else { "" },
             if r.holder.is_empty() {
                 String::new()
