@@ -12,7 +12,7 @@ def main():
         json.dump({"cases": rows}, f, indent=1, sort_keys=True)
         f.write("\n")
     hdr = ("backend", "fault", "ops", "runs", "faults", "viol", "fenced", "supersd", "recovery s med/max", "result")
-    fmt = "{:<14}{:<16}{:>6}{:>6}{:>7}{:>6}{:>7}{:>8}{:>20}  {}"
+    fmt = "{:<16}{:<16}{:>6}{:>6}{:>7}{:>6}{:>7}{:>8}{:>20}  {}"
     print()
     print(fmt.format(*hdr))
     for r in rows:
