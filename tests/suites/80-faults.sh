@@ -152,9 +152,10 @@ if ((want_zk)); then
     # --ttl 2: a 2 s session timeout, so a dead holder's session expires in about 2 s.
     case_ zk-kill-holder 120 --fault kill-holder --faults 5 --every 0.5 zk:faults-$ID-1 3 10 -- --ttl 2 -w 60
     case_ zk-kill-waiter 120 --fault kill-waiter --faults 5 --every 0.4 zk:faults-$ID-2 3 10 -- --ttl 2 -w 60
-    # Stopped 5 s with a 2 s session: ZooKeeper may expire it 2/3 of the timeout after the
-    # last ping, so another holder may enter 1.2 s after the stop at the earliest.
-    case_ zk-stop-holder 150 --fault stop-holder --faults 3 --stop 5 --min-age 1.2 --every 0.5 \
+    # Stopped 5 s with a 2 s session: ZooKeeper expires it a timeout after the last ping it
+    # got, 1.3 s after the stop at the earliest with pings every 2/3 s; a ping delayed by a
+    # loaded machine makes that earlier, so the check is loose (0.7 s).
+    case_ zk-stop-holder 150 --fault stop-holder --faults 3 --stop 5 --min-age 0.7 --every 0.5 \
       zk:faults-$ID-3 3 10 -- --ttl 2 -w 60
   else
     server_missing zk "no ZooKeeper (ZKHOSTS unset and tests/servers/zookeeper.sh start failed)"
