@@ -20,7 +20,8 @@ was declared lost), lost_overlaps (entered while a holder whose lock the service
 learnt it, was still inside: not a violation), stale_markers (left by SIGKILLed holders), exit_codes {rc: n}, fault_outcomes {"KIND rc N":
 count} (how the hit runs ended),
 violations (count) and violation_samples, recovery_s {n, median, max} (fault to the next
-holder's entry), duration_s, pass.
+holder's entry), lost_detect_s {n, median, max} (stop-holder: from SIGCONT of `lockfn run` to
+its exit 75), duration_s, pass.
 """
 import argparse
 import json
@@ -139,6 +140,13 @@ def main():
                     f"run {run}: its lock directory was removed, but lockfn run exited "
                     f"{rc_of.get(run)} (expected 75, lock lost)"
                 )
+    # How long a resumed `lockfn run` took to learn its lock was lost and end (exit 75).
+    end_of = {r[0]: float(r[2]) for r in runs}
+    detect = [
+        end_of[c[2]] - float(c[0])
+        for c in lines(os.path.join(d, "conts"))
+        if rc_of.get(c[2]) == 75 and c[2] in end_of
+    ]
     marker = lines(os.path.join(d, "inside"))
     if marker:
         opid, olfn, otok = marker[0][0], marker[0][1], marker[0][2]
@@ -177,6 +185,11 @@ def main():
             "n": len(recovery),
             "median": round(statistics.median(recovery), 3) if recovery else None,
             "max": round(max(recovery), 3) if recovery else None,
+        },
+        "lost_detect_s": {
+            "n": len(detect),
+            "median": round(statistics.median(detect), 3) if detect else None,
+            "max": round(max(detect), 3) if detect else None,
         },
         "duration_s": round(a.end - a.start, 1),
     }

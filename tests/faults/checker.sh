@@ -153,8 +153,10 @@ inject() {
       if ((k % 2 == 0)); then
         kill -CONT "$opid" 2>/dev/null
         sleep "$cont_gap"
+        echo "$EPOCHREALTIME $otok $orun" >>"$dir/conts"
         kill -CONT "$olfn" 2>/dev/null
       else
+        echo "$EPOCHREALTIME $otok $orun" >>"$dir/conts"
         kill -CONT "$olfn" 2>/dev/null
         sleep "$cont_gap"
         kill -CONT "$opid" 2>/dev/null
