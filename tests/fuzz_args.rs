@@ -14,7 +14,8 @@
 //!
 //! Bounded: FUZZ_ITERS (default 20000 parse cases, a tenth of that for the C ABI) and at most
 //! FUZZ_SECS seconds (default 10) per test. FUZZ_SEED picks the sequence (default fixed, so
-//! a failure is reproducible; the seed and the input are printed on failure).
+//! a failure is reproducible; the seed and the input are printed on failure). FUZZ_TRACE=N
+//! prints the C ABI case N's call.
 //! Servers: ZooKeeper/Consul targets point at a closed port (127.0.0.1:1) with a short
 //! timeout, so no server is needed and none is touched; URL targets (which name their own
 //! server) are only parsed, never contacted.
@@ -429,6 +430,13 @@ fn c_entry_points_survive_bad_arguments() {
             "seed {seed:#x} case {n}: lock_acquire({text:?}) returned {c}"
         );
         codes[c as usize] += 1;
+        if std::env::var("FUZZ_TRACE").as_deref() == Ok(n.to_string().as_str()) {
+            eprintln!(
+                "TRACE case {n}: lock_acquire({text:?}, {o:?}, null opts {}) -> {c}: {}",
+                opts_ptr.is_null(),
+                last_error()
+            );
+        }
         if c == LOCK_EINTERNAL {
             eprintln!(
                 "EINTERNAL from lock_acquire({text:?}, {o:?}): {}",
@@ -535,6 +543,21 @@ fn c_entry_points_survive_bad_arguments() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+    // Nothing of ours is left in /dev/shm (semaphores, holder records): a failed acquire
+    // creates nothing, a released lock leaves nothing.
+    let tag = format!("fuzz-{pid}-");
+    let left: Vec<String> = std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|f| f.contains(&tag))
+                .collect()
+        })
+        .unwrap_or_default();
+    for f in &left {
+        let _ = std::fs::remove_file(std::path::Path::new("/dev/shm").join(f));
+    }
+    assert!(left.is_empty(), "left in /dev/shm: {left:?}");
     eprintln!("C ABI: {n} cases, {acquired} acquired, codes {codes:?}, seed {seed:#x}");
     assert!(n >= 100.min(iters), "only {n} cases ran");
     assert!(
