@@ -21,7 +21,8 @@ learnt it, was still inside: not a violation), stale_markers (left by SIGKILLed 
 count} (how the hit runs ended),
 violations (count) and violation_samples, recovery_s {n, median, max} (fault to the next
 holder's entry), lost_detect_s {n, median, max} (stop-holder: from SIGCONT of `lockfn run` to
-its exit 75), duration_s, pass.
+its exit 75), final_acquire_s (a last `lockfn run TARGET -- true` after the workers: nothing
+a fault left blocks for ever), duration_s, pass.
 """
 import argparse
 import json
@@ -159,6 +160,17 @@ def main():
                     st = "Z"
                 if st not in ("Z", "X"):
                     problems.append(f"process {pid} of token {otok} still inside at the end")
+    final = lines(os.path.join(d, "final"))
+    final_s = None
+    if not final or final[0][0] != "0":
+        try:
+            with open(os.path.join(d, "final.err")) as f:
+                why = f.read().strip()[:300]
+        except OSError:
+            why = ""
+        problems.append(f"a last lockfn run after the faults did not get the lock: {final[:1]} {why}")
+    else:
+        final_s = round(float(final[0][2]) - float(final[0][1]), 3)
     fenced = lines(os.path.join(d, "fenced"))
     res = {
         "backend": a.label,
@@ -191,6 +203,7 @@ def main():
             "median": round(statistics.median(detect), 3) if detect else None,
             "max": round(max(detect), 3) if detect else None,
         },
+        "final_acquire_s": final_s,
         "duration_s": round(a.end - a.start, 1),
     }
     res["pass"] = not problems and not incomplete

@@ -22,13 +22,14 @@
 #                     the command), the other one SECS later (default 0.3)
 #   --seed N          PRNG seed (default 1)
 #   --max-secs SECS   the workers start no run after SECS (default 150)
+#   --settle SECS     after the workers, a last `lockfn run -w SECS` must get the lock (60)
 # Workers keep running until each had ITERATIONS successful runs and the injector is done.
 # Env: LOCKFN (binary), FAULT_CRIT_SLEEP (seconds in the section, default 0.02),
 #      FAULT_KEEP=1 keeps the work directory.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 lockfn=${LOCKFN:-$here/../../target/debug/lockfn}
-label='' name='' fault=none max_faults=6 every=1 stop_secs=5 min_age=0 lockdir='' external='' after=3 seed=1 max_secs=150 cont_gap=0.3
+label='' name='' fault=none max_faults=6 every=1 stop_secs=5 min_age=0 lockdir='' external='' after=3 seed=1 max_secs=150 cont_gap=0.3 settle=60
 while [[ $# -gt 0 && $1 == --* ]]; do
   case $1 in
   --label) label=$2 ;;
@@ -44,6 +45,7 @@ while [[ $# -gt 0 && $1 == --* ]]; do
   --seed) seed=$2 ;;
   --max-secs) max_secs=$2 ;;
   --cont-gap) cont_gap=$2 ;;
+  --settle) settle=$2 ;;
   *)
     echo "checker.sh: unknown option $1" >&2
     exit 64
@@ -209,6 +211,19 @@ for p in "${pids[@]}"; do wait "$p"; done
 : >"$dir/done"
 wait "$ipid"
 end=$EPOCHREALTIME
+# Nothing a fault left may block for ever: one more run gets the lock (bounded wait).
+fargs=()
+while [[ $# -gt 0 ]]; do
+  case $1 in
+  -w | --wait) shift ;;
+  -w* | --wait=*) ;;
+  *) fargs+=("$1") ;;
+  esac
+  shift
+done
+t0=$EPOCHREALTIME
+"$lockfn" run -w "$settle" "${fargs[@]}" "$target" -- true 2>"$dir/final.err"
+echo "$? $t0 $EPOCHREALTIME" >"$dir/final"
 # Anything still inside must be dead or declared lost.
 python3 "$here/analyze.py" "$dir" --label "$label" --fault "$name" --target "$target" \
   --workers "$workers" --iterations "$iters" --start "$start" --end "$end"
