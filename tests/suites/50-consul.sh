@@ -168,12 +168,17 @@ t_codes_and_timeout() {
 t_cancel() {
     local k pid t0 rc
     k=$(key cancel)
-    "$L" run "consul://$A/$k" -- sh -c "touch $WORK/cancel.held; sleep 6" &
+    # The holder holds until told to stop (an event, not a sleep that a loaded machine outlasts).
+    "$L" run "consul://$A/$k" -- sh -c "touch $WORK/cancel.held; for i in \$(seq 1200); do [ -e $WORK/cancel.done ] && exit 0; sleep 0.05; done" &
+    local holder=$!
     wait_file 20 "$WORK/cancel.held" || return 1
     "$L" run "consul://$A/$k" -- true &
     pid=$!
-    sleep 1
-    [[ $(sessions_of "$A" "$k" | wc -l) == 2 ]] || { echo "waiter has no session?"; return 1; }
+    local end=$(($(date +%s%N) + 20000000000))
+    until [[ $(sessions_of "$A" "$k" | wc -l) == 2 ]]; do
+        (($(date +%s%N) > end)) && { echo "waiter has no session?"; return 1; }
+        sleep 0.05
+    done
     t0=$(now)
     kill -TERM "$pid"
     wait "$pid"; rc=$?
@@ -182,13 +187,15 @@ t_cancel() {
     between "$(since "$t0")" 0 1.5 || return 1
     # The waiter's session is gone; the holder's remains.
     [[ $(sessions_of "$A" "$k" | wc -l) == 1 ]] || { sessions_of "$A" "$k"; return 1; }
-    wait
+    touch "$WORK/cancel.done"
+    wait "$holder"
 }
 
 t_status_list_release() {
     local k out
     k=$(key st)
     "$L" run --holder "suite-holder" "consul://$A/$k/m" -- sh -c "touch $WORK/st.held; sleep 30" &
+    local holder=$!
     wait_file 20 "$WORK/st.held" || return 1
     out=$("$L" status --json "consul://$A/$k/m") || return 1
     [[ $(json "j['held'], j['holders'][0]['holder'], j['holders'][0]['state']" <<<"$out") == "True suite-holder alive" ]] || { echo "$out"; return 1; }
@@ -197,7 +204,7 @@ t_status_list_release() {
     "$L" release "consul://$A/$k/m"; [[ $? == 65 ]] || { echo "release without --force"; return 1; }
     "$L" release --force "consul://$A/$k/m" || return 1
     # The holder sees the loss within ~1 s and stops its command: exit 75.
-    wait %1; local rc=$?
+    wait "$holder"; local rc=$?
     [[ $rc == 75 ]] || { echo "holder exit $rc"; return 1; }
     [[ $(kvkeys "$A" "$k/") == "[]" ]]
 }
