@@ -147,9 +147,20 @@ inject() {
       echo "$t0 kill-waiter - $w" >>"$dir/faults"
       ;;
     stop-holder)
+      # Stop it inside its section, between its read and its write (the hold loop).
+      : >"$dir/hold/$otok"
+      for ((p = 0; p < 50; p++)); do
+        [[ -e $dir/hold/$otok.ack ]] && break
+        sleep 0.02
+      done
+      if [[ ! -e $dir/hold/$otok.ack ]]; then
+        rm -f "$dir/hold/$otok"
+        continue
+      fi
       echo "$EPOCHREALTIME $min_age" >"$dir/invalid/$otok"
       t0=$EPOCHREALTIME
-      kill -STOP "$opid" "$olfn" 2>/dev/null || continue
+      kill -STOP "$opid" "$olfn" 2>/dev/null
+      rm -f "$dir/hold/$otok" # once resumed, it goes on to its write
       echo "$t0 stop-holder $otok $orun" >>"$dir/faults"
       sleep "$stop_secs"
       if ((k % 2 == 0)); then
