@@ -3,8 +3,8 @@
 `RESULT {json}`; exit status 1 on any violation or when the workers did not finish.
 
 Files (see crit.sh and checker.sh): state "count last" then the landed writes "token run
-pid" (in landing order), runs "run rc time", events "time kind ...", faults "time kind token run",
-fenced "time op token seen last run", violations (free text, one per line), inside (marker).
+pid" (in landing order), events "time kind ...", faults "time kind token run",
+fenced "time op token seen last run", runs "run rc end start", violations (free text, one per line), inside (marker).
 
 Checks: no violation recorded by a critical section or the injector; the final count equals
 the number of landed writes; landed tokens strictly increase; every run that exited 0 landed
@@ -20,7 +20,8 @@ was declared lost), lost_overlaps (entered while a holder whose lock the service
 learnt it, was still inside: not a violation), stale_markers (left by SIGKILLed holders), exit_codes {rc: n}, fault_outcomes {"KIND rc N":
 count} (how the hit runs ended),
 violations (count) and violation_samples, recovery_s {n, median, max} (fault to the next
-holder's entry), lost_detect_s {n, median, max} (stop-holder: from SIGCONT of `lockfn run` to
+holder's entry; for a service fault, to the first entry of a run started after it),
+lost_detect_s {n, median, max} (stop-holder: from SIGCONT of `lockfn run` to
 its exit 75), final_acquire_s (a last `lockfn run TARGET -- true` after the workers: nothing
 a fault left blocks for ever), duration_s, pass.
 """
@@ -114,7 +115,8 @@ def main():
 
     events = lines(os.path.join(d, "events"))
     faults = lines(os.path.join(d, "faults"))
-    enters = sorted((float(e[0]), e[2]) for e in events if len(e) > 2 and e[1] == "enter")
+    enters = sorted((float(e[0]), e[2], e[3]) for e in events if len(e) > 3 and e[1] == "enter")
+    start_of = {r[0]: float(r[3]) for r in runs if len(r) > 3}
     recovery = []
     outcomes = {}
     missed = 0
@@ -131,7 +133,12 @@ def main():
         if kind in ("kill-waiter",):
             continue
         tok = f[2] if len(f) > 2 else "-"
-        nxt = [t for t, tk in enters if t > t0 and tk != tok]
+        if tok == "-":
+            # A service fault (leader kill/restart): the first entry of a run that started
+            # after it (one that acquired before it says nothing about the service).
+            nxt = [t for t, tk, run in enters if t > t0 and start_of.get(run, 0) > t0]
+        else:
+            nxt = [t for t, tk, run in enters if t > t0 and tk != tok]
         if nxt:
             recovery.append(nxt[0] - t0)
         if kind == "rmdir":

@@ -95,17 +95,18 @@ wait_gone() {
 }
 
 worker() {
-  local w=$1 ok=0 attempt=0 lp rc
+  local w=$1 ok=0 attempt=0 lp rc rs
   shift
   # Until ITERATIONS runs succeeded and the injector is done (bounded in attempts and time).
   while ((attempt < max_attempts && ${EPOCHREALTIME%.*} < deadline)); do
     ((ok >= iters)) && [[ ! -e $dir/injecting ]] && break
+    rs=$EPOCHREALTIME
     FAULT_RUN="$w.$attempt" "$lockfn" run "$@" "$target" -- "$here/crit.sh" "$dir" 2>"$dir/w/$w.$attempt.err" &
     lp=$!
     echo "$lp" >|"$dir/w/$w.pid"
     wait "$lp"
     rc=$?
-    echo "$w.$attempt $rc $EPOCHREALTIME" >>"$dir/runs"
+    echo "$w.$attempt $rc $EPOCHREALTIME $rs" >>"$dir/runs"
     ((rc == 0)) && ok=$((ok + 1))
     attempt=$((attempt + 1))
   done
