@@ -265,17 +265,21 @@ fn check_target(text: &str) -> Result<(), String> {
 }
 
 fn setup_env() -> std::path::PathBuf {
+    static ONCE: std::sync::Once = std::sync::Once::new();
     let dir = std::env::temp_dir().join(format!("lockfn-fuzz-{}", std::process::id()));
-    for sub in ["lock", "flock", "run"] {
-        std::fs::create_dir_all(dir.join(sub)).unwrap();
-    }
-    // One process-wide environment for both tests (they set the same values).
-    std::env::set_var("LOCKFN_PMXCFS_DIR", dir.join("lock"));
-    std::env::set_var("LOCKFN_PMXLOCK_DIR", dir.join("flock"));
-    std::env::set_var("LOCKFN_RUN_DIR", dir.join("run"));
-    std::env::set_var("ZKHOSTS", "127.0.0.1:1");
-    std::env::set_var("CONSUL_HTTP_ADDR", "127.0.0.1:1");
-    std::env::remove_var("LOCKFN_BACKEND");
+    // One process-wide environment for both tests, set once, before either reads it (the
+    // other test waits here).
+    ONCE.call_once(|| {
+        for sub in ["lock", "flock", "run"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        std::env::set_var("LOCKFN_PMXCFS_DIR", dir.join("lock"));
+        std::env::set_var("LOCKFN_PMXLOCK_DIR", dir.join("flock"));
+        std::env::set_var("LOCKFN_RUN_DIR", dir.join("run"));
+        std::env::set_var("ZKHOSTS", "127.0.0.1:1");
+        std::env::set_var("CONSUL_HTTP_ADDR", "127.0.0.1:1");
+        std::env::remove_var("LOCKFN_BACKEND");
+    });
     dir
 }
 
