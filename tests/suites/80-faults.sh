@@ -91,6 +91,8 @@ if [[ checker-selftest == $ONLY ]]; then
   timeout -k 10 60 "$CHECK" --label selftest "sem:faults-$ID-0" 3 5 -- --limit 3 >"$T/out.self" 2>"$T/err.self"
   rc=$?
   line=$(grep '^RESULT ' "$T/out.self" | tail -1)
+  kept=$(sed -n 's|^work directory kept: \(/tmp/lockfn-faults\.[A-Za-z0-9]*\)$|\1|p' "$T/err.self")
+  [[ -n $kept ]] && rm -rf "$kept"
   if [[ $rc -ne 0 && $line =~ \"violations\":\ [1-9] ]]; then
     PASSED=$((PASSED + 1))
     echo "ok   checker-selftest (a limit-3 semaphore is reported: ${line:0:160}...)"
