@@ -188,7 +188,14 @@ consul_ready() { # is the consul backend in this build?
   [[ -d src/backend/consul ]] || return 1
   ! timeout 20 "$LOCKFN" status consul:faults-probe 2>&1 | grep -q 'not implemented'
 }
-if ! consul_ready; then
+want_consul=0
+for c in consul-kill-holder consul-kill-waiter consul-stop-holder consul-leader-restart; do
+  # shellcheck disable=SC2053
+  [[ $c == $ONLY ]] && want_consul=1
+done
+if ((!want_consul)); then
+  :
+elif ! consul_ready; then
   for f in kill-holder kill-waiter stop-holder leader-restart; do
     note consul "$f" skip "the consul backend is not in this build yet (no src/backend/consul/)"
   done
