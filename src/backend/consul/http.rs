@@ -388,6 +388,36 @@ impl Client {
         }
     }
 
+    /// [`Client::retry`] bounded by a caller's wait: no retry once the wait is over (or for a
+    /// try-once), and the backoff is a `wait.pause`, so a cancel ends it.
+    pub fn retry_within<T>(
+        &self,
+        attempts: u32,
+        wait: &crate::backend::Wait,
+        mut f: impl FnMut() -> Result<T>,
+    ) -> Result<T> {
+        let mut delay = Duration::from_millis(100);
+        let mut n = 1;
+        loop {
+            match f() {
+                Err(e)
+                    if e.kind() == ErrorKind::Unavailable
+                        && n < attempts
+                        && !wait.is_try_once()
+                        && !wait.expired() =>
+                {
+                    wait.pause(delay)?;
+                    if wait.expired() {
+                        return Err(e);
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                    n += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
     // --- sessions -------------------------------------------------------------------------
 
     pub fn session_create(&self, body: &serde_json::Value) -> Result<String> {

@@ -98,7 +98,13 @@ pub(super) struct Session {
 }
 
 impl Session {
-    fn create(client: &Client, target: &Target, opts: &Options, behavior: &str) -> Result<Session> {
+    fn create(
+        client: &Client,
+        target: &Target,
+        opts: &Options,
+        behavior: &str,
+        wait: &Wait,
+    ) -> Result<Session> {
         let ttl = session_ttl(target, opts)?;
         let delay = lock_delay(target, opts)?;
         let mut body = serde_json::json!({
@@ -113,8 +119,10 @@ impl Session {
         if let Some(d) = delay {
             body["LockDelay"] = http::go_duration(d).into();
         }
+        // Retried only within the caller's wait: a try-once or short timeout against an
+        // unreachable agent answers at once, and a cancel stops the backoff.
         let id = client
-            .retry(3, || client.session_create(&body))
+            .retry_within(3, wait, || client.session_create(&body))
             .map_err(|e| e.with_context(target))?;
         Ok(Session {
             client: client.clone(),

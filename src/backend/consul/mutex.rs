@@ -54,7 +54,7 @@ pub(super) fn acquire(
     let mut record = HolderRecord::for_self(opts.holder.as_deref());
     record.persist = opts.persist;
     let value = b64_encode(record.to_json().as_bytes());
-    let mut session = Session::create(&client, target, opts, "release")?;
+    let mut session = Session::create(&client, target, opts, "release", wait)?;
     let mut seen = Seen::Absent;
     let mut index = 0u64;
     let mut delay_backoff = Duration::from_millis(50);

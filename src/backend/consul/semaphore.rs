@@ -143,7 +143,7 @@ pub(super) fn acquire(
         r.since = 0.0;
         b64_encode(r.to_json().as_bytes())
     };
-    let mut session = Session::create(&client, target, opts, "delete")?;
+    let mut session = Session::create(&client, target, opts, "delete", wait)?;
     let contender_op = |s: &str, value: &str| {
         serde_json::json!({
             "Verb": "lock", "Key": format!("{prefix}/{s}"), "Value": value,
