@@ -150,8 +150,9 @@ impl Target {
                     return Err(invalid(
                         text,
                         &format!(
-                            "unknown service '{scheme}' (expected sem:, pmxcfs:, zk:, consul:, \
-                             zk://, consul://, or a bare name)"
+                            "unknown service '{}' (expected sem:, pmxcfs:, zk:, consul:, \
+                             zk://, consul://, or a bare name)",
+                            printable(scheme)
                         ),
                     ))
                 }
@@ -244,6 +245,17 @@ fn redact_userinfo(text: &str) -> String {
                 return format!("{scheme}***@{}", &rest[at + 1..]);
             }
         }
+    }
+    // A mistyped URL ("zk:/u:pw@h/x", "zk%//u:pw@h/x", "zk:///u:pw@h/x"): whatever precedes
+    // the last '@' may be a password ('@' is in no valid name, so nothing valid is hidden).
+    if let Some(at) = text.rfind('@') {
+        let head = &text[..at];
+        let start = head
+            .find("//")
+            .map(|i| i + 2)
+            .or_else(|| head.find(':').map(|i| i + 1))
+            .unwrap_or(0);
+        return format!("{}***@{}", &text[..start], &text[at + 1..]);
     }
     text.to_string()
 }

@@ -343,6 +343,18 @@ impl SemBackend {
     /// limit, and recover dead holders on the way.
     fn open(&self, target: &Target, opts: &Options) -> Result<(Sem, Records)> {
         let name = &target.name;
+        // sem_open takes at most SEM_VALUE_MAX (i32::MAX on Linux): refuse a larger limit
+        // before anything is created (else EINVAL from sem_open, and an empty record file).
+        if opts.limit > i32::MAX as u32 {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!(
+                    "{target}: limit {} is above the semaphore maximum {}",
+                    opts.limit,
+                    i32::MAX
+                ),
+            ));
+        }
         for _ in 0..MAX_REOPEN {
             let records = Records::open(name, opts.mode, true)
                 .map_err(|e| os_err(target, "cannot open the holder records", e))?;
