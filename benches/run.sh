@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # lockfn's benchmarks against the ecosystem's own tools: one command.
 #
-#   benches/run.sh            full run (about 6-10 minutes on 2 cores)
-#   benches/run.sh --quick    short run (fewer repeats, 1.5 s windows, K = 1 and 10 only)
+#   benches/run.sh            full run (about 10 minutes on 2 cores)
+#   benches/run.sh --quick    short run (fewer repeats, 2 s windows, K = 1 and 10 only; ~2 min)
 #   benches/run.sh --out F    write the JSON to F (default benches/results.json)
 #
 # Installs the peers through tests/lib/deps.sh (venv with kazoo, pmxlock, consullock,

@@ -43,7 +43,7 @@ PY=$VENV/bin/python
 
 rows_ok() {
   "$PY" - "$T/results.json" <<'EOF'
-import json, sys
+import json, os, sys
 d = json.load(open(sys.argv[1]))
 ids = [r["id"] for r in d["rows"]]
 exp = ["cycle.sem.posix_ipc", "cycle.sem.resourcelock", "cycle.sem.floor", "cycle.pmxcfs.pmxlock",
@@ -77,6 +77,9 @@ for r in d["rows"]:
 for r in d["rows"]:
     if "K50" in r["id"] and not r["skip"]:
         bad.append(f"row {r['id']}: --quick should skip K=50")
+# with LOCKFN_TEST_REQUIRE_SERVERS=1 (tests/run.sh), a service that did not start is a failure
+if os.environ.get("LOCKFN_TEST_REQUIRE_SERVERS") == "1" and d["skipped"]:
+    bad.append(f"services skipped: {d['skipped']}")
 for k in ("nproc", "cpu", "loadavg", "date"):
     if k not in d["machine"]:
         bad.append(f"machine.{k} missing")
