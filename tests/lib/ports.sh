@@ -14,7 +14,11 @@
 # older than 10 minutes are reclaimed; by then the server has bound its port.
 # Everything is bounded: at most 200 candidates are tried per port.
 
-set -euo pipefail
+# Sourced, it must not change the caller's shell options (a sourced `set -e` once made a test
+# suite's EXIT trap fail on a harmless `kill` of a gone process): strict mode only when run.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  set -euo pipefail
+fi
 
 LOCKFN_PORT_DIR=${LOCKFN_PORT_DIR:-/tmp/lockfn-test-ports}
 LOCKFN_PORT_MIN=${LOCKFN_PORT_MIN:-20000}

@@ -54,6 +54,15 @@ fail() {
   echo "    $*"
   return 1
 }
+# waiting_on_flock PID: PID sleeps on the inotify watch of the node-local flock file (it has
+# found the lock taken and is waiting), the event the tests await instead of a sleep.
+waiting_on_flock() {
+  local fd
+  for fd in /proc/"$1"/fd/*; do
+    [[ $(readlink "$fd" 2>/dev/null) == *inotify* ]] && return 0
+  done
+  return 1
+}
 run_test() {
   local name=$1
   if "$name"; then
@@ -214,7 +223,7 @@ t_kill9_takeover_within_1s() {
   "$LOCKFN" run pmxcfs:k9 -- sh -c "date +%s.%N > $T/k9.in" &
   local waiter=$!
   PIDS+=("$waiter")
-  sleep 0.3
+  wait_for 10 waiting_on_flock "$waiter" || fail "waiter did not start waiting" || return 1
   local t0
   t0=$(now)
   kill -9 $holder
@@ -304,8 +313,7 @@ t_cli_sigint_cancels_wait() {
   "$LOCKFN" -v run pmxcfs:int -- touch "$T/ran" 2>"$T/waiter.log" &
   local waiter=$!
   PIDS+=("$waiter")
-  wait_for 10 grep -q acquiring "$T/waiter.log" || fail "waiter did not start waiting" || return 1
-  sleep 0.3
+  wait_for 10 waiting_on_flock "$waiter" || fail "waiter did not start waiting" || return 1
   local t0 st=0 took
   t0=$(now)
   kill -INT "$waiter"

@@ -97,6 +97,15 @@ import json,sys
 for s in json.load(sys.stdin):
     if sys.argv[1] in s.get('Name',''): print(s['ID'])" "$2"
 }
+# wait_sessions SECS N NEEDLE: until at least N sessions named with NEEDLE exist (a lockfn
+# waiter creates its session before it starts waiting), bounded. ADDR is $A unless SESSION_ADDR.
+wait_sessions() {
+    local end=$(($(date +%s%N) + $1 * 1000000000))
+    until (($(sessions_of "${SESSION_ADDR:-$A}" "$3" | wc -l) >= $2)); do
+        (($(date +%s%N) > end)) && { echo "timed out waiting for $2 session(s) of $3"; return 1; }
+        sleep 0.05
+    done
+}
 json() { python3 -c "import json,sys; j=json.load(sys.stdin); print($1)"; }
 
 # --- exclusion, limits, timeouts, cancel, codes --------------------------------------------
@@ -332,7 +341,7 @@ t_consullock() {
     out=$("$L" status "consul://$A/$k")
     [[ $out == *consullock* ]] || { echo "$out"; return 1; }
     "$L" run -w 30 "consul://$A/$k" -- sh -c "touch $WORK/pycl.l; sleep 3" &
-    sleep 0.5
+    wait_sessions 20 1 "$k" || return 1
     "$VENV/bin/consul-lock" unlock "$k" >/dev/null || return 1
     wait_file 10 "$WORK/pycl.l" || return 1
     "$VENV/bin/consul-lock" lock --non-blocking "$k" >/dev/null 2>&1; rc=$?
@@ -393,9 +402,8 @@ t_tls() {
         printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >ext
         openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile ext 2>/dev/null
     ) || { echo "openssl failed"; return 1; }
-    # shellcheck source=tests/lib/ports.sh disable=SC1091
-    source tests/lib/ports.sh
-    mapfile -t ports < <(free_ports 4)
+    mapfile -t ports < <(tests/lib/ports.sh 4)
+    ((${#ports[@]} == 4)) || { echo "no free ports"; return 1; }
     hp=${ports[0]}
     cat >"$d/agent.hcl" <<HCL
 ports { http = -1, https = $hp, dns = -1, grpc = -1, serf_lan = ${ports[1]}, serf_wan = ${ports[2]}, server = ${ports[3]} }
@@ -469,7 +477,7 @@ SH
     pids+=($!)
     "$L" run --ttl 10 -w 120 "consul://$b/$k" -- "$crit" w2 10 &
     pids+=($!)
-    sleep 1
+    SESSION_ADDR=$a wait_sessions 20 3 "$k" || return 1
     tests/servers/consul.sh stop-node "$d" "$leader" || return 1
     echo "leader stopped; new leader: node $(tests/servers/consul.sh leader "$d")"
     for p in "${pids[@]}"; do
@@ -499,7 +507,7 @@ SH
     wait_file 20 "$WORK/cl.h" || return 1
     "$L" run --ttl 10 -w 120 "consul://$b/$k" -- "$crit" w1 5 &
     pids+=($!)
-    sleep 1
+    SESSION_ADDR=$a wait_sessions 20 2 "$k" || return 1
     local stopped
     stopped=$(now)
     tests/servers/consul.sh stop-node "$d" "$leader" || return 1
