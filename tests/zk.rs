@@ -55,6 +55,7 @@ fn worker() {
                     })
                     .count();
                 max = max.max(inside);
+                // Hold the lease a while (the critical section), so that holders overlap.
                 std::thread::sleep(Duration::from_millis(20));
                 std::fs::remove_file(&me).unwrap();
                 l.release().unwrap();
@@ -496,7 +497,26 @@ fn herd(t: &lockfn::Target) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // Those requests share this process's one session, which the server handles in order, so
+    // the release below cannot overtake them; its `wchp` confirms that it holds the watches
+    // (one per predecessor: the holder's node and 49 waiters' nodes).
+    if let lockfn::Location::Zk { hosts, path, .. } = &t.location {
+        let s = Instant::now();
+        loop {
+            match watched_children(&hosts.join(","), path) {
+                Ok(w) if w >= n => break,
+                Ok(w) => assert!(
+                    s.elapsed() < Duration::from_secs(30),
+                    "the server holds {w} of the {n} waiters' watches"
+                ),
+                Err(e) => {
+                    eprintln!("note: cannot list the server's watches ({e})");
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
     let c1 = counters();
     let released = Instant::now();
     first.release().unwrap();
@@ -672,7 +692,8 @@ fn kazoo_lock_excludes_ours_and_back() {
         let t = t.clone();
         std::thread::spawn(move || Lock::acquire(&t, &opts(Some(Duration::from_secs(20)))))
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // Our waiter queues behind kazoo's node: kazoo's release must wake it.
+    await_waiting(&t, 1, Duration::from_secs(10));
     k.release();
     let ours = waiter.join().unwrap().unwrap();
     // We hold: kazoo is busy (try-once and with a timeout), and sees our record.
@@ -680,7 +701,8 @@ fn kazoo_lock_excludes_ours_and_back() {
     assert_eq!(k2.outcome(), "busy");
     k2.release();
     let mut k3 = kazoo(&py, &h, &path_of(&name), "lock", 1, 20.0);
-    std::thread::sleep(Duration::from_millis(500));
+    // kazoo queues behind us (its contender node exists): our release must wake it.
+    await_waiting(&t, 1, Duration::from_secs(20));
     ours.release().unwrap();
     assert_eq!(k3.outcome(), "held");
     k3.release();
@@ -697,7 +719,8 @@ fn kazoo_contenders_show_our_record() {
     o.holder = Some("ours-text".into());
     let ours = Lock::acquire(&t, &o).unwrap();
     let mut k = kazoo(&py, &h, &path_of(&name), "lock", 1, 20.0);
-    std::thread::sleep(Duration::from_millis(300));
+    // kazoo waits behind our node (its contender exists), then gets the lock on our release.
+    await_waiting(&t, 1, Duration::from_secs(20));
     ours.release().unwrap();
     assert_eq!(k.outcome(), "held");
     let c = k.line();

@@ -38,6 +38,7 @@ fn worker() {
             Ok(l) => l,
             Err(e) if e.kind() == ErrorKind::Unavailable => {
                 unavailable += 1;
+                // Back off before the next try (the loop is bounded by the 240 s above).
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
@@ -149,7 +150,8 @@ fn leader_stop_never_two_holders() {
             )
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    // The fault hits a queue: every worker's contender node exists behind our holder.
+    await_waiting(&t, 4, Duration::from_secs(60));
     let leader = zk(&["leader", zdir.to_str().unwrap()]);
     let stopped = Instant::now();
     zk(&["stop-node", zdir.to_str().unwrap(), &leader]);
@@ -182,6 +184,8 @@ fn leader_stop_never_two_holders() {
             .create_new(true)
             .open(&m)
             .expect("a worker is inside while the holder still holds the lock");
+        // Sit in the critical section a while (a hold time, not a synchronisation): a worker
+        // let in meanwhile would find the marker.
         std::thread::sleep(Duration::from_millis(300));
         held.update()
             .expect("holder lost the lock after the ensemble recovered");

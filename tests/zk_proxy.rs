@@ -9,14 +9,15 @@ mod zk_common;
 use lockfn::{Lock, Target};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use zk_common::*;
 
 struct Proxy {
     port: u16,
-    /// Cut the connection right after forwarding the next create request (op 1 or 15).
+    /// Cut the connection when the server answers the next create request (op 1 or 15): the
+    /// server has applied it, and the answer never reaches the client.
     cut_on_create: Arc<AtomicBool>,
     cuts: Arc<AtomicUsize>,
     accepted: Arc<AtomicUsize>,
@@ -25,8 +26,17 @@ struct Proxy {
     refuse: Arc<AtomicBool>,
 }
 
-fn read_exact_or_none(s: &mut TcpStream, buf: &mut [u8]) -> bool {
-    s.read_exact(buf).is_ok()
+/// No create marked for cutting on a connection.
+const NO_CUT: i64 = i64::MIN;
+
+/// One length-prefixed ZooKeeper frame (the length bytes and the body), None at EOF or error.
+fn read_frame(s: &mut TcpStream) -> Option<([u8; 4], Vec<u8>)> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let n = i32::from_be_bytes(len).max(0) as usize;
+    let mut body = vec![0u8; n];
+    s.read_exact(&mut body).ok()?;
+    Some((len, body))
 }
 
 impl Proxy {
@@ -64,12 +74,28 @@ impl Proxy {
                     v.push(client.try_clone().unwrap());
                     v.push(server.try_clone().unwrap());
                 }
-                // server -> client: raw copy.
+                // The xid of the create whose answer is to be swallowed (NO_CUT: none).
+                let cut_xid = Arc::new(AtomicI64::new(NO_CUT));
+                // server -> client: frame by frame. The answer to the marked create proves the
+                // server applied it: the connection is broken instead of forwarding it.
                 let (mut s2, mut c2) = (server.try_clone().unwrap(), client.try_clone().unwrap());
+                let (xid2, cuts2) = (cut_xid.clone(), cuts.clone());
                 std::thread::spawn(move || {
-                    let mut buf = [0u8; 16384];
-                    while let Ok(n) = s2.read(&mut buf) {
-                        if n == 0 || c2.write_all(&buf[..n]).is_err() {
+                    let mut first = true;
+                    while let Some((len, body)) = read_frame(&mut s2) {
+                        // Replies (after the connect response) start with their request's xid.
+                        let xid = match (first, body.get(..4)) {
+                            (false, Some(x)) => i32::from_be_bytes([x[0], x[1], x[2], x[3]]),
+                            _ => 0,
+                        };
+                        first = false;
+                        let want = xid2.load(Ordering::SeqCst);
+                        if want != NO_CUT && i64::from(xid) == want {
+                            let _ = s2.shutdown(Shutdown::Both);
+                            cuts2.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                        if c2.write_all(&len).is_err() || c2.write_all(&body).is_err() {
                             break;
                         }
                     }
@@ -77,35 +103,24 @@ impl Proxy {
                 });
                 // client -> server: frame by frame, watching for creates.
                 let (mut c3, mut s3) = (client, server);
-                let (cut, cuts) = (cut.clone(), cuts.clone());
+                let cut = cut.clone();
                 std::thread::spawn(move || {
                     let mut first = true;
-                    loop {
-                        let mut len = [0u8; 4];
-                        if !read_exact_or_none(&mut c3, &mut len) {
-                            break;
-                        }
-                        let n = i32::from_be_bytes(len).max(0) as usize;
-                        let mut body = vec![0u8; n];
-                        if !read_exact_or_none(&mut c3, &mut body) {
-                            break;
-                        }
-                        if s3.write_all(&len).is_err() || s3.write_all(&body).is_err() {
-                            break;
-                        }
-                        let op = if !first && n >= 8 {
-                            i32::from_be_bytes([body[4], body[5], body[6], body[7]])
-                        } else {
-                            0
+                    while let Some((len, body)) = read_frame(&mut c3) {
+                        // Requests (after the connect request) start with xid, then op.
+                        let (xid, op) = match (first, body.get(..8)) {
+                            (false, Some(h)) => (
+                                i32::from_be_bytes([h[0], h[1], h[2], h[3]]),
+                                i32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+                            ),
+                            _ => (0, 0),
                         };
                         first = false;
                         if (op == 1 || op == 15) && cut.swap(false, Ordering::SeqCst) {
-                            // Let the server apply it, then break the connection before the
-                            // answer can travel back.
-                            std::thread::sleep(Duration::from_millis(200));
-                            let _ = c3.shutdown(Shutdown::Both);
-                            let _ = s3.shutdown(Shutdown::Both);
-                            cuts.fetch_add(1, Ordering::SeqCst);
+                            // Marked before it is forwarded, so its answer cannot slip through.
+                            cut_xid.store(i64::from(xid), Ordering::SeqCst);
+                        }
+                        if s3.write_all(&len).is_err() || s3.write_all(&body).is_err() {
                             break;
                         }
                     }

@@ -8,7 +8,7 @@ use lockfn::{Lock, Options, Target};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// ZKHOSTS, or None (test skipped with a printed reason) — a failure when the run promised
 /// servers (LOCKFN_TEST_REQUIRE_SERVERS=1).
@@ -151,4 +151,70 @@ pub fn read_until(r: &mut impl std::io::BufRead, prefix: &str) -> Option<String>
             }
         }
     }
+}
+
+/// Poll `cond` (every 10 ms) until it holds; panic with `what` once `limit` has passed.
+pub fn await_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let s = Instant::now();
+    while !cond() {
+        assert!(s.elapsed() < limit, "{what} (waited {limit:?})");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Contenders of the lock that do not hold it (ours, kazoo's, lockpick's alike): the
+/// `waiting` count of `lockfn::status`, from the lock node's children.
+pub fn waiting(t: &Target) -> u64 {
+    let st = lockfn::status(t).unwrap();
+    st.details
+        .get("waiting")
+        .and_then(|w| w.as_u64())
+        .unwrap_or(0)
+}
+
+/// Wait (bounded) until at least `n` contenders queue behind the holder of `t`: their
+/// contender nodes exist, so a release from now on is one they must be woken by.
+pub fn await_waiting(t: &Target, n: u64, limit: Duration) {
+    await_until(limit, &format!("{n} waiter(s) never queued on {t}"), || {
+        waiting(t) >= n
+    });
+}
+
+/// The answer of the four-letter-word command `cmd` from the server at `host` (bounded).
+pub fn four_letter(host: &str, cmd: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::net::{TcpStream, ToSocketAddrs};
+    let addr = host
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("no address for {host}")))?;
+    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    c.set_read_timeout(Some(Duration::from_secs(2)))?;
+    c.set_write_timeout(Some(Duration::from_secs(2)))?;
+    c.write_all(cmd.as_bytes())?;
+    let mut out = String::new();
+    c.take(1 << 22).read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// How many children of `path` the servers of `hosts` (comma-separated) hold a data watch
+/// on (`wchp`: each watched path, then its sessions indented). Err when a server does not
+/// answer it (not in `4lw.commands.whitelist`, or unreachable).
+pub fn watched_children(hosts: &str, path: &str) -> Result<usize, String> {
+    let prefix = format!("{path}/");
+    let mut n = 0;
+    for h in hosts.split(',') {
+        let out = four_letter(h, "wchp").map_err(|e| format!("wchp to {h}: {e}"))?;
+        if out.contains("not in the whitelist") || out.contains("not executed") {
+            return Err(format!("{h}: {}", out.trim()));
+        }
+        n += out
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(&prefix)
+                    .is_some_and(|child| !child.is_empty() && !child.contains('/'))
+            })
+            .count();
+    }
+    Ok(n)
 }
