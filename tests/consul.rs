@@ -83,6 +83,20 @@ fn sessions_named(addr: &str, needle: &str) -> Vec<String> {
         .collect()
 }
 
+/// Sessions of lockfn (of this process) for `key`: the name lockfn gives them.
+fn lockfn_sessions(addr: &str, key: &str) -> Vec<String> {
+    sessions_named(addr, &format!("lockfn {key} (pid {} ", std::process::id()))
+}
+
+/// Poll `cond` (every 10 ms) until it holds; panic with `what` once `limit` has passed.
+fn await_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let s = Instant::now();
+    while !cond() {
+        assert!(s.elapsed() < limit, "{what} (waited {limit:?})");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn opts(timeout: Option<f64>) -> Options {
     let mut o = Options::default();
     o.timeout = timeout.map(Duration::from_secs_f64);
@@ -230,6 +244,7 @@ fn semaphore_limit_3() {
                     let n = inside.fetch_add(1, Ordering::SeqCst) + 1;
                     assert!(n <= 3, "{n} holders of a 3-slot semaphore");
                     peak.fetch_max(n, Ordering::SeqCst);
+                    // Hold the slot a while (the critical section), so that holders overlap.
                     std::thread::sleep(Duration::from_millis(20));
                     inside.fetch_sub(1, Ordering::SeqCst);
                     l.release().unwrap();
@@ -342,7 +357,22 @@ fn cancel_stops_waiting_and_leaves_nothing() {
             let e = Lock::acquire(&t3, &o).unwrap_err();
             (e, start.elapsed())
         });
-        std::thread::sleep(Duration::from_millis(700));
+        // Cancel only once the waiter is in its wait: its session exists besides the holders'
+        // (and, for the semaphore, its contender key), so the checks below that they are gone
+        // see a cleanup rather than a waiter that never started.
+        let expect = if limit > 1 { 3 } else { 1 };
+        await_until(
+            Duration::from_secs(10),
+            &format!("limit {limit}: the waiter's session never appeared"),
+            || lockfn_sessions(&addr, &key2).len() > expect,
+        );
+        if limit > 1 {
+            await_until(
+                Duration::from_secs(10),
+                &format!("limit {limit}: the waiter's contender key never appeared"),
+                || keys_under(&addr, &format!("{key2}/")).len() > 4,
+            );
+        }
         let t_cancel = Instant::now();
         nix::unistd::write(&w, b"x").unwrap();
         let (e, _) = waiter.join().unwrap();
@@ -355,7 +385,6 @@ fn cancel_stops_waiting_and_leaves_nothing() {
         drop(r);
         // The waiter's session (and, for the semaphore, its contender key) is gone.
         let sessions = sessions_named(&addr, &key2);
-        let expect = if limit > 1 { 3 } else { 1 };
         assert_eq!(sessions.len(), expect, "limit {limit}: {sessions:?}");
         if limit > 1 {
             let keys = keys_under(&addr, &format!("{key2}/"));
@@ -725,7 +754,12 @@ fn interop_with_consullock() {
         let t = t.clone();
         std::thread::spawn(move || Lock::acquire(&t, &opts(Some(30.0))))
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // The waiter is on its way (its session exists) before consullock unlocks.
+    await_until(
+        Duration::from_secs(10),
+        "the waiter's session never appeared",
+        || !lockfn_sessions(&addr, &key).is_empty(),
+    );
     let out = Command::new(&cl)
         .args(["unlock", &key])
         .env("CONSUL_HTTP_ADDR", &addr)
@@ -776,6 +810,7 @@ fn child_holder() {
     }
     let l = Lock::acquire(&t, &o).unwrap();
     println!("ACQUIRED {}", l.token());
+    // Held (and renewed) until the test kills this process.
     std::thread::sleep(Duration::from_secs(600));
 }
 
@@ -844,17 +879,21 @@ fn figures_uncontended_cycle_and_handoff() {
     for _ in 0..rounds {
         let l = Lock::acquire(&t, &opts(Some(5.0))).unwrap();
         let t2 = t.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
         let waiter = std::thread::spawn(move || {
-            tx.send(()).unwrap();
             let l = Lock::acquire(&t2, &opts(Some(10.0))).unwrap();
             let at = Instant::now();
             l.release().unwrap();
             at
         });
-        rx.recv().unwrap();
-        // Let the waiter reach its blocking query (its first try fails at once).
-        std::thread::sleep(Duration::from_millis(100));
+        // The waiter is waiting once its session exists besides ours (what follows is one
+        // failed try and a read on loopback, then its blocking query). A release that still
+        // beats its blocking query is handed over all the same (the try or the query's index
+        // sees it), so the figure stays a handoff time.
+        await_until(
+            Duration::from_secs(10),
+            "the waiter's session never appeared",
+            || lockfn_sessions(&addr, &key).len() >= 2,
+        );
         let released = Instant::now();
         l.release().unwrap();
         let got = waiter.join().unwrap();
