@@ -75,6 +75,52 @@ fn lock_path(name: &str) -> PathBuf {
     env().lockdir.join(name)
 }
 
+/// The node-local flock file of `name` (in LOCKFN_PMXLOCK_DIR).
+fn flock_file(name: &str) -> PathBuf {
+    env().root.join("flock").join(name)
+}
+
+/// Does this process hold a flock on `path` (a granted one in /proc/locks, not a blocked
+/// "->" request)?
+fn flock_held_by_us(path: &Path) -> bool {
+    let Ok(m) = std::fs::metadata(path) else {
+        return false;
+    };
+    let want = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(m.dev()),
+        libc::minor(m.dev()),
+        m.ino()
+    );
+    let pid = std::process::id().to_string();
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    locks.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // "1: FLOCK  ADVISORY  WRITE 1234 00:1a:5678 0 EOF"
+        f.len() >= 6 && f[1] == "FLOCK" && f[4] == pid && f[5] == want
+    })
+}
+
+/// Has this process an inotify watch on `path`? (/proc/self/fdinfo of an inotify fd lists
+/// each watch with the inode and the kernel's device number of the watched file.)
+fn inotify_watch_on(path: &Path) -> bool {
+    let Ok(m) = std::fs::metadata(path) else {
+        return false;
+    };
+    let (maj, min) = (libc::major(m.dev()) as u64, libc::minor(m.dev()) as u64);
+    let ino = format!(" ino:{:x} ", m.ino());
+    let sdev = format!(" sdev:{:x} ", (maj << 20) | min);
+    let Ok(dir) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        std::fs::read_to_string(e.path()).is_ok_and(|info| {
+            info.lines()
+                .any(|l| l.starts_with("inotify wd:") && l.contains(&ino) && l.contains(&sdev))
+        })
+    })
+}
+
 fn ino(name: &str) -> Option<u64> {
     std::fs::symlink_metadata(lock_path(name))
         .ok()
@@ -347,6 +393,7 @@ fn worker_main() {
             for _ in 0..iters {
                 let l = Lock::acquire(&t, &o).unwrap();
                 inside_enter(&mark);
+                // A short critical section, so that an overlap would be caught.
                 std::thread::sleep(Duration::from_micros(200));
                 inside_leave(&mark);
                 l.release().unwrap();
@@ -569,15 +616,32 @@ fn cancel_stops_waiting_and_leaves_nothing() {
         let mut o = opts(None);
         o.cancel_fd = Some(fds[0]);
         let w = fds[1];
+        // Cancel once this thread waits: on the directory, it holds the node-local flock (seen
+        // in /proc/locks); on the flock, it sleeps on an inotify watch of the flock file. The
+        // cancel is sent in any case (so the wait ends), with whether the waiting was seen.
+        let flock = flock_file(name);
         let canceller = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
+            let waiting = || {
+                if foreign {
+                    flock_held_by_us(&flock)
+                } else {
+                    inotify_watch_on(&flock)
+                }
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut seen = waiting();
+            while !seen && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+                seen = waiting();
+            }
             let t0 = Instant::now();
             unsafe { libc::write(w, b"x".as_ptr().cast(), 1) };
-            t0
+            (t0, seen)
         });
         let e = Lock::acquire(&t, &o).unwrap_err();
-        let t0 = canceller.join().unwrap();
+        let (t0, seen) = canceller.join().unwrap();
         let lag = t0.elapsed();
+        assert!(seen, "{name}: the waiter was not seen waiting within 10 s");
         assert_eq!(e.kind(), ErrorKind::Canceled, "{name}: {e}");
         assert!(
             lag < Duration::from_millis(300),
@@ -593,9 +657,11 @@ fn cancel_stops_waiting_and_leaves_nothing() {
         } else {
             std::fs::remove_dir(lock_path(name)).unwrap();
         }
-        // Nothing left behind: the flock is free and there is no record.
-        Lock::acquire(&t, &opts(Some(0.0)))
-            .unwrap()
+        // Nothing left behind: the flock comes free and there is no record. Waited for
+        // (bounded), not tried once: a child that a concurrent test is spawning holds a copy
+        // of every descriptor, the flock's too, until its exec (measured: up to ~20 ms).
+        Lock::acquire(&t, &opts(Some(5.0)))
+            .unwrap_or_else(|e| panic!("{name}: still taken after the cancel: {e}"))
             .release()
             .unwrap();
         assert!(!env().root.join("run/pmxcfs").join(name).exists());
