@@ -72,6 +72,12 @@ fn cname(name: &str) -> io::Result<CString> {
 impl Sem {
     /// Open `/name`, creating it with `value` and exactly `mode` if it does not exist.
     fn open_or_create(name: &str, mode: u32, value: u32) -> io::Result<Sem> {
+        // Plain open first: it usually exists, and glibc's O_CREAT|O_EXCL path writes, maps,
+        // link()s and unlinks a temporary file even when the name is taken.
+        match Sem::open_existing(name) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            r => return r,
+        }
         let c = cname(name)?;
         let ptr = unsafe {
             libc::sem_open(
@@ -90,7 +96,7 @@ impl Sem {
         if err.raw_os_error() != Some(libc::EEXIST) {
             return Err(err);
         }
-        Sem::open_existing(name)
+        Sem::open_existing(name) // created meanwhile by another opener
     }
 
     fn open_existing(name: &str) -> io::Result<Sem> {
@@ -214,25 +220,36 @@ impl Drop for Flocked<'_> {
 }
 
 impl Records {
+    /// Open the record file; with `create`, make it (exactly `mode`) if it does not exist.
     fn open(name: &str, mode: u32, create: bool) -> io::Result<Records> {
         let path = record_path(name);
-        let file = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(create)
-            .mode(mode)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(&path)
-        {
-            Ok(f) => {
-                let _ = f.set_permissions(std::fs::Permissions::from_mode(mode));
-                f
-            }
-            Err(e) if create && e.kind() == io::ErrorKind::AlreadyExists => OpenOptions::new()
+        let open_existing = || {
+            OpenOptions::new()
                 .read(true)
                 .write(true)
                 .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-                .open(&path)?,
+                .open(&path)
+        };
+        // Plain open first (it usually exists); create only on ENOENT.
+        let file = match open_existing() {
+            Ok(f) => f,
+            Err(e) if create && e.kind() == io::ErrorKind::NotFound => match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+                .open(&path)
+            {
+                Ok(f) => {
+                    // open(2) applies the umask; the caller's mode is what they asked for.
+                    let _ = f.set_permissions(std::fs::Permissions::from_mode(mode));
+                    f
+                }
+                // Created meanwhile by another opener.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open_existing()?,
+                Err(e) => return Err(e),
+            },
             Err(e) => return Err(e),
         };
         Ok(Records { file, path })
