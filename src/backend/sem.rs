@@ -17,7 +17,8 @@
 //! back, as resourcelock's forced unget does.
 //!
 //! Cost: an uncontended acquisition is one exclusive-flock section (fstat, pread, sem_trywait,
-//! pwrite), a release one more (pread, pwrite, sem_post). A waiter sleeps in sem_clockwait and
+//! pwrite) on a record file and semaphore the process keeps open between acquisitions (see
+//! `POOL`), a release one more (pread, pwrite, sem_post). A waiter sleeps in sem_clockwait and
 //! looks for dead holders every `SLICE`, through pidfds once it has seen them alive.
 
 use super::{GcScope, Held, HolderView, Status, Wait};
@@ -30,6 +31,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 const SHM_DIR: &str = "/dev/shm";
@@ -397,13 +399,55 @@ fn recover_dead(sem: &Sem, doc: &mut Doc, mut live: impl FnMut(&HolderRecord) ->
 /// A record file and its semaphore, opened together under the record file's flock: one
 /// incarnation (see `gc`).
 struct Opened {
+    name: String,
+    /// The process that opened them.
+    pid: i32,
     sem: Sem,
     records: Records,
 }
 
+/// Pairs this process opened and is not using, kept for its next acquisition of the same name
+/// so that an uncontended cycle does not open, map, unmap and close them each time. Rules:
+/// - an entry is used by one handle at a time (taken out meanwhile): flock(2) belongs to the
+///   open file description, so two users of one description would not exclude each other;
+/// - only by the process that opened it (a forked child shares the parent's descriptions, for
+///   the same reason): entries of another pid are dropped;
+/// - only once its record file is still linked, checked under the flock: `gc` removes the record
+///   file before the semaphore, both under that flock, so a linked record file vouches for the
+///   semaphore opened with it.
+///
+/// try_lock only: a busy (or, after fork, orphaned) pool means opening afresh, never waiting.
+static POOL: Mutex<Vec<Opened>> = Mutex::new(Vec::new());
+/// Pairs kept at most (the least recently released go first).
+const POOL_MAX: usize = 8;
+
+fn pool() -> Option<MutexGuard<'static, Vec<Opened>>> {
+    match POOL.try_lock() {
+        Ok(g) => Some(g),
+        Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
+}
+
+fn pool_take(name: &str, pid: i32) -> Option<Opened> {
+    let mut pool = pool()?;
+    pool.retain(|o| o.pid == pid); // a parent's: closing our copies leaves its flocks alone
+    let i = pool.iter().position(|o| o.name == name)?;
+    Some(pool.remove(i))
+}
+
+fn pool_put(o: Opened) {
+    if let Some(mut pool) = pool() {
+        if pool.len() >= POOL_MAX {
+            pool.remove(0);
+        }
+        pool.push(o);
+    }
+}
+
 struct SemHeld {
     target: Target,
-    /// Closed by a successful release.
+    /// Given back to the pool by a successful release.
     opened: Option<Opened>,
     record: HolderRecord,
 }
@@ -526,16 +570,25 @@ impl super::Backend for SemBackend {
         let own = own_process();
         let mut watch = LivenessWatch::new();
         'reopen: for _ in 0..MAX_REOPEN {
-            let records = Records::open(name, opts.mode, true)
-                .map_err(|e| os_err(target, "cannot open the holder records", e))?;
+            let (records, pooled_sem) = match pool_take(name, own.0) {
+                Some(o) => (o.records, Some(o.sem)),
+                None => (
+                    Records::open(name, opts.mode, true)
+                        .map_err(|e| os_err(target, "cannot open the holder records", e))?,
+                    None,
+                ),
+            };
             // One critical section does the whole uncontended acquisition: recover dead
             // holders, take a slot if one is free, record it.
             let g = records.flock(libc::LOCK_EX).map_err(lock_err)?;
             let Some(len) = records.linked_len() else {
-                continue; // removed by gc between open and flock
+                continue; // removed by gc (while pooled, or between open and flock)
             };
-            let sem = Sem::open_or_create(name, opts.mode, opts.limit)
-                .map_err(|e| os_err(target, "cannot open the semaphore", e))?;
+            let sem = match pooled_sem {
+                Some(s) => s,
+                None => Sem::open_or_create(name, opts.mode, opts.limit)
+                    .map_err(|e| os_err(target, "cannot open the semaphore", e))?,
+            };
             let (doc, file_len) = records.read(Some(len))?;
             let existed = doc.is_some();
             let mut doc = doc.unwrap_or_else(|| Doc::new(opts.limit));
@@ -549,7 +602,12 @@ impl super::Backend for SemBackend {
                 drop(g);
                 return Ok(Box::new(SemHeld {
                     target: target.clone(),
-                    opened: Some(Opened { sem, records }),
+                    opened: Some(Opened {
+                        name: name.clone(),
+                        pid: own.0,
+                        sem,
+                        records,
+                    }),
                     record,
                 }));
             }
@@ -599,7 +657,12 @@ impl super::Backend for SemBackend {
             drop(g);
             return Ok(Box::new(SemHeld {
                 target: target.clone(),
-                opened: Some(Opened { sem, records }),
+                opened: Some(Opened {
+                    name: name.clone(),
+                    pid: own.0,
+                    sem,
+                    records,
+                }),
                 record,
             }));
         }
@@ -878,7 +941,9 @@ impl Held for SemHeld {
             sem.post()
                 .map_err(|e| os_err(&self.target, "sem_post", e))?;
         }
-        self.opened = None;
+        if let Some(o) = self.opened.take() {
+            pool_put(o);
+        }
         Ok(())
     }
 }
@@ -922,5 +987,26 @@ mod tests {
         assert!(doc.unwrap().holders.is_empty());
         assert!(small < 200, "{small}");
         let _ = std::fs::remove_file(record_path(&n));
+    }
+
+    #[test]
+    fn the_pool_never_hands_out_another_process_files() {
+        let n = name("pool");
+        let (pid, _) = own_process();
+        let opened = |pid| Opened {
+            name: n.clone(),
+            pid,
+            sem: Sem::open_or_create(&n, 0o600, 1).unwrap(),
+            records: Records::open(&n, 0o600, true).unwrap(),
+        };
+        // As a forked child finds its parent's entries: another pid.
+        pool_put(opened(pid + 1));
+        assert!(pool_take(&n, pid).is_none());
+        assert!(pool_take(&n, pid + 1).is_none(), "dropped, not kept");
+        pool_put(opened(pid));
+        assert!(pool_take(&n, pid).is_some());
+        assert!(pool_take(&n, pid).is_none(), "taken out while in use");
+        let _ = std::fs::remove_file(record_path(&n));
+        let _ = sem_unlink(&n);
     }
 }
