@@ -593,7 +593,9 @@ impl super::Backend for SemBackend {
             let existed = doc.is_some();
             let mut doc = doc.unwrap_or_else(|| Doc::new(opts.limit));
             check_limit(target, &doc, opts)?;
-            let recovered = recover_dead(&sem, &mut doc, |h| watch.liveness(h));
+            // Plain /proc reads here: most acquisitions never wait, so opening pidfds for the
+            // other holders would only add syscalls.
+            let recovered = recover_dead(&sem, &mut doc, |h| h.liveness());
             if sem
                 .try_wait()
                 .map_err(|e| os_err(target, "sem_trywait", e))?
