@@ -283,3 +283,61 @@ fn files_kept_open_between_acquisitions_are_not_reused_after_gc_removed_them() {
     held.release().unwrap();
     cleanup(&t);
 }
+
+#[test]
+fn threads_of_one_process_exclude_each_other_while_gc_runs() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let t = target("threads");
+    let inside = Arc::new(AtomicUsize::new(0));
+    let tokens = Arc::new(Mutex::new(Vec::new()));
+    let done = Arc::new(AtomicBool::new(false));
+    // gc keeps removing the lock's files whenever they are idle, under the threads' feet.
+    let gc = {
+        let (done, prefix) = (done.clone(), format!("sem:{}", t.name));
+        std::thread::spawn(move || {
+            let mut removed = 0;
+            while !done.load(Ordering::SeqCst) {
+                removed += lockfn::gc(&prefix).unwrap();
+            }
+            removed
+        })
+    };
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (t, inside, tokens) = (t.clone(), inside.clone(), tokens.clone());
+            std::thread::spawn(move || {
+                let mut o = Options::default();
+                o.timeout = Some(Duration::from_secs(30));
+                for _ in 0..300 {
+                    let l = Lock::acquire(&t, &o).unwrap();
+                    assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two inside");
+                    tokens.lock().unwrap().push(l.token());
+                    std::hint::spin_loop();
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    l.release().unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    done.store(true, Ordering::SeqCst);
+    let removed = gc.join().unwrap();
+    let tokens = tokens.lock().unwrap();
+    assert_eq!(tokens.len(), 1200);
+    if let Some(i) = tokens.windows(2).position(|w| w[0] >= w[1]) {
+        let lo = i.saturating_sub(4);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros();
+        panic!(
+            "tokens must grow: at {i}: {:?} (now {now})",
+            &tokens[lo..(i + 5).min(tokens.len())]
+        );
+    }
+    println!("gc removed the idle lock {removed} times meanwhile");
+    cleanup(&t);
+}

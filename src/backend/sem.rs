@@ -235,36 +235,35 @@ impl Records {
     /// Open the record file; with `create`, make it (exactly `mode`) if it does not exist.
     fn open(name: &str, mode: u32, create: bool) -> io::Result<Records> {
         let path = record_path(name);
-        let open_existing = || {
+        let open = |create_new: bool| {
             OpenOptions::new()
                 .read(true)
                 .write(true)
-                .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-                .open(&path)
-        };
-        // Plain open first (it usually exists); create only on ENOENT.
-        let file = match open_existing() {
-            Ok(f) => f,
-            Err(e) if create && e.kind() == io::ErrorKind::NotFound => match OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
+                .create_new(create_new)
                 .mode(mode)
                 .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
                 .open(&path)
-            {
-                Ok(f) => {
-                    // open(2) applies the umask; the caller's mode is what they asked for.
-                    let _ = f.set_permissions(std::fs::Permissions::from_mode(mode));
-                    f
-                }
-                // Created meanwhile by another opener.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open_existing()?,
-                Err(e) => return Err(e),
-            },
-            Err(e) => return Err(e),
         };
-        Ok(Records { file, path })
+        // Plain open first (it usually exists); create only on ENOENT. Between the two, another
+        // opener may create it and gc remove it again: try again, a bounded number of times.
+        let mut last = io::Error::from_raw_os_error(libc::ENOENT);
+        for _ in 0..MAX_REOPEN {
+            match open(false) {
+                Ok(file) => return Ok(Records { file, path }),
+                Err(e) if create && e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            match open(true) {
+                Ok(file) => {
+                    // open(2) applies the umask; the caller's mode is what they asked for.
+                    let _ = file.set_permissions(std::fs::Permissions::from_mode(mode));
+                    return Ok(Records { file, path });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
     }
 
     fn flock(&self, op: libc::c_int) -> io::Result<Flocked<'_>> {
@@ -771,11 +770,26 @@ impl super::Backend for SemBackend {
             let n = recover_dead(&sem, &mut doc, |h| h.liveness());
             removed += n;
             if doc.holders.is_empty() && sem.value() >= doc.limit as i64 {
-                // Idle: remove records first, then the semaphore, both under our flock, so
-                // an opener (who opens both under this flock) never mixes incarnations.
-                if std::fs::remove_file(&records.path).is_ok() {
-                    let _ = sem_unlink(name);
-                    removed += 1;
+                // Idle: unlink the semaphore first, then the records, both under our flock.
+                // An opener pairs a semaphore with a record file only under that file's flock
+                // and while it is linked, so it opens the old semaphore only with the old
+                // record file, and then finds that file unlinked. (The other order let an
+                // opener that found the records gone make new ones and pair them, under their
+                // own flock, with the old semaphore before we unlinked it: two semaphores
+                // behind one record file.)
+                match sem_unlink(name) {
+                    Ok(()) => {
+                        if std::fs::remove_file(&records.path).is_ok() {
+                            removed += 1;
+                        }
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                        // Gone already: what is left are records without their semaphore.
+                        if std::fs::remove_file(&records.path).is_ok() {
+                            removed += 1;
+                        }
+                    }
+                    Err(_) => {} // not ours to remove (another user's): leave both
                 }
             } else if n > 0 {
                 records.write(&doc, file_len)?;
