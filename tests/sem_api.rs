@@ -341,3 +341,45 @@ fn threads_of_one_process_exclude_each_other_while_gc_runs() {
     println!("gc removed the idle lock {removed} times meanwhile");
     cleanup(&t);
 }
+
+#[test]
+fn a_semaphore_replaced_under_its_users_is_noticed() {
+    // What gc killed between its two unlinks (or `rm /dev/shm/sem.NAME`) leaves: the record
+    // file without the semaphore its users have open.
+    let t = target("replaced");
+    let unlink = || {
+        let c = std::ffi::CString::new(format!("/{}", t.name)).unwrap();
+        assert_eq!(unsafe { libc::sem_unlink(c.as_ptr()) }, 0);
+    };
+    Lock::acquire(&t, &try_once()).unwrap().release().unwrap();
+    unlink();
+    // The files this process kept open are not reused: the lock is taken on the new semaphore,
+    // which excludes a new opener.
+    let held = Lock::acquire(&t, &try_once()).unwrap();
+    assert_eq!(
+        Lock::acquire(&t, &try_once()).unwrap_err().kind(),
+        ErrorKind::Busy
+    );
+    assert_eq!(lockfn::status(&t).unwrap().available, Some(0));
+    // A waiter on the old semaphore moves to the new one (free) within a slice or so, and
+    // the holder of the old one learns it lost the lock.
+    let waiter = {
+        let t = t.clone();
+        std::thread::spawn(move || {
+            let mut o = Options::default();
+            o.timeout = Some(Duration::from_secs(10));
+            let s = Instant::now();
+            let l = Lock::acquire(&t, &o).unwrap();
+            let waited = s.elapsed();
+            l.release().unwrap();
+            waited
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    unlink();
+    let waited = waiter.join().unwrap();
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+    assert_eq!(held.update().unwrap_err().kind(), ErrorKind::Lost);
+    drop(held);
+    cleanup(&t);
+}

@@ -16,10 +16,11 @@
 //! (a few microseconds) leaves a slot taken with no record; `lockfn release --force` gives it
 //! back, as resourcelock's forced unget does.
 //!
-//! Cost: an uncontended acquisition is one exclusive-flock section (fstat, pread, sem_trywait,
-//! pwrite) on a record file and semaphore the process keeps open between acquisitions (see
-//! `POOL`), a release one more (pread, pwrite, sem_post). A waiter sleeps in sem_clockwait and
-//! looks for dead holders every `SLICE`, through pidfds once it has seen them alive.
+//! Cost: an uncontended acquisition is one exclusive-flock section (fstat, stat, pread,
+//! sem_trywait, pwrite) on a record file and semaphore the process keeps open between
+//! acquisitions (see `POOL`), a release one more (pread, pwrite, sem_post). A waiter sleeps in
+//! sem_clockwait and looks for dead holders every `SLICE`, through pidfds once it has seen them
+//! alive.
 
 use super::{GcScope, Held, HolderView, Status, Wait};
 use crate::holder::{own_process, HolderRecord, Liveness, LivenessWatch};
@@ -176,6 +177,24 @@ impl Sem {
 impl Drop for Sem {
     fn drop(&mut self) {
         unsafe { libc::sem_close(self.ptr) };
+    }
+}
+
+/// Inode of the semaphore file `/NAME` now (0: cannot tell).
+fn sem_ino(name: &str) -> u64 {
+    std::fs::symlink_metadata(sem_path(name))
+        .map(|m| m.ino())
+        .unwrap_or(0)
+}
+
+/// Is the semaphore we opened as inode `ino` no longer the one at its path? gc unlinks an idle
+/// one under the record file's flock and then the record file, so under that flock a linked
+/// record file vouches for it; this covers the rest: gc killed between its two unlinks, or
+/// someone else removing or replacing it. One stat(2).
+fn sem_replaced(name: &str, ino: u64) -> bool {
+    match std::fs::symlink_metadata(sem_path(name)) {
+        Ok(m) => ino != 0 && m.ino() != ino,
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
     }
 }
 
@@ -402,6 +421,8 @@ struct Opened {
     /// The process that opened them.
     pid: i32,
     sem: Sem,
+    /// Inode of the semaphore file when we opened it (0: unknown); see `sem_replaced`.
+    sem_ino: u64,
     records: Records,
 }
 
@@ -411,9 +432,8 @@ struct Opened {
 ///   open file description, so two users of one description would not exclude each other;
 /// - only by the process that opened it (a forked child shares the parent's descriptions, for
 ///   the same reason): entries of another pid are dropped;
-/// - only once its record file is still linked, checked under the flock: `gc` removes the record
-///   file before the semaphore, both under that flock, so a linked record file vouches for the
-///   semaphore opened with it.
+/// - only once, under the flock, its record file is found still linked (gc removes idle ones)
+///   and its semaphore still the one at the path (`sem_replaced`).
 ///
 /// try_lock only: a busy (or, after fork, orphaned) pool means opening afresh, never waiting.
 static POOL: Mutex<Vec<Opened>> = Mutex::new(Vec::new());
@@ -490,8 +510,9 @@ fn check_limit(target: &Target, doc: &Doc, opts: &Options) -> Result<()> {
 /// What a waiter's look for dead holders found.
 enum Recovery {
     Done,
-    /// `gc` removed the record file (this incarnation is idle): open the lock again.
-    Unlinked,
+    /// `gc` removed the record file, or the semaphore was replaced: what we wait on is no
+    /// longer the lock; open it again.
+    Stale,
 }
 
 impl SemBackend {
@@ -507,6 +528,7 @@ impl SemBackend {
     fn recover_waiting(
         target: &Target,
         sem: &Sem,
+        sem_ino: u64,
         records: &Records,
         watch: &mut LivenessWatch,
     ) -> Result<Recovery> {
@@ -514,11 +536,14 @@ impl SemBackend {
         {
             let _g = records.flock(libc::LOCK_SH).map_err(lock_err)?;
             let Some(len) = records.linked_len() else {
-                return Ok(Recovery::Unlinked);
+                return Ok(Recovery::Stale);
             };
             let Some(doc) = records.read(Some(len))?.0 else {
                 return Ok(Recovery::Done);
             };
+            if sem_replaced(&target.name, sem_ino) {
+                return Ok(Recovery::Stale);
+            }
             let any_dead = doc
                 .holders
                 .iter()
@@ -530,7 +555,7 @@ impl SemBackend {
         }
         let _g = records.flock(libc::LOCK_EX).map_err(lock_err)?;
         let Some(len) = records.linked_len() else {
-            return Ok(Recovery::Unlinked);
+            return Ok(Recovery::Stale);
         };
         if let (Some(mut doc), file_len) = records.read(Some(len))? {
             if recover_dead(sem, &mut doc, |h| watch.liveness(h)) > 0 {
@@ -570,7 +595,7 @@ impl super::Backend for SemBackend {
         let mut watch = LivenessWatch::new();
         'reopen: for _ in 0..MAX_REOPEN {
             let (records, pooled_sem) = match pool_take(name, own.0) {
-                Some(o) => (o.records, Some(o.sem)),
+                Some(o) => (o.records, Some((o.sem, o.sem_ino))),
                 None => (
                     Records::open(name, opts.mode, true)
                         .map_err(|e| os_err(target, "cannot open the holder records", e))?,
@@ -583,10 +608,18 @@ impl super::Backend for SemBackend {
             let Some(len) = records.linked_len() else {
                 continue; // removed by gc (while pooled, or between open and flock)
             };
-            let sem = match pooled_sem {
-                Some(s) => s,
-                None => Sem::open_or_create(name, opts.mode, opts.limit)
-                    .map_err(|e| os_err(target, "cannot open the semaphore", e))?,
+            let (sem, sem_ino) = match pooled_sem {
+                Some((sem, ino)) => {
+                    if sem_replaced(name, ino) {
+                        continue; // the semaphore we kept open is not the lock any more
+                    }
+                    (sem, ino)
+                }
+                None => {
+                    let sem = Sem::open_or_create(name, opts.mode, opts.limit)
+                        .map_err(|e| os_err(target, "cannot open the semaphore", e))?;
+                    (sem, sem_ino(name))
+                }
             };
             let (doc, file_len) = records.read(Some(len))?;
             let existed = doc.is_some();
@@ -607,6 +640,7 @@ impl super::Backend for SemBackend {
                         name: name.clone(),
                         pid: own.0,
                         sem,
+                        sem_ino,
                         records,
                     }),
                     record,
@@ -639,19 +673,24 @@ impl super::Backend for SemBackend {
                     return Err(wait.busy(target, Self::first_holder(&records).as_ref()));
                 }
                 if Instant::now() >= next_recovery {
-                    match Self::recover_waiting(target, &sem, &records, &mut watch)? {
+                    match Self::recover_waiting(target, &sem, sem_ino, &records, &mut watch)? {
                         Recovery::Done => {}
-                        Recovery::Unlinked => continue 'reopen,
+                        Recovery::Stale => continue 'reopen,
                     }
                     next_recovery = Instant::now() + SLICE;
                 }
             }
-            // We have a slot: record it, unless gc removed this incarnation meanwhile.
+            // We have a slot: record it, unless gc removed this incarnation meanwhile (or the
+            // semaphore was replaced).
             let g = records.flock(libc::LOCK_EX).map_err(lock_err)?;
             let Some(len) = records.linked_len() else {
                 let _ = sem.post();
                 continue;
             };
+            if sem_replaced(name, sem_ino) {
+                let _ = sem.post();
+                continue;
+            }
             let (doc, file_len) = records.read(Some(len))?;
             let doc = doc.unwrap_or_else(|| Doc::new(opts.limit));
             let record = record_slot(opts, own, &sem, &records, doc, file_len)?;
@@ -662,6 +701,7 @@ impl super::Backend for SemBackend {
                     name: name.clone(),
                     pid: own.0,
                     sem,
+                    sem_ino,
                     records,
                 }),
                 record,
@@ -918,13 +958,14 @@ impl Held for SemHeld {
         let _g = records
             .flock(libc::LOCK_SH)
             .map_err(|e| os_err(&self.target, "cannot lock the holder records", e))?;
+        // Our record, and the semaphore we hold still the lock's.
         let present = match records.linked_len() {
             Some(len) => records
                 .read(Some(len))?
                 .0
                 .is_some_and(|d| d.holders.iter().any(|h| self.ours(h))),
             None => false,
-        };
+        } && !sem_replaced(&self.target.name, self.opened()?.sem_ino);
         if present {
             Ok(())
         } else {
@@ -1013,6 +1054,7 @@ mod tests {
             name: n.clone(),
             pid,
             sem: Sem::open_or_create(&n, 0o600, 1).unwrap(),
+            sem_ino: 0,
             records: Records::open(&n, 0o600, true).unwrap(),
         };
         // As a forked child finds its parent's entries: another pid.
