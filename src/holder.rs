@@ -148,11 +148,11 @@ fn process_stat(pid: i32) -> Option<(char, u64)> {
             Err(_) => return None,
         }
     }
-    let stat = std::str::from_utf8(&buf[..n]).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: fields after it are
-    // counted from the last ')'. Field 3 is the state, field 22 (the 20th after the name)
-    // the start time.
-    let rest = &stat[stat.rfind(')')? + 1..];
+    // The command name (field 2) may contain spaces, parentheses and bytes that are not UTF-8:
+    // fields after it are counted from the last ')'. Field 3 is the state, field 22 (the 20th
+    // after the name) the start time; a longer line cut at the buffer's end still has them.
+    let end = buf[..n].iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&buf[end + 1..n]).ok()?;
     let mut f = rest.split_whitespace();
     let state = f.next()?.chars().next()?;
     Some((state, f.nth(18)?.parse().ok()?))
@@ -376,6 +376,33 @@ mod tests {
         assert_eq!(w.liveness(&r), Liveness::Dead);
         w.retain(&[]);
         assert!(w.watched.is_empty());
+    }
+
+    #[test]
+    fn a_command_name_that_is_not_utf8_still_has_a_start_time() {
+        use std::os::unix::ffi::OsStrExt;
+        // The command name is the executable's file name: a symlink named with a stray byte.
+        let dir = std::env::temp_dir().join(format!("lockfn-comm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join(std::ffi::OsStr::from_bytes(b"sl) ee\xffp"));
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("/bin/sleep", &link).unwrap();
+        let mut child = std::process::Command::new(&link).arg("30").spawn().unwrap();
+        let pid = child.id() as i32;
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        // (until the exec has happened and the name is the link's)
+        while std::time::Instant::now() < end
+            && !std::fs::read(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(&0xff)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let t = process_start_time(pid);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(t.is_some_and(|t| t > 0), "{t:?}");
     }
 
     #[test]
