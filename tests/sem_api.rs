@@ -166,3 +166,220 @@ fn status_of_an_unknown_lock_is_free_and_invalid_names_are_refused() {
         ErrorKind::Invalid
     );
 }
+
+/// Runs in a fresh process (see `fork_child_uses_its_own_pid_start_time_and_files`): forking
+/// the multi-threaded test harness itself is not safe.
+#[test]
+fn fork_worker() {
+    let Ok(name) = std::env::var("LOCKFN_SEM_FORK_WORKER") else {
+        return;
+    };
+    let held_t = Target::parse(&format!("sem:{name}-held")).unwrap();
+    let pooled_t = Target::parse(&format!("sem:{name}-pooled")).unwrap();
+    // The parent: a lock it keeps, and one it used (its files stay open for reuse).
+    let held = Lock::acquire(&held_t, &try_once()).unwrap();
+    let parent_token = Lock::acquire(&pooled_t, &try_once()).unwrap().token();
+    let parent = held.record().clone();
+    // Start times count clock ticks (10 ms): let the child's differ from ours.
+    std::thread::sleep(Duration::from_millis(50));
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let code = (|| {
+            let me = std::process::id() as i32;
+            // The parent's lock excludes the child like anyone else.
+            match Lock::acquire(&held_t, &try_once()) {
+                Err(e) if e.kind() == ErrorKind::Busy => {}
+                _ => return 10,
+            }
+            // The child's record names the child: its own pid and start time, not the
+            // parent's cached ones.
+            let l = match Lock::acquire(&pooled_t, &try_once()) {
+                Ok(l) => l,
+                Err(_) => return 11,
+            };
+            let r = l.record().clone();
+            if r.pid != me
+                || r.start_time == parent.start_time
+                || Some(r.start_time) != lockfn::holder::process_start_time(me)
+            {
+                return 12;
+            }
+            if l.token() <= parent_token || !r.is_own_process() {
+                return 13;
+            }
+            // While the child holds it, the parent's kept files do not let it in.
+            let st = lockfn::status(&pooled_t).unwrap();
+            if st.holders.len() != 1 || st.holders[0].record.pid != me {
+                return 14;
+            }
+            if l.release().is_err() {
+                return 15;
+            }
+            held.forget();
+            0
+        })();
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    println!("child {}", libc::WEXITSTATUS(status));
+    // The parent is untouched: its lock, its record, and its kept files still work.
+    held.update().unwrap();
+    assert_eq!(held.record(), &parent);
+    assert!(parent.is_own_process());
+    let again = Lock::acquire(&pooled_t, &try_once()).unwrap();
+    assert_eq!(again.record().pid, std::process::id() as i32);
+    assert!(again.token() > parent_token + 1);
+    again.release().unwrap();
+    held.release().unwrap();
+    println!("parent ok");
+}
+
+#[test]
+fn fork_child_uses_its_own_pid_start_time_and_files() {
+    let name = format!("api-fork-{}", std::process::id());
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "fork_worker",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env("LOCKFN_SEM_FORK_WORKER", &name)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for suffix in ["held", "pooled"] {
+        let _ = lockfn::gc(&format!("sem:{name}-{suffix}"));
+    }
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("child 0"), "{text}");
+    assert!(text.contains("parent ok"), "{text}");
+}
+
+#[test]
+fn files_kept_open_between_acquisitions_are_not_reused_after_gc_removed_them() {
+    let t = target("gc-kept");
+    let first = Lock::acquire(&t, &try_once()).unwrap();
+    let token = first.token();
+    first.release().unwrap();
+    // Idle: gc removes the record file and the semaphore this process still has open.
+    assert!(lockfn::gc(&format!("sem:{}", t.name)).unwrap() >= 1);
+    assert!(!std::path::Path::new(&format!("/dev/shm/sem.{}", t.name)).exists());
+    let held = Lock::acquire(&t, &try_once()).unwrap();
+    assert!(held.token() > token);
+    // The lock is held on the semaphore that exists now: a new opener is excluded.
+    assert!(std::path::Path::new(&format!("/dev/shm/sem.{}", t.name)).exists());
+    assert_eq!(
+        Lock::acquire(&t, &try_once()).unwrap_err().kind(),
+        ErrorKind::Busy
+    );
+    assert_eq!(lockfn::status(&t).unwrap().available, Some(0));
+    held.release().unwrap();
+    cleanup(&t);
+}
+
+#[test]
+fn threads_of_one_process_exclude_each_other_while_gc_runs() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let t = target("threads");
+    let inside = Arc::new(AtomicUsize::new(0));
+    let tokens = Arc::new(Mutex::new(Vec::new()));
+    let done = Arc::new(AtomicBool::new(false));
+    // gc keeps removing the lock's files whenever they are idle, under the threads' feet.
+    let gc = {
+        let (done, prefix) = (done.clone(), format!("sem:{}", t.name));
+        std::thread::spawn(move || {
+            let mut removed = 0;
+            while !done.load(Ordering::SeqCst) {
+                removed += lockfn::gc(&prefix).unwrap();
+            }
+            removed
+        })
+    };
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (t, inside, tokens) = (t.clone(), inside.clone(), tokens.clone());
+            std::thread::spawn(move || {
+                let mut o = Options::default();
+                o.timeout = Some(Duration::from_secs(30));
+                for _ in 0..300 {
+                    let l = Lock::acquire(&t, &o).unwrap();
+                    assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two inside");
+                    tokens.lock().unwrap().push(l.token());
+                    std::hint::spin_loop();
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    l.release().unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    done.store(true, Ordering::SeqCst);
+    let removed = gc.join().unwrap();
+    let tokens = tokens.lock().unwrap();
+    assert_eq!(tokens.len(), 1200);
+    if let Some(i) = tokens.windows(2).position(|w| w[0] >= w[1]) {
+        let lo = i.saturating_sub(4);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros();
+        panic!(
+            "tokens must grow: at {i}: {:?} (now {now})",
+            &tokens[lo..(i + 5).min(tokens.len())]
+        );
+    }
+    println!("gc removed the idle lock {removed} times meanwhile");
+    cleanup(&t);
+}
+
+#[test]
+fn a_semaphore_replaced_under_its_users_is_noticed() {
+    // What gc killed between its two unlinks (or `rm /dev/shm/sem.NAME`) leaves: the record
+    // file without the semaphore its users have open.
+    let t = target("replaced");
+    let unlink = || {
+        let c = std::ffi::CString::new(format!("/{}", t.name)).unwrap();
+        assert_eq!(unsafe { libc::sem_unlink(c.as_ptr()) }, 0);
+    };
+    Lock::acquire(&t, &try_once()).unwrap().release().unwrap();
+    unlink();
+    // The files this process kept open are not reused: the lock is taken on the new semaphore,
+    // which excludes a new opener.
+    let held = Lock::acquire(&t, &try_once()).unwrap();
+    assert_eq!(
+        Lock::acquire(&t, &try_once()).unwrap_err().kind(),
+        ErrorKind::Busy
+    );
+    assert_eq!(lockfn::status(&t).unwrap().available, Some(0));
+    // A waiter on the old semaphore moves to the new one (free) within a slice or so, and
+    // the holder of the old one learns it lost the lock.
+    let waiter = {
+        let t = t.clone();
+        std::thread::spawn(move || {
+            let mut o = Options::default();
+            o.timeout = Some(Duration::from_secs(10));
+            let s = Instant::now();
+            let l = Lock::acquire(&t, &o).unwrap();
+            let waited = s.elapsed();
+            l.release().unwrap();
+            waited
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    unlink();
+    let waited = waiter.join().unwrap();
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+    assert_eq!(held.update().unwrap_err().kind(), ErrorKind::Lost);
+    drop(held);
+    cleanup(&t);
+}

@@ -15,9 +15,15 @@
 //! The one unprotected window: a process killed between its sem_wait and writing its record
 //! (a few microseconds) leaves a slot taken with no record; `lockfn release --force` gives it
 //! back, as resourcelock's forced unget does.
+//!
+//! Cost: an uncontended acquisition is one exclusive-flock section (fstat, stat, pread,
+//! sem_trywait, pwrite) on a record file and semaphore the process keeps open between
+//! acquisitions (see `POOL`), a release one more (pread, pwrite, sem_post). A waiter sleeps in
+//! sem_clockwait and looks for dead holders every `SLICE`, through pidfds once it has seen them
+//! alive.
 
 use super::{GcScope, Held, HolderView, Status, Wait};
-use crate::holder::{HolderRecord, Liveness};
+use crate::holder::{own_process, HolderRecord, Liveness, LivenessWatch};
 use crate::{Error, ErrorKind, Options, Result, Target};
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
@@ -26,16 +32,23 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 const SHM_DIR: &str = "/dev/shm";
 const RECORD_PREFIX: &str = "lockfn.";
-/// How long one sem_clockwait lasts before checking cancel and dead holders.
-const SLICE: Duration = Duration::from_millis(50);
-/// How often a waiter looks for dead holders (a SIGKILLed holder's slot is back within this).
-const RECOVERY_EVERY: Duration = Duration::from_millis(100);
+/// How long a waiter sleeps in sem_clockwait at most before it polls the cancel fd and looks for
+/// dead holders: a SIGKILLed holder's slot is back within about this, and so is a cancel made
+/// through the cancel fd alone. A signal with a handler (the CLI's, Python's) interrupts the
+/// wait at once (EINTR, even under SA_RESTART: a timed futex wait is never restarted).
+const SLICE: Duration = Duration::from_millis(200);
 /// Bound on re-opening after `gc` removed the semaphore under us.
 const MAX_REOPEN: usize = 20;
+/// First read size of a record file whose length we do not know (a few holders fit).
+const READ_CHUNK: usize = 4096;
+/// How much shorter a rewritten record document may be than the file before the file is
+/// truncated rather than padded.
+const PAD_MAX: usize = 4096;
 
 pub struct SemBackend;
 
@@ -72,6 +85,12 @@ fn cname(name: &str) -> io::Result<CString> {
 impl Sem {
     /// Open `/name`, creating it with `value` and exactly `mode` if it does not exist.
     fn open_or_create(name: &str, mode: u32, value: u32) -> io::Result<Sem> {
+        // Plain open first: it usually exists, and glibc's O_CREAT|O_EXCL path writes, maps,
+        // link()s and unlinks a temporary file even when the name is taken.
+        match Sem::open_existing(name) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            r => return r,
+        }
         let c = cname(name)?;
         let ptr = unsafe {
             libc::sem_open(
@@ -90,7 +109,7 @@ impl Sem {
         if err.raw_os_error() != Some(libc::EEXIST) {
             return Err(err);
         }
-        Sem::open_existing(name)
+        Sem::open_existing(name) // created meanwhile by another opener
     }
 
     fn open_existing(name: &str) -> io::Result<Sem> {
@@ -161,6 +180,24 @@ impl Drop for Sem {
     }
 }
 
+/// Inode of the semaphore file `/NAME` now (0: cannot tell).
+fn sem_ino(name: &str) -> u64 {
+    std::fs::symlink_metadata(sem_path(name))
+        .map(|m| m.ino())
+        .unwrap_or(0)
+}
+
+/// Is the semaphore we opened as inode `ino` no longer the one at its path? gc unlinks an idle
+/// one under the record file's flock and then the record file, so under that flock a linked
+/// record file vouches for it; this covers the rest: gc killed between its two unlinks, or
+/// someone else removing or replacing it. One stat(2).
+fn sem_replaced(name: &str, ino: u64) -> bool {
+    match std::fs::symlink_metadata(sem_path(name)) {
+        Ok(m) => ino != 0 && m.ino() != ino,
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
+    }
+}
+
 fn sem_unlink(name: &str) -> io::Result<()> {
     let c = cname(name)?;
     if unsafe { libc::sem_unlink(c.as_ptr()) } == 0 {
@@ -214,28 +251,38 @@ impl Drop for Flocked<'_> {
 }
 
 impl Records {
+    /// Open the record file; with `create`, make it (exactly `mode`) if it does not exist.
     fn open(name: &str, mode: u32, create: bool) -> io::Result<Records> {
         let path = record_path(name);
-        let file = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(create)
-            .mode(mode)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(&path)
-        {
-            Ok(f) => {
-                let _ = f.set_permissions(std::fs::Permissions::from_mode(mode));
-                f
-            }
-            Err(e) if create && e.kind() == io::ErrorKind::AlreadyExists => OpenOptions::new()
+        let open = |create_new: bool| {
+            OpenOptions::new()
                 .read(true)
                 .write(true)
+                .create_new(create_new)
+                .mode(mode)
                 .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-                .open(&path)?,
-            Err(e) => return Err(e),
+                .open(&path)
         };
-        Ok(Records { file, path })
+        // Plain open first (it usually exists); create only on ENOENT. Between the two, another
+        // opener may create it and gc remove it again: try again, a bounded number of times.
+        let mut last = io::Error::from_raw_os_error(libc::ENOENT);
+        for _ in 0..MAX_REOPEN {
+            match open(false) {
+                Ok(file) => return Ok(Records { file, path }),
+                Err(e) if create && e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            match open(true) {
+                Ok(file) => {
+                    // open(2) applies the umask; the caller's mode is what they asked for.
+                    let _ = file.set_permissions(std::fs::Permissions::from_mode(mode));
+                    return Ok(Records { file, path });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
     }
 
     fn flock(&self, op: libc::c_int) -> io::Result<Flocked<'_>> {
@@ -250,34 +297,54 @@ impl Records {
         }
     }
 
-    /// Still the file at its path? (`gc` unlinks idle ones.)
-    fn is_linked(&self) -> bool {
-        self.file.metadata().map(|m| m.nlink() > 0).unwrap_or(false)
+    /// The file's length, if it is still the file at its path (`gc` unlinks idle ones): one
+    /// fstat. None also when fstat fails (the caller reopens).
+    fn linked_len(&self) -> Option<u64> {
+        self.file
+            .metadata()
+            .ok()
+            .filter(|m| m.nlink() > 0)
+            .map(|m| m.len())
     }
 
-    fn read(&self) -> Result<Option<Doc>> {
+    /// The records, and the file's length (what a rewrite in the same flock section pads to).
+    /// `size`: the length from fstat, if the caller has it (one pread); without it the file is
+    /// read until a short read, which is one pread for any usual size.
+    fn read(&self, size: Option<u64>) -> Result<(Option<Doc>, usize)> {
         use std::os::unix::fs::FileExt;
-        let len = self
-            .file
-            .metadata()
-            .map_err(|e| Error::os(format!("cannot stat {}", self.path.display()), e))?
-            .len() as usize;
-        if len == 0 {
-            return Ok(None);
+        let mut buf = vec![0u8; size.map_or(READ_CHUNK, |s| s as usize)];
+        let mut n = 0;
+        loop {
+            if n == buf.len() {
+                if size.is_some() {
+                    break;
+                }
+                buf.resize(buf.len() * 2, 0);
+            }
+            match self.file.read_at(&mut buf[n..], n as u64) {
+                Ok(0) => break,
+                Ok(k) => {
+                    n += k;
+                    // A short read of a regular file is its end.
+                    if size.is_none() && n < buf.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::os(format!("cannot read {}", self.path.display()), e)),
+            }
         }
-        let mut buf = vec![0u8; len];
-        let n = self
-            .file
-            .read_at(&mut buf, 0)
-            .map_err(|e| Error::os(format!("cannot read {}", self.path.display()), e))?;
         buf.truncate(n);
-        // Only the first JSON value counts: a writer killed between pwrite and ftruncate
-        // leaves stale bytes after it.
+        if buf.iter().all(u8::is_ascii_whitespace) {
+            return Ok((None, n));
+        }
+        // Only the first JSON value counts: what follows is padding (see `write`), or stale
+        // bytes of a writer killed between its pwrite and its ftruncate.
         match serde_json::Deserializer::from_slice(&buf)
             .into_iter::<Doc>()
             .next()
         {
-            Some(Ok(doc)) => Ok(Some(doc)),
+            Some(Ok(doc)) => Ok((Some(doc), n)),
             _ => Err(Error::new(
                 ErrorKind::Internal,
                 format!(
@@ -289,15 +356,30 @@ impl Records {
         }
     }
 
-    fn write(&self, doc: &Doc) -> Result<()> {
+    /// Replace the records; `file_len`: the file's length as `read` returned it in this flock
+    /// section.
+    fn write(&self, doc: &Doc, file_len: usize) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let mut data = serde_json::to_vec(doc)
             .map_err(|e| Error::new(ErrorKind::Internal, format!("encoding records: {e}")))?;
         data.push(b'\n');
+        // A shorter document is padded with spaces over the old one instead of truncating the
+        // file (readers take the first JSON value): one syscall fewer on every release. Only
+        // a file left much longer (a large limit, emptied) is truncated.
+        let truncate = file_len > data.len() + PAD_MAX;
+        if !truncate && file_len > data.len() {
+            data.resize(file_len, b' ');
+        }
         // One pwrite is atomic against SIGKILL; the truncate after it only trims stale bytes.
         self.file
             .write_all_at(&data, 0)
-            .and_then(|_| self.file.set_len(data.len() as u64))
+            .and_then(|_| {
+                if truncate {
+                    self.file.set_len(data.len() as u64)
+                } else {
+                    Ok(())
+                }
+            })
             .map_err(|e| Error::os(format!("cannot write {}", self.path.display()), e))
     }
 }
@@ -316,11 +398,12 @@ fn os_err(target: &Target, what: &str, e: io::Error) -> Error {
     err
 }
 
-/// Give back the slots of holders proven dead. Caller holds the exclusive flock.
-fn recover_dead(sem: &Sem, doc: &mut Doc) -> u32 {
+/// Give back the slots of holders proven dead (`live` says who is). Caller holds the
+/// exclusive flock.
+fn recover_dead(sem: &Sem, doc: &mut Doc, mut live: impl FnMut(&HolderRecord) -> Liveness) -> u32 {
     let mut n = 0;
     doc.holders.retain(|h| {
-        if h.persist || h.liveness() != Liveness::Dead {
+        if h.persist || live(h) != Liveness::Dead {
             return true;
         }
         if sem.post().is_ok() {
@@ -331,69 +414,155 @@ fn recover_dead(sem: &Sem, doc: &mut Doc) -> u32 {
     n
 }
 
+/// A record file and its semaphore, opened together under the record file's flock: one
+/// incarnation (see `gc`).
+struct Opened {
+    name: String,
+    /// The process that opened them.
+    pid: i32,
+    sem: Sem,
+    /// Inode of the semaphore file when we opened it (0: unknown); see `sem_replaced`.
+    sem_ino: u64,
+    records: Records,
+}
+
+/// Pairs this process opened and is not using, kept for its next acquisition of the same name
+/// so that an uncontended cycle does not open, map, unmap and close them each time. Rules:
+/// - an entry is used by one handle at a time (taken out meanwhile): flock(2) belongs to the
+///   open file description, so two users of one description would not exclude each other;
+/// - only by the process that opened it (a forked child shares the parent's descriptions, for
+///   the same reason): entries of another pid are dropped;
+/// - only once, under the flock, its record file is found still linked (gc removes idle ones)
+///   and its semaphore still the one at the path (`sem_replaced`).
+///
+/// try_lock only: a busy (or, after fork, orphaned) pool means opening afresh, never waiting.
+static POOL: Mutex<Vec<Opened>> = Mutex::new(Vec::new());
+/// Pairs kept at most (the least recently released go first).
+const POOL_MAX: usize = 8;
+
+fn pool() -> Option<MutexGuard<'static, Vec<Opened>>> {
+    match POOL.try_lock() {
+        Ok(g) => Some(g),
+        Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
+}
+
+fn pool_take(name: &str, pid: i32) -> Option<Opened> {
+    let mut pool = pool()?;
+    pool.retain(|o| o.pid == pid); // a parent's: closing our copies leaves its flocks alone
+    let i = pool.iter().position(|o| o.name == name)?;
+    Some(pool.remove(i))
+}
+
+fn pool_put(o: Opened) {
+    if let Some(mut pool) = pool() {
+        if pool.len() >= POOL_MAX {
+            pool.remove(0);
+        }
+        pool.push(o);
+    }
+}
+
 struct SemHeld {
     target: Target,
-    sem: Sem,
-    records: Records,
+    /// Given back to the pool by a successful release.
+    opened: Option<Opened>,
     record: HolderRecord,
 }
 
-impl SemBackend {
-    /// Open the record file and semaphore consistently (see module docs on `gc`), check the
-    /// limit, and recover dead holders on the way.
-    fn open(&self, target: &Target, opts: &Options) -> Result<(Sem, Records)> {
-        let name = &target.name;
-        // sem_open takes at most SEM_VALUE_MAX (i32::MAX on Linux): refuse a larger limit
-        // before anything is created (else EINVAL from sem_open, and an empty record file).
-        if opts.limit > i32::MAX as u32 {
-            return Err(Error::new(
-                ErrorKind::Invalid,
-                format!(
-                    "{target}: limit {} is above the semaphore maximum {}",
-                    opts.limit,
-                    i32::MAX
-                ),
-            ));
-        }
-        for _ in 0..MAX_REOPEN {
-            let records = Records::open(name, opts.mode, true)
-                .map_err(|e| os_err(target, "cannot open the holder records", e))?;
-            let guard = records
-                .flock(libc::LOCK_EX)
-                .map_err(|e| os_err(target, "cannot lock the holder records", e))?;
-            if !records.is_linked() {
-                continue; // removed by gc between open and flock
-            }
-            let sem = Sem::open_or_create(name, opts.mode, opts.limit)
-                .map_err(|e| os_err(target, "cannot open the semaphore", e))?;
-            let mut doc = match records.read()? {
-                Some(doc) => doc,
-                None => Doc::new(opts.limit),
-            };
-            if doc.limit != opts.limit {
-                return Err(Error::new(
-                    ErrorKind::Invalid,
-                    format!(
-                        "{target} exists with limit {}, asked for limit {} (all users of a \
-                         semaphore must agree on its limit)",
-                        doc.limit, opts.limit
-                    ),
-                ));
-            }
-            recover_dead(&sem, &mut doc);
-            records.write(&doc)?;
-            drop(guard);
-            return Ok((sem, records));
-        }
-        Err(Error::new(
-            ErrorKind::Internal,
-            format!("{target}: the semaphore kept being removed while opening it (gc loop?)"),
-        ))
+/// Our record for a slot just taken: the document's next token, pushed and written. Caller
+/// holds the exclusive flock; on failure the slot is given back.
+fn record_slot(
+    opts: &Options,
+    own: (i32, u64),
+    sem: &Sem,
+    records: &Records,
+    mut doc: Doc,
+    file_len: usize,
+) -> Result<HolderRecord> {
+    let mut record = HolderRecord::for_process(own.0, own.1, opts.holder.as_deref());
+    record.token = doc.next_token;
+    record.persist = opts.persist;
+    doc.next_token += 1;
+    doc.holders.push(record.clone());
+    if let Err(e) = records.write(&doc, file_len) {
+        let _ = sem.post();
+        return Err(e);
     }
+    Ok(record)
+}
 
+fn check_limit(target: &Target, doc: &Doc, opts: &Options) -> Result<()> {
+    if doc.limit == opts.limit {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::Invalid,
+        format!(
+            "{target} exists with limit {}, asked for limit {} (all users of a semaphore must \
+             agree on its limit)",
+            doc.limit, opts.limit
+        ),
+    ))
+}
+
+/// What a waiter's look for dead holders found.
+enum Recovery {
+    Done,
+    /// `gc` removed the record file, or the semaphore was replaced: what we wait on is no
+    /// longer the lock; open it again.
+    Stale,
+}
+
+impl SemBackend {
     fn first_holder(records: &Records) -> Option<HolderRecord> {
         let _g = records.flock(libc::LOCK_SH).ok()?;
-        records.read().ok()??.holders.into_iter().next()
+        records.read(None).ok()?.0?.holders.into_iter().next()
+    }
+
+    /// A waiter's periodic look for dead holders: under a shared flock, so waiters do not
+    /// queue behind each other, and through `watch` (one poll per holder once it has a pidfd);
+    /// only when one is dead, recovery under the exclusive flock from a fresh read (another
+    /// waiter may have recovered it meanwhile).
+    fn recover_waiting(
+        target: &Target,
+        sem: &Sem,
+        sem_ino: u64,
+        records: &Records,
+        watch: &mut LivenessWatch,
+    ) -> Result<Recovery> {
+        let lock_err = |e| os_err(target, "cannot lock the holder records", e);
+        {
+            let _g = records.flock(libc::LOCK_SH).map_err(lock_err)?;
+            let Some(len) = records.linked_len() else {
+                return Ok(Recovery::Stale);
+            };
+            let Some(doc) = records.read(Some(len))?.0 else {
+                return Ok(Recovery::Done);
+            };
+            if sem_replaced(&target.name, sem_ino) {
+                return Ok(Recovery::Stale);
+            }
+            let any_dead = doc
+                .holders
+                .iter()
+                .any(|h| !h.persist && watch.liveness(h) == Liveness::Dead);
+            watch.retain(&doc.holders);
+            if !any_dead {
+                return Ok(Recovery::Done);
+            }
+        }
+        let _g = records.flock(libc::LOCK_EX).map_err(lock_err)?;
+        let Some(len) = records.linked_len() else {
+            return Ok(Recovery::Stale);
+        };
+        if let (Some(mut doc), file_len) = records.read(Some(len))? {
+            if recover_dead(sem, &mut doc, |h| watch.liveness(h)) > 0 {
+                records.write(&doc, file_len)?;
+            }
+        }
+        Ok(Recovery::Done)
     }
 }
 
@@ -408,23 +577,91 @@ impl super::Backend for SemBackend {
                 ),
             ));
         }
-        for _ in 0..MAX_REOPEN {
-            let (sem, records) = self.open(target, opts)?;
-            let mut next_recovery = Instant::now() + RECOVERY_EVERY;
+        // sem_open takes at most SEM_VALUE_MAX (i32::MAX on Linux): refuse a larger limit
+        // before anything is created (else EINVAL from sem_open, and an empty record file).
+        if opts.limit > i32::MAX as u32 {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!(
+                    "{target}: limit {} is above the semaphore maximum {}",
+                    opts.limit,
+                    i32::MAX
+                ),
+            ));
+        }
+        let name = &target.name;
+        let lock_err = |e| os_err(target, "cannot lock the holder records", e);
+        let own = own_process();
+        let mut watch = LivenessWatch::new();
+        'reopen: for _ in 0..MAX_REOPEN {
+            let (records, pooled_sem) = match pool_take(name, own.0) {
+                Some(o) => (o.records, Some((o.sem, o.sem_ino))),
+                None => (
+                    Records::open(name, opts.mode, true)
+                        .map_err(|e| os_err(target, "cannot open the holder records", e))?,
+                    None,
+                ),
+            };
+            // One critical section does the whole uncontended acquisition: recover dead
+            // holders, take a slot if one is free, record it.
+            let g = records.flock(libc::LOCK_EX).map_err(lock_err)?;
+            let Some(len) = records.linked_len() else {
+                continue; // removed by gc (while pooled, or between open and flock)
+            };
+            let (sem, sem_ino) = match pooled_sem {
+                Some((sem, ino)) => {
+                    if sem_replaced(name, ino) {
+                        continue; // the semaphore we kept open is not the lock any more
+                    }
+                    (sem, ino)
+                }
+                None => {
+                    let sem = Sem::open_or_create(name, opts.mode, opts.limit)
+                        .map_err(|e| os_err(target, "cannot open the semaphore", e))?;
+                    (sem, sem_ino(name))
+                }
+            };
+            let (doc, file_len) = records.read(Some(len))?;
+            let existed = doc.is_some();
+            let mut doc = doc.unwrap_or_else(|| Doc::new(opts.limit));
+            check_limit(target, &doc, opts)?;
+            // Plain /proc reads here: most acquisitions never wait, so opening pidfds for the
+            // other holders would only add syscalls.
+            let recovered = recover_dead(&sem, &mut doc, |h| h.liveness());
+            if sem
+                .try_wait()
+                .map_err(|e| os_err(target, "sem_trywait", e))?
+            {
+                let record = record_slot(opts, own, &sem, &records, doc, file_len)?;
+                drop(g);
+                return Ok(Box::new(SemHeld {
+                    target: target.clone(),
+                    opened: Some(Opened {
+                        name: name.clone(),
+                        pid: own.0,
+                        sem,
+                        sem_ino,
+                        records,
+                    }),
+                    record,
+                }));
+            }
+            // Busy. Write only what changed: recovered slots, or a new document (so that
+            // others see its limit and its first token).
+            if recovered > 0 || !existed {
+                records.write(&doc, file_len)?;
+            }
+            drop(g);
+            if wait.is_try_once() || wait.expired() {
+                return Err(wait.busy(target, doc.holders.first()));
+            }
+            drop(doc);
+            let mut next_recovery = Instant::now() + SLICE;
             loop {
-                if sem
-                    .try_wait()
-                    .map_err(|e| os_err(target, "sem_trywait", e))?
-                {
-                    break;
-                }
-                if wait.is_try_once() || wait.expired() {
-                    return Err(wait.busy(target, Self::first_holder(&records).as_ref()));
-                }
                 wait.check_cancel()?;
                 let until = match wait.deadline() {
-                    Some(d) => d.min(Instant::now() + SLICE),
-                    None => Instant::now() + SLICE,
+                    Some(d) => d.min(next_recovery),
+                    None => next_recovery,
                 };
                 if sem
                     .wait_until(until)
@@ -432,42 +669,41 @@ impl super::Backend for SemBackend {
                 {
                     break;
                 }
+                if wait.expired() {
+                    return Err(wait.busy(target, Self::first_holder(&records).as_ref()));
+                }
                 if Instant::now() >= next_recovery {
-                    let g = records
-                        .flock(libc::LOCK_EX)
-                        .map_err(|e| os_err(target, "cannot lock the holder records", e))?;
-                    if let Some(mut doc) = records.read()? {
-                        if recover_dead(&sem, &mut doc) > 0 {
-                            records.write(&doc)?;
-                        }
+                    match Self::recover_waiting(target, &sem, sem_ino, &records, &mut watch)? {
+                        Recovery::Done => {}
+                        Recovery::Stale => continue 'reopen,
                     }
-                    drop(g);
-                    next_recovery = Instant::now() + RECOVERY_EVERY;
+                    next_recovery = Instant::now() + SLICE;
                 }
             }
-            // We have a slot: record it, unless gc removed this incarnation meanwhile.
-            let g = records
-                .flock(libc::LOCK_EX)
-                .map_err(|e| os_err(target, "cannot lock the holder records", e))?;
-            if !records.is_linked() {
+            // We have a slot: record it, unless gc removed this incarnation meanwhile (or the
+            // semaphore was replaced).
+            let g = records.flock(libc::LOCK_EX).map_err(lock_err)?;
+            let Some(len) = records.linked_len() else {
+                let _ = sem.post();
+                continue;
+            };
+            if sem_replaced(name, sem_ino) {
                 let _ = sem.post();
                 continue;
             }
-            let mut doc = records.read()?.unwrap_or_else(|| Doc::new(opts.limit));
-            let mut record = HolderRecord::for_self(opts.holder.as_deref());
-            record.token = doc.next_token;
-            record.persist = opts.persist;
-            doc.next_token += 1;
-            doc.holders.push(record.clone());
-            if let Err(e) = records.write(&doc) {
-                let _ = sem.post();
-                return Err(e);
-            }
+            let (doc, file_len) = records.read(Some(len))?;
+            let doc = doc.unwrap_or_else(|| Doc::new(opts.limit));
+            let record = record_slot(opts, own, &sem, &records, doc, file_len)?;
             drop(g);
             return Ok(Box::new(SemHeld {
                 target: target.clone(),
-                sem,
-                records,
+                opened: Some(Opened {
+                    name: name.clone(),
+                    pid: own.0,
+                    sem,
+                    sem_ino,
+                    records,
+                }),
                 record,
             }));
         }
@@ -489,7 +725,7 @@ impl super::Backend for SemBackend {
                 let _g = r
                     .flock(libc::LOCK_SH)
                     .map_err(|e| os_err(target, "cannot lock the holder records", e))?;
-                r.read()?
+                r.read(None)?.0
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
             Err(e) => return Err(os_err(target, "cannot open the holder records", e)),
@@ -558,10 +794,10 @@ impl super::Backend for SemBackend {
             let Ok(_g) = records.flock(libc::LOCK_EX) else {
                 continue;
             };
-            if !records.is_linked() {
+            let Some(len) = records.linked_len() else {
                 continue;
-            }
-            let Ok(Some(mut doc)) = records.read() else {
+            };
+            let Ok((Some(mut doc), file_len)) = records.read(Some(len)) else {
                 continue;
             };
             let Ok(sem) = Sem::open_existing(name) else {
@@ -571,17 +807,32 @@ impl super::Backend for SemBackend {
                 }
                 continue;
             };
-            let n = recover_dead(&sem, &mut doc);
+            let n = recover_dead(&sem, &mut doc, |h| h.liveness());
             removed += n;
             if doc.holders.is_empty() && sem.value() >= doc.limit as i64 {
-                // Idle: remove records first, then the semaphore, both under our flock, so
-                // an opener (who opens both under this flock) never mixes incarnations.
-                if std::fs::remove_file(&records.path).is_ok() {
-                    let _ = sem_unlink(name);
-                    removed += 1;
+                // Idle: unlink the semaphore first, then the records, both under our flock.
+                // An opener pairs a semaphore with a record file only under that file's flock
+                // and while it is linked, so it opens the old semaphore only with the old
+                // record file, and then finds that file unlinked. (The other order let an
+                // opener that found the records gone make new ones and pair them, under their
+                // own flock, with the old semaphore before we unlinked it: two semaphores
+                // behind one record file.)
+                match sem_unlink(name) {
+                    Ok(()) => {
+                        if std::fs::remove_file(&records.path).is_ok() {
+                            removed += 1;
+                        }
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                        // Gone already: what is left are records without their semaphore.
+                        if std::fs::remove_file(&records.path).is_ok() {
+                            removed += 1;
+                        }
+                    }
+                    Err(_) => {} // not ours to remove (another user's): leave both
                 }
             } else if n > 0 {
-                records.write(&doc)?;
+                records.write(&doc, file_len)?;
             }
         }
         Ok(removed)
@@ -611,14 +862,14 @@ impl super::Backend for SemBackend {
             ),
             None => None,
         };
-        let mut doc = match &records {
-            Some(r) => r.read()?,
-            None => None,
+        let (mut doc, file_len) = match &records {
+            Some(r) => r.read(None)?,
+            None => (None, 0),
         };
         let limit = doc.as_ref().map(|d| d.limit).unwrap_or(1);
         let mut released = 0;
         if let Some(d) = doc.as_mut() {
-            released += recover_dead(&sem, d);
+            released += recover_dead(&sem, d, |h| h.liveness());
             if !force {
                 let before = d.holders.len();
                 d.holders.retain(|h| !(h.persist && h.is_this_boot()));
@@ -638,7 +889,7 @@ impl super::Backend for SemBackend {
             released += 1;
         }
         if let (Some(r), Some(d)) = (&records, &doc) {
-            r.write(d)?;
+            r.write(d, file_len)?;
         }
         if released == 0 {
             let why = if force {
@@ -682,6 +933,15 @@ impl SemHeld {
     fn ours(&self, h: &HolderRecord) -> bool {
         h.token == self.record.token && h.pid == self.record.pid
     }
+
+    fn opened(&self) -> Result<&Opened> {
+        self.opened.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotHeld,
+                format!("{} is not held (already released)", self.target),
+            )
+        })
+    }
 }
 
 impl Held for SemHeld {
@@ -694,15 +954,18 @@ impl Held for SemHeld {
     }
 
     fn update(&mut self) -> Result<()> {
-        let _g = self
-            .records
+        let records = &self.opened()?.records;
+        let _g = records
             .flock(libc::LOCK_SH)
             .map_err(|e| os_err(&self.target, "cannot lock the holder records", e))?;
-        let present = self.records.is_linked()
-            && self
-                .records
-                .read()?
-                .is_some_and(|d| d.holders.iter().any(|h| self.ours(h)));
+        // Our record, and the semaphore we hold still the lock's.
+        let present = match records.linked_len() {
+            Some(len) => records
+                .read(Some(len))?
+                .0
+                .is_some_and(|d| d.holders.iter().any(|h| self.ours(h))),
+            None => false,
+        } && !sem_replaced(&self.target.name, self.opened()?.sem_ino);
         if present {
             Ok(())
         } else {
@@ -711,29 +974,97 @@ impl Held for SemHeld {
     }
 
     /// A forced release by an operator is the only way to lose a sem slot; noticing it costs
-    /// a shared flock and a read of the record file.
+    /// a shared flock, an fstat and a read of the record file.
     fn check_interval(&self) -> Option<Duration> {
         Some(Duration::from_secs(1))
     }
 
     fn release(&mut self) -> Result<()> {
-        let _g = self
-            .records
-            .flock(libc::LOCK_EX)
-            .map_err(|e| os_err(&self.target, "cannot lock the holder records", e))?;
-        let Some(mut doc) = self.records.read()? else {
-            return Err(self.lost());
-        };
-        let before = doc.holders.len();
-        let record = self.record.clone();
-        doc.holders
-            .retain(|h| !(h.token == record.token && h.pid == record.pid));
-        if doc.holders.len() == before {
-            return Err(self.lost());
+        let Opened { sem, records, .. } = self.opened()?;
+        {
+            // One critical section: our record out, then our slot back.
+            let _g = records
+                .flock(libc::LOCK_EX)
+                .map_err(|e| os_err(&self.target, "cannot lock the holder records", e))?;
+            let (Some(mut doc), file_len) = records.read(None)? else {
+                return Err(self.lost());
+            };
+            let before = doc.holders.len();
+            doc.holders.retain(|h| !self.ours(h));
+            if doc.holders.len() == before {
+                return Err(self.lost());
+            }
+            records.write(&doc, file_len)?;
+            sem.post()
+                .map_err(|e| os_err(&self.target, "sem_post", e))?;
         }
-        self.records.write(&doc)?;
-        self.sem
-            .post()
-            .map_err(|e| os_err(&self.target, "sem_post", e))
+        if let Some(o) = self.opened.take() {
+            pool_put(o);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(tag: &str) -> String {
+        format!("unit-{tag}-{}", std::process::id())
+    }
+
+    fn holders(n: usize) -> Doc {
+        let mut doc = Doc::new(n as u32);
+        for _ in 0..n {
+            doc.holders.push(HolderRecord::for_self(Some("x")));
+        }
+        doc
+    }
+
+    #[test]
+    fn a_shorter_document_is_padded_and_a_much_shorter_one_truncates() {
+        let n = name("pad");
+        let r = Records::open(&n, 0o600, true).unwrap();
+        r.write(&holders(2), 0).unwrap();
+        let (doc, long) = r.read(None).unwrap();
+        assert_eq!(doc.unwrap().holders.len(), 2);
+        // Shorter: padded over the old length, and read back as the short document.
+        r.write(&holders(0), long).unwrap();
+        assert_eq!(r.linked_len(), Some(long as u64));
+        let (doc, len) = r.read(Some(long as u64)).unwrap();
+        assert!(doc.unwrap().holders.is_empty());
+        assert_eq!(len, long);
+        // Much longer than a read chunk, then emptied: truncated, not padded.
+        r.write(&holders(60), len).unwrap();
+        let (doc, big) = r.read(None).unwrap();
+        assert_eq!(doc.unwrap().holders.len(), 60);
+        assert!(big > READ_CHUNK + PAD_MAX);
+        r.write(&holders(0), big).unwrap();
+        let (doc, small) = r.read(None).unwrap();
+        assert!(doc.unwrap().holders.is_empty());
+        assert!(small < 200, "{small}");
+        let _ = std::fs::remove_file(record_path(&n));
+    }
+
+    #[test]
+    fn the_pool_never_hands_out_another_process_files() {
+        let n = name("pool");
+        let (pid, _) = own_process();
+        let opened = |pid| Opened {
+            name: n.clone(),
+            pid,
+            sem: Sem::open_or_create(&n, 0o600, 1).unwrap(),
+            sem_ino: 0,
+            records: Records::open(&n, 0o600, true).unwrap(),
+        };
+        // As a forked child finds its parent's entries: another pid.
+        pool_put(opened(pid + 1));
+        assert!(pool_take(&n, pid).is_none());
+        assert!(pool_take(&n, pid + 1).is_none(), "dropped, not kept");
+        pool_put(opened(pid));
+        assert!(pool_take(&n, pid).is_some());
+        assert!(pool_take(&n, pid).is_none(), "taken out while in use");
+        let _ = std::fs::remove_file(record_path(&n));
+        let _ = sem_unlink(&n);
     }
 }
