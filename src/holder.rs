@@ -85,7 +85,17 @@ impl HolderRecord {
     /// start time (the process at that pid is the holder, not a reuse of its pid).
     fn local_liveness(&self) -> (Liveness, bool) {
         match process_stat(self.pid) {
-            // A zombie (exited, not yet reaped by its parent) holds nothing any more.
+            // A zombie (exited, not yet reaped by its parent) holds nothing any more — unless
+            // only its main thread exited and other threads still run (the leader shows 'Z'
+            // until the last thread exits): that process still holds what it took.
+            Some(('Z' | 'X', t)) if other_threads_run(self.pid) => {
+                let same = t == self.start_time;
+                if same || self.start_time == 0 {
+                    (Liveness::Alive, same)
+                } else {
+                    (Liveness::Dead, false)
+                }
+            }
             Some(('Z' | 'X', _)) => (Liveness::Dead, false),
             Some((_, t)) if t == self.start_time => (Liveness::Alive, true),
             // A start time of 0 means we could not read ours when recording; then only the pid
@@ -156,6 +166,17 @@ fn process_stat(pid: i32) -> Option<(char, u64)> {
     let mut f = rest.split_whitespace();
     let state = f.next()?.chars().next()?;
     Some((state, f.nth(18)?.parse().ok()?))
+}
+
+/// Does process `pid` have a live thread besides its (exited) main thread? A true zombie's
+/// /proc/PID/task lists only the main thread.
+fn other_threads_run(pid: i32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_str() != Some(pid.to_string().as_str()))
+        })
+        .unwrap_or(false)
 }
 
 /// This process's pid and start time (0 if /proc could not tell). The start time is read once
@@ -403,6 +424,39 @@ mod tests {
         child.wait().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(t.is_some_and(|t| t > 0), "{t:?}");
+    }
+
+    #[test]
+    fn a_process_whose_main_thread_exited_is_alive() {
+        // A child whose main thread exits while another thread runs: the leader shows 'Z'.
+        // (python3: its main thread calls pthread_exit while a second thread sleeps.)
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import threading, time, ctypes\n\
+                 threading.Thread(target=time.sleep, args=(30,)).start()\n\
+                 ctypes.CDLL(None).pthread_exit(None)",
+            ])
+            .spawn()
+            .expect("python3");
+        let mut r = HolderRecord::for_self(None);
+        r.pid = child.id() as i32;
+        r.start_time = process_start_time(r.pid).unwrap_or(0);
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < end
+            && !matches!(process_stat(r.pid), Some(('Z', _)) | None)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let state = process_stat(r.pid);
+        let threads = other_threads_run(r.pid);
+        let alive_as_leader_zombie = r.liveness();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(matches!(state, Some(('Z', _))), "{state:?}");
+        assert!(threads);
+        assert_eq!(alive_as_leader_zombie, Liveness::Alive);
+        assert_eq!(r.liveness(), Liveness::Dead);
     }
 
     #[test]
