@@ -94,12 +94,14 @@ if tests/servers/zookeeper.sh start "$T/zk" >"$T/zk.log" 2>&1; then
 else
   ZKHOSTS="" ZK_SKIP="ZooKeeper did not start: $(tail -n 1 "$T/zk.log")"
   say "$ZK_SKIP"
+  tail -n 30 "$T/zk.log" >&2
 fi
 if [[ -n ${CONSUL_BIN:-} ]] && tests/servers/consul.sh start "$T/consul" >"$T/consul.log" 2>&1; then
   CONSUL_HTTP_ADDR=$(sed -n 's/^CONSUL_HTTP_ADDR=//p' "$T/consul/env")
 else
   CONSUL_HTTP_ADDR="" CONSUL_SKIP="Consul did not start: $(tail -n 1 "$T/consul.log" 2>/dev/null || echo 'no consul binary')"
   say "$CONSUL_SKIP"
+  tail -n 30 "$T/consul.log" >&2 2>/dev/null
 fi
 
 export LOCKFN_PMXCFS_DIR=$T/pve/priv/lock LOCKFN_PMXLOCK_DIR=$T/flock LOCKFN_RUN_DIR=$T/run

@@ -234,6 +234,14 @@ kill_node() { # DIR I [--kill]
   rm -f "$(node_dir "$dir" "$i")/pid"
 }
 
+# A start can fail for a reason the next try does not meet (a port taken between choosing and
+# binding it, a slow first boot): one more try, with fresh ports, before giving up.
+start_retry() { # DIR MODE N [--acl]
+  if (cmd_start "$@"); then return 0; fi
+  echo "consul.sh: start failed (log tail above); trying once more with fresh ports" >&2
+  cmd_start "$@"
+}
+
 cmd_start() { # DIR MODE N [--acl]
   local dir=$1 mode=$2 n=$3 acl=0 i
   shift 3
@@ -310,8 +318,8 @@ main() {
   [[ -n $cmd && -n $dir ]] || { sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
   shift 2
   case $cmd in
-    start) cmd_start "$dir" dev 1 "$@" ;;
-    start-cluster) cmd_start "$dir" cluster 3 "$@" ;;
+    start) start_retry "$dir" dev 1 "$@" ;;
+    start-cluster) start_retry "$dir" cluster 3 "$@" ;;
     stop) cmd_stop "$dir" ;;
     leader) cmd_leader "$dir" ;;
     stop-node)

@@ -191,6 +191,14 @@ kill_node() { # DIR I [--kill]
   rm -f "$nd/pid"
 }
 
+# A start can fail for a reason the next try does not meet (a port taken between choosing and
+# binding it, a slow first JVM start): one more try, with fresh ports, before giving up.
+start_retry() {
+  if (cmd_start "$@"); then return 0; fi
+  echo "zookeeper.sh: start failed (log tail above); trying once more with fresh ports" >&2
+  cmd_start "$@"
+}
+
 cmd_start() {
   local dir=$1 n=1
   shift
@@ -281,7 +289,7 @@ main() {
   [[ -n $cmd && -n $dir ]] || { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
   shift 2
   case $cmd in
-    start) cmd_start "$dir" "$@" ;;
+    start) start_retry "$dir" "$@" ;;
     stop) cmd_stop "$dir" ;;
     leader) cmd_leader "$dir" ;;
     stop-node)

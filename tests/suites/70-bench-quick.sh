@@ -88,8 +88,14 @@ for b in bad[:20]:
 sys.exit(1 if bad else 0)
 EOF
 }
+rows_or_log() {
+  rows_ok && return 0
+  echo "    benches/run.sh stderr (last 40 lines):"
+  tail -n 40 "$T/err" | sed 's/^/    /'
+  return 1
+}
 if [[ -s $T/results.json ]]; then
-  check "results.json has every expected row, each measured or skipped with a reason" rows_ok
+  check "results.json has every expected row, each measured or skipped with a reason" rows_or_log
 else
   check "results.json written" false
 fi
