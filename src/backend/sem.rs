@@ -634,17 +634,7 @@ impl super::Backend for SemBackend {
             {
                 let record = record_slot(opts, own, &sem, &records, doc, file_len)?;
                 drop(g);
-                return Ok(Box::new(SemHeld {
-                    target: target.clone(),
-                    opened: Some(Opened {
-                        name: name.clone(),
-                        pid: own.0,
-                        sem,
-                        sem_ino,
-                        records,
-                    }),
-                    record,
-                }));
+                return Ok(SemHeld::boxed(target, own.0, sem, sem_ino, records, record));
             }
             // Busy. Write only what changed: recovered slots, or a new document (so that
             // others see its limit and its first token).
@@ -695,17 +685,7 @@ impl super::Backend for SemBackend {
             let doc = doc.unwrap_or_else(|| Doc::new(opts.limit));
             let record = record_slot(opts, own, &sem, &records, doc, file_len)?;
             drop(g);
-            return Ok(Box::new(SemHeld {
-                target: target.clone(),
-                opened: Some(Opened {
-                    name: name.clone(),
-                    pid: own.0,
-                    sem,
-                    sem_ino,
-                    records,
-                }),
-                record,
-            }));
+            return Ok(SemHeld::boxed(target, own.0, sem, sem_ino, records, record));
         }
         Err(Error::new(
             ErrorKind::Internal,
@@ -920,6 +900,28 @@ impl super::Backend for SemBackend {
 }
 
 impl SemHeld {
+    /// The handle of a slot just recorded, owning the pair it was taken through.
+    fn boxed(
+        target: &Target,
+        pid: i32,
+        sem: Sem,
+        sem_ino: u64,
+        records: Records,
+        record: HolderRecord,
+    ) -> Box<dyn Held> {
+        Box::new(SemHeld {
+            target: target.clone(),
+            opened: Some(Opened {
+                name: target.name.clone(),
+                pid,
+                sem,
+                sem_ino,
+                records,
+            }),
+            record,
+        })
+    }
+
     fn lost(&self) -> Error {
         Error::new(
             ErrorKind::Lost,
