@@ -87,16 +87,8 @@ impl HolderRecord {
         match process_stat(self.pid) {
             // A zombie (exited, not yet reaped by its parent) holds nothing any more — unless
             // only its main thread exited and other threads still run (the leader shows 'Z'
-            // until the last thread exits): that process still holds what it took.
-            Some(('Z' | 'X', t)) if other_threads_run(self.pid) => {
-                let same = t == self.start_time;
-                if same || self.start_time == 0 {
-                    (Liveness::Alive, same)
-                } else {
-                    (Liveness::Dead, false)
-                }
-            }
-            Some(('Z' | 'X', _)) => (Liveness::Dead, false),
+            // until the last thread exits): that process is judged like a running one.
+            Some(('Z' | 'X', _)) if !other_threads_run(self.pid) => (Liveness::Dead, false),
             Some((_, t)) if t == self.start_time => (Liveness::Alive, true),
             // A start time of 0 means we could not read ours when recording; then only the pid
             // can be compared, which is still right unless the pid was reused.
@@ -171,10 +163,11 @@ fn process_stat(pid: i32) -> Option<(char, u64)> {
 /// Does process `pid` have a live thread besides its (exited) main thread? A true zombie's
 /// /proc/PID/task lists only the main thread.
 fn other_threads_run(pid: i32) -> bool {
+    let main = pid.to_string();
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|d| {
             d.filter_map(|e| e.ok())
-                .any(|e| e.file_name().to_str() != Some(pid.to_string().as_str()))
+                .any(|e| e.file_name().to_str() != Some(main.as_str()))
         })
         .unwrap_or(false)
 }

@@ -797,19 +797,14 @@ impl super::Backend for SemBackend {
                 // opener that found the records gone make new ones and pair them, under their
                 // own flock, with the old semaphore before we unlinked it: two semaphores
                 // behind one record file.)
-                match sem_unlink(name) {
-                    Ok(()) => {
-                        if std::fs::remove_file(&records.path).is_ok() {
-                            removed += 1;
-                        }
-                    }
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                        // Gone already: what is left are records without their semaphore.
-                        if std::fs::remove_file(&records.path).is_ok() {
-                            removed += 1;
-                        }
-                    }
-                    Err(_) => {} // not ours to remove (another user's): leave both
+                // Gone already (ENOENT): what is left are records without their semaphore.
+                // Any other error: not ours to remove (another user's): leave both.
+                let sem_gone = match sem_unlink(name) {
+                    Ok(()) => true,
+                    Err(e) => e.raw_os_error() == Some(libc::ENOENT),
+                };
+                if sem_gone && std::fs::remove_file(&records.path).is_ok() {
+                    removed += 1;
                 }
             } else if n > 0 {
                 records.write(&doc, file_len)?;
@@ -956,7 +951,8 @@ impl Held for SemHeld {
     }
 
     fn update(&mut self) -> Result<()> {
-        let records = &self.opened()?.records;
+        let opened = self.opened()?;
+        let records = &opened.records;
         let _g = records
             .flock(libc::LOCK_SH)
             .map_err(|e| os_err(&self.target, "cannot lock the holder records", e))?;
@@ -967,7 +963,7 @@ impl Held for SemHeld {
                 .0
                 .is_some_and(|d| d.holders.iter().any(|h| self.ours(h))),
             None => false,
-        } && !sem_replaced(&self.target.name, self.opened()?.sem_ino);
+        } && !sem_replaced(&self.target.name, opened.sem_ino);
         if present {
             Ok(())
         } else {
