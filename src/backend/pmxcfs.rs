@@ -439,6 +439,14 @@ fn try_flock(file: &File) -> io::Result<bool> {
     }
 }
 
+/// flock(LOCK_UN): gives the lock back for the open file description itself, so a copy of the
+/// descriptor held elsewhere (a child forked without exec, or one between fork and exec) does
+/// not keep it. Closing alone releases it only once every copy is closed.
+fn unlock_flock(file: &File) {
+    // EINTR cannot happen for LOCK_UN; any other error means the fd is gone anyway.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+}
+
 /// Is `file` still the file at `path`? (Someone may have removed /run/lock/pmxlock/NAME; a
 /// flock on an unlinked file excludes nobody.)
 fn still_linked(file: &File, path: &Path) -> bool {
@@ -538,8 +546,15 @@ fn flock_holder_pid(file: &File) -> Option<i32> {
 /// period (~5-15 ms measured), which would delay every handoff.
 struct NodeFlock {
     // Declaration order is drop order: the flock goes first, then the (slow) watch.
-    _file: File,
+    file: File,
     _watch: Option<CloseWatch>,
+}
+
+impl Drop for NodeFlock {
+    fn drop(&mut self) {
+        // Unlock explicitly before the close: a forked child's copy must not keep the lock.
+        unlock_flock(&self.file);
+    }
 }
 
 /// Take the node-local flock of `name`, waiting as `wait` says.
@@ -580,7 +595,7 @@ fn acquire_flock(target: &Target, wait: &Wait) -> Result<NodeFlock> {
         }
         if still_linked(&file, &path) {
             return Ok(NodeFlock {
-                _file: file,
+                file,
                 _watch: watch,
             });
         }
@@ -1055,7 +1070,7 @@ fn gc_one(target: &Target, dir: &Path) -> Result<u32> {
             removed += 1;
         }
     }
-    drop(file);
+    unlock_flock(&file);
     Ok(removed)
 }
 
@@ -1203,8 +1218,11 @@ mod tests {
             !try_flock(&g).unwrap(),
             "another open file description conflicts"
         );
-        drop(f);
+        // An explicit unlock, not a close: another test thread's child (between its fork and
+        // exec) may hold a copy of `f`'s descriptor, and a close would then release nothing.
+        unlock_flock(&f);
         assert!(try_flock(&g).unwrap());
+        drop(f);
         std::fs::remove_dir_all(&d).unwrap();
     }
 
