@@ -127,6 +127,25 @@ fn ino(name: &str) -> Option<u64> {
         .map(|m| m.ino())
 }
 
+/// What tells one lock directory from another here: inode, mtime and ctime with nanoseconds
+/// (on tmpfs; the real pmxcfs has neither, lockfn does not use them).
+fn dir_state(name: &str) -> Option<(u64, i64, i64, i64)> {
+    std::fs::symlink_metadata(lock_path(name))
+        .ok()
+        .map(|m| (m.ino(), m.mtime(), m.ctime(), m.ctime_nsec()))
+}
+
+/// The fencing-token counter of `name` (priv/lockfn/tokens/NAME beside priv/lock).
+fn token_file(name: &str) -> Option<u64> {
+    let p = env()
+        .lockdir
+        .parent()
+        .unwrap()
+        .join("lockfn/tokens")
+        .join(name);
+    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
 /// A fresh directory for markers and counts of one test.
 fn markdir(test: &str) -> PathBuf {
     let d = env().root.join(format!("mark-{test}"));
@@ -170,10 +189,16 @@ fn pmxemu() -> PathBuf {
 }
 
 /// Add the emulator to a command: TTL in seconds, optional log.
+/// lockfn is told the TTL (`LOCKFN_PMXCFS_TTL`, never more than the emulated one): its
+/// ownership proofs hold only for a TTL no longer than the one that expires locks.
 fn emulate(cmd: &mut Command, ttl: f64, log: Option<&Path>) {
     cmd.env("LD_PRELOAD", pmxemu())
         .env("PMXEMU_DIR", &env().lockdir)
-        .env("PMXEMU_TTL", ttl.to_string());
+        .env("PMXEMU_TTL", ttl.to_string())
+        .env(
+            "LOCKFN_PMXCFS_TTL",
+            (ttl.floor() as u64).clamp(1, 120).to_string(),
+        );
     if let Some(l) = log {
         cmd.env("PMXEMU_LOG", l);
     }
@@ -481,11 +506,12 @@ fn assert_no_violations(mark: &Path) {
 // Basics
 
 #[test]
-fn acquire_release_token_is_inode_and_grows() {
+fn acquire_release_token_is_the_counter_and_grows() {
     let t = target("basic");
     let l = Lock::acquire(&t, &opts(Some(0.0))).unwrap();
-    let i1 = ino("basic").expect("lock directory exists while held");
-    assert_eq!(l.token(), i1, "token is the directory's st_ino");
+    assert!(ino("basic").is_some(), "lock directory exists while held");
+    let i1 = l.token();
+    assert_eq!(token_file("basic"), Some(i1), "token is the stored counter");
     let st = lockfn::status(&t).unwrap();
     assert!(st.held);
     assert_eq!(st.holders.len(), 1);
@@ -504,7 +530,14 @@ fn acquire_release_token_is_inode_and_grows() {
     );
     assert!(!lockfn::status(&t).unwrap().held);
     let l2 = Lock::acquire(&t, &opts(Some(0.0))).unwrap();
-    assert!(l2.token() > i1, "token grows: {} then {}", i1, l2.token());
+    assert_eq!(
+        l2.token(),
+        i1 + 1,
+        "token grows by one: {} then {}",
+        i1,
+        l2.token()
+    );
+    assert_eq!(token_file("basic"), Some(i1 + 1));
     assert_eq!(l2.renew_interval(), Some(Duration::from_secs(60)));
     l2.release().unwrap();
 }
@@ -534,6 +567,7 @@ fn names_with_slash_are_invalid_and_options_checked() {
 fn try_once_and_timeout_against_same_node_holder() {
     let t = target("busy-node");
     let held = Lock::acquire(&t, &opts(Some(0.0))).unwrap();
+    let before = dir_state("busy-node");
     // A second acquisition in the same process is a different flock: busy (not reentrant).
     let start = Instant::now();
     let e = Lock::acquire(&t, &opts(Some(0.0))).unwrap_err();
@@ -562,8 +596,8 @@ fn try_once_and_timeout_against_same_node_holder() {
         "{el:?}"
     );
     assert_eq!(
-        ino("busy-node"),
-        Some(held.token()),
+        dir_state("busy-node"),
+        before,
         "the holder's directory is untouched"
     );
     held.release().unwrap();
@@ -824,29 +858,49 @@ fn same_node_handoff_latency() {
 
 #[test]
 fn orphan_of_ours_is_not_taken_when_directory_is_another_incarnation() {
-    // Our holder dies holding incarnation X. pmxcfs expires X and someone else (cfs_lock on
-    // this or another node) makes Y. Our record still says "dead holder" — but for X: Y must
-    // never be taken over.
-    let mut holder = spawn_hold("reincarnated", &[]);
+    // Our holder dies holding incarnation X. pmxcfs expires X and someone else (another node)
+    // makes Y. Our record still says "dead holder" — but for X: Y must never be taken over.
+    let mut c = worker("hold");
+    c.env("PMX_NAME", "reincarnated");
+    emulate(&mut c, 1.0, None);
+    let mut holder = Proc::spawn(c);
     holder.expect_prefix("ACQUIRED", Duration::from_secs(30));
     holder.kill9();
     let x = ino("reincarnated").unwrap();
-    std::fs::remove_dir(lock_path("reincarnated")).unwrap(); // pmxcfs's expiry
-    std::fs::create_dir(lock_path("reincarnated")).unwrap(); // the other holder
-    let y = ino("reincarnated").unwrap();
+    // Another node (its own flock and records) expires X after 1 s and makes Y.
+    let mut b = worker("hold");
+    b.env("PMX_NAME", "reincarnated")
+        .env("LOCKFN_PMXLOCK_DIR", env().root.join("flock-node2"))
+        .env("LOCKFN_RUN_DIR", env().root.join("run-node2"));
+    emulate(&mut b, 1.0, None);
+    let mut b = Proc::spawn(b);
+    b.expect_prefix("ACQUIRED", Duration::from_secs(10));
+    let y = ino("reincarnated").unwrap(); // tmpfs: inode numbers are not re-used
     assert_ne!(x, y);
-    let t = target("reincarnated");
-    let e = Lock::acquire(&t, &opts(Some(1.5))).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    // Our same-node waiter: pmxcfs's TTL is 1 s, but it does not expire Y itself.
+    let mut c = worker("try");
+    c.env("PMX_NAME", "reincarnated").env("PMX_TIMEOUT", "1.5");
+    emulate(&mut c, 120.0, None);
+    c.env("LOCKFN_PMXCFS_TTL", "1");
+    let w = Proc::spawn(c);
+    let r = w.expect_prefix("", Duration::from_secs(10));
+    assert!(r.starts_with("ERR busy"), "{r}");
     assert_eq!(
         ino("reincarnated"),
         Some(y),
         "the other holder's directory is untouched"
     );
-    // gc does not touch it either.
-    lockfn::gc("pmxcfs:reincarnated").unwrap();
+    // gc does not touch it either (told pmxcfs's TTL, as every process here must be).
+    let st = Command::new(env!("CARGO_BIN_EXE_lockfn"))
+        .args(["gc", "pmxcfs:reincarnated"])
+        .env("LOCKFN_PMXCFS_TTL", "1")
+        .status()
+        .unwrap();
+    assert!(st.success());
     assert_eq!(ino("reincarnated"), Some(y));
-    std::fs::remove_dir(lock_path("reincarnated")).unwrap();
+    b.send("release");
+    b.expect_prefix("RELEASED ok", Duration::from_secs(5));
+    let t = target("reincarnated");
     Lock::acquire(&t, &opts(Some(0.0)))
         .unwrap()
         .release()
@@ -860,13 +914,21 @@ fn live_or_persistent_holder_is_never_taken_over() {
     let mut holder = spawn_hold("persist", &[("PMX_PERSIST", "1")]);
     let l = holder.expect_prefix("ACQUIRED", Duration::from_secs(30));
     let tok: u64 = field(&l, 1).parse().unwrap();
+    let before = dir_state("persist");
+    assert!(before.is_some());
     holder.send("detach");
     holder.expect_prefix("RELEASED detached", Duration::from_secs(5));
     let _ = holder.child.wait();
     let t = target("persist");
-    let e = Lock::acquire(&t, &opts(Some(0.6))).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
-    assert_eq!(ino("persist"), Some(tok));
+    // A waiter whose unlock requests pmxcfs answers (in-process calls would reach the plain
+    // directory, where utime(0, 0) just sets the times).
+    let mut c = worker("try");
+    c.env("PMX_NAME", "persist").env("PMX_TIMEOUT", "0.6");
+    emulate(&mut c, 120.0, None);
+    let r = Proc::spawn(c).expect_prefix("", Duration::from_secs(10));
+    assert!(r.starts_with("ERR busy"), "{r}");
+    assert_eq!(dir_state("persist"), before, "left alone");
+    assert_eq!(token_file("persist"), Some(tok));
     assert_eq!(lockfn::gc("pmxcfs:persist").unwrap(), 0);
     let st = lockfn::status(&t).unwrap();
     assert!(st.holders[0].record.persist);
@@ -1070,13 +1132,15 @@ fn live_cfs_lock_holder_is_not_taken_over_after_our_holder_died() {
     let mut c = worker("hold");
     c.env("PMX_NAME", "perl-orphan").env("PMX_MARK", &mark);
     emulate(&mut c, 120.0, None);
+    // This process does not expire Y itself (120 s), but pmxcfs's TTL here is 1 s.
+    c.env("LOCKFN_PMXCFS_TTL", "1");
     let ours = Proc::spawn(c);
     let l = ours.expect_prefix("ACQUIRED", Duration::from_secs(10));
     assert!(
         t_in.elapsed() > Duration::from_millis(1500),
         "took over the live cfs_lock holder"
     );
-    assert!(field(&l, 1).parse::<u64>().unwrap() > y);
+    assert!(field(&l, 1).parse::<u64>().unwrap() > x, "a new token");
     perl.expect_prefix("DONE", Duration::from_secs(5));
     drop(ours);
     assert_no_violations(&mark);
@@ -1153,7 +1217,7 @@ fn pmxlock_holder_excludes_us_and_we_exclude_pmxlock() {
         .status()
         .unwrap();
     assert_eq!(st.code(), Some(1));
-    assert_eq!(ino("pmxlock-x"), Some(ours.token()));
+    assert_eq!(token_file("pmxlock-x"), Some(ours.token()));
     ours.release().unwrap();
     let st = pmxlock_cmd(&py, &["-n", "pmxlock-x", "true"])
         .status()

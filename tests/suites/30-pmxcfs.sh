@@ -89,12 +89,16 @@ pmxlock() { "$VENV/bin/python" tests/pmxcfs/pmxlock_run.py "$@"; }
 
 # ---------------------------------------------------------------------------------------------
 
-t_run_token_is_inode() {
-  local out
-  out=$("$LOCKFN" run pmxcfs:basic -- sh -c 'echo "$LOCKFN_TOKEN $(stat -c %i "$LOCKFN_PMXCFS_DIR/basic")"') ||
-    return 1
-  set -- $out
-  [[ -n ${1:-} && $1 == "${2:-}" ]] || fail "LOCKFN_TOKEN '$1' is not the directory's inode '${2:-}'"
+t_run_token_is_the_counter() {
+  # The fencing token is the per-name counter beside priv/lock (priv/lockfn/tokens/NAME),
+  # one more on every acquisition.
+  local out tokfile=$LOCKFN_PMXCFS_DIR/../lockfn/tokens/basic
+  out=$("$LOCKFN" run pmxcfs:basic -- sh -c 'echo "$LOCKFN_TOKEN"') || return 1
+  [[ $out =~ ^[0-9]+$ ]] || fail "LOCKFN_TOKEN '$out' is not a number" || return 1
+  (( 10#$(cat "$tokfile") == out )) || fail "token file $(cat "$tokfile") != $out" || return 1
+  local again
+  again=$("$LOCKFN" run pmxcfs:basic -- sh -c 'echo "$LOCKFN_TOKEN"') || return 1
+  ((again == out + 1)) || fail "token did not grow by one: $out then $again"
   [[ ! -e $LD/basic ]] || fail "directory left behind"
 }
 
@@ -175,7 +179,7 @@ t_never_take_over_live_cfs_lock_after_our_death() {
   mark_init
   # Our holder dies holding incarnation X; cfs_lock's unlock request expires X (TTL 1 s here)
   # and it holds Y for 2 s: our waiter must wait for it, not take Y over.
-  PMXEMU_TTL=1 "$LOCKFN" run pmxcfs:orph -- sleep 100 &
+  PMXEMU_TTL=1 LOCKFN_PMXCFS_TTL=1 "$LOCKFN" run pmxcfs:orph -- sleep 100 &
   local holder=$!
   PIDS+=("$holder")
   wait_for 10 test -d "$LD/orph" || fail "holder did not get in" || return 1
@@ -189,7 +193,8 @@ t_never_take_over_live_cfs_lock_after_our_death() {
   local y
   y=$(stat -c %i "$LD/orph")
   [[ $x != "$y" ]] || fail "same incarnation" || return 1
-  "$LOCKFN" run -w 20 pmxcfs:orph -- sh -c "test ! -e $T/mark/inside" || fail "took over the live cfs_lock holder" || return 1
+  # pmxcfs's TTL is 1 s here: lockfn must be told (it never assumes more than pmxcfs's own).
+  LOCKFN_PMXCFS_TTL=1 "$LOCKFN" run -w 20 pmxcfs:orph -- sh -c "test ! -e $T/mark/inside" || fail "took over the live cfs_lock holder" || return 1
   wait_for 5 grep -q DONE "$T/perl.out" || fail "cfs_lock did not finish cleanly"
 }
 
@@ -361,7 +366,7 @@ t_cli_release_force_stops_holder() {
   "$LOCKFN" run -n pmxcfs:force -- true || fail "not free after --force"
 }
 
-ALL=(t_run_token_is_inode t_busy_messages_and_codes t_traffic_while_waiting_5s
+ALL=(t_run_token_is_the_counter t_busy_messages_and_codes t_traffic_while_waiting_5s
   t_interop_pmxlock t_interop_cfs_lock_perl t_never_take_over_live_cfs_lock_after_our_death
   t_never_take_over_live_pmxlock_after_our_death t_kill9_takeover_within_1s
   t_lost_lock_stops_command t_non_root_eperm t_unavailable
