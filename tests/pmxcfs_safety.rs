@@ -12,6 +12,11 @@
 //! Each test starts its own emulator (TTL 3 s) and tells lockfn that TTL
 //! (`LOCKFN_PMXCFS_TTL`). The cfs_lock side is done here by hand, the way cfs_lock does it:
 //! unlock requests `utime(0, 0)` until pmxcfs expires the lock (ENOENT), then `mkdir`.
+//!
+//! The same cases run on a real pmxcfs (by hand, never in CI: its source and binaries stay out
+//! of the project) with `PMXCFS_REAL_CTL=/path/to/ctl.sh cargo test --test pmxcfs_safety`:
+//! ctl.sh start|restart|freeze|thaw controls a `pmxcfs -l` on /etc/pve; the TTL is then
+//! pmxcfs's own 120 s, so each expiry case takes about two minutes.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -22,8 +27,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// The emulator's TTL in these tests, and what lockfn is told.
-const TTL: u64 = 3;
+/// The emulator's TTL in these tests, and what lockfn is told (120 on a real pmxcfs).
+fn ttl() -> u64 {
+    if real_ctl().is_some() {
+        120
+    } else {
+        3
+    }
+}
+
+/// A real pmxcfs's control script (see the module doc), if the tests run against one.
+fn real_ctl() -> Option<PathBuf> {
+    std::env::var_os("PMXCFS_REAL_CTL")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
 
 fn emu_sh() -> PathBuf {
     std::env::var_os("PMXEMU_SH")
@@ -39,10 +57,12 @@ fn require(what: &str) -> bool {
     false
 }
 
-/// One emulator and the node-local directories of one "node", for one test.
+/// One emulator (or the real pmxcfs) and the node-local directories of one "node", for one
+/// test; lock names get the test's tag, so tests on one real pmxcfs do not meet.
 struct Emu {
     dir: PathBuf,
     lockdir: PathBuf,
+    tag: String,
 }
 
 impl Emu {
@@ -57,8 +77,13 @@ impl Emu {
         let mut emu = Emu {
             lockdir: PathBuf::new(),
             dir,
+            tag: format!("{test}-{}", std::process::id()),
         };
         emu.run("start");
+        if real_ctl().is_some() {
+            emu.lockdir = PathBuf::from("/etc/pve/priv/lock");
+            return Some(emu);
+        }
         let env = std::fs::read_to_string(emu.dir.join("env")).unwrap();
         let lockdir = env
             .lines()
@@ -70,11 +95,20 @@ impl Emu {
     }
 
     fn run(&self, what: &str) {
+        if let Some(ctl) = real_ctl() {
+            let st = Command::new("bash")
+                .arg(ctl)
+                .arg(what)
+                .status()
+                .expect("bash");
+            assert!(st.success(), "ctl.sh {what}");
+            return;
+        }
         let st = Command::new("bash")
             .arg(emu_sh())
             .args([what])
             .arg(&self.dir)
-            .env("PMXEMU_TTL", TTL.to_string())
+            .env("PMXEMU_TTL", ttl().to_string())
             .env("PMXEMU_WATCH_PID", std::process::id().to_string())
             .stdin(Stdio::null())
             .status()
@@ -82,8 +116,17 @@ impl Emu {
         assert!(st.success(), "emu.sh {what} {}", self.dir.display());
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.lockdir.join(name)
+    /// The lock name of this test for `short`.
+    fn name(&self, short: &str) -> String {
+        format!("{short}-{}", self.tag)
+    }
+
+    fn path(&self, short: &str) -> PathBuf {
+        self.lockdir.join(self.name(short))
+    }
+
+    fn target(&self, short: &str) -> String {
+        format!("pmxcfs:{}", self.name(short))
     }
 
     /// lockfn with this emulator's environment.
@@ -92,22 +135,22 @@ impl Emu {
         c.env("LOCKFN_PMXCFS_DIR", &self.lockdir)
             .env("LOCKFN_PMXLOCK_DIR", self.dir.join("flock"))
             .env("LOCKFN_RUN_DIR", self.dir.join("run"))
-            .env("LOCKFN_PMXCFS_TTL", TTL.to_string())
+            .env("LOCKFN_PMXCFS_TTL", ttl().to_string())
             .env_remove("LOCKFN_PMXCFS_TOKEN_DIR")
             .stdin(Stdio::null());
         c
     }
 
     /// `lockfn run pmxcfs:NAME -- sleep 600`, in the background, once it holds the lock.
-    fn holder(&self, name: &str) -> Child {
+    fn holder(&self, short: &str) -> Child {
         let child = self
             .lockfn()
-            .args(["run", &format!("pmxcfs:{name}"), "--", "sleep", "600"])
+            .args(["run", &self.target(short), "--", "sleep", "600"])
             .spawn()
             .unwrap();
-        let rec = self.dir.join("run/pmxcfs").join(name);
+        let rec = self.dir.join("run/pmxcfs").join(self.name(short));
         await_until(Duration::from_secs(10), || {
-            rec.exists() && self.path(name).is_dir()
+            rec.exists() && self.path(short).is_dir()
         })
         .then_some(())
         .expect("the holder got the lock");
@@ -117,6 +160,19 @@ impl Emu {
 
 impl Drop for Emu {
     fn drop(&mut self) {
+        if real_ctl().is_some() {
+            // Leave the real pmxcfs running; remove what this test left (not the tokens:
+            // they only grow).
+            if let Ok(d) = std::fs::read_dir(&self.lockdir) {
+                for e in d.filter_map(|e| e.ok()) {
+                    if e.file_name().to_string_lossy().ends_with(&self.tag) {
+                        let _ = std::fs::remove_dir(e.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir_all(&self.dir);
+            return;
+        }
         let _ = Command::new("bash")
             .arg(emu_sh())
             .arg("stop")
@@ -181,6 +237,13 @@ fn stat(path: &Path) -> Option<(u64, i64)> {
         .map(|m| (m.ino(), m.mtime()))
 }
 
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
 fn kill(child: &mut Child, sig: i32) -> ExitStatus {
     unsafe { libc::kill(child.id() as i32, sig) };
     child.wait().unwrap()
@@ -188,11 +251,11 @@ fn kill(child: &mut Child, sig: i32) -> ExitStatus {
 
 /// A try with `lockfn run -w SECS` whose command proves it ran inside: the exit code
 /// (1 on timeout) and how long it took.
-fn try_run(emu: &Emu, name: &str, wait: &str) -> (Option<i32>, Duration) {
+fn try_run(emu: &Emu, short: &str, wait: &str) -> (Option<i32>, Duration) {
     let t0 = Instant::now();
     let st = emu
         .lockfn()
-        .args(["run", "-w", wait, &format!("pmxcfs:{name}"), "--", "true"])
+        .args(["run", "-w", wait, &emu.target(short), "--", "true"])
         .stderr(Stdio::null())
         .status()
         .unwrap();
@@ -210,13 +273,13 @@ fn dead_holder_with_a_bystander_descriptor_then_cfs_lock_remake_is_not_taken_ove
     // A bystander keeps the kernel's reference on the node: pmxcfs hands its number out again.
     let _bystander = File::open(&p).unwrap();
     kill(&mut holder, libc::SIGKILL);
-    cfs_lock_remake(&p, Duration::from_secs(TTL + 10));
+    cfs_lock_remake(&p, Duration::from_secs(ttl() + 10));
     let remade = stat(&p).unwrap();
     assert_eq!(
         remade.0, before.0,
         "the emulator re-uses the node number, as the real pmxcfs does"
     );
-    assert!(remade.1 > before.1 + TTL as i64, "a later incarnation");
+    assert!(remade.1 > before.1 + ttl() as i64, "a later incarnation");
     let (code, took) = try_run(&emu, "x", "2");
     assert_eq!(
         code,
@@ -241,7 +304,7 @@ fn dead_holder_then_pmxcfs_restart_then_cfs_lock_remake_is_not_taken_over() {
     kill(&mut holder, libc::SIGKILL);
     emu.run("restart");
     // pmxcfs starts the lock time anew at its start: the orphan expires TTL after it.
-    cfs_lock_remake(&p, Duration::from_secs(TTL + 10));
+    cfs_lock_remake(&p, Duration::from_secs(ttl() + 10));
     let remade = stat(&p).unwrap();
     eprintln!(
         "node numbers: dead holder's {}, cfs_lock's {}",
@@ -277,19 +340,18 @@ fn stopped_holder_past_expiry_reports_the_loss_and_never_touches_the_contender()
     let p = emu.path("s");
     let mut holder = emu
         .lockfn()
-        .args(["run", "pmxcfs:s", "--", "sleep", "600"])
+        .args(["run", &emu.target("s"), "--", "sleep", "600"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(await_until(Duration::from_secs(10), || emu
-        .dir
-        .join("run/pmxcfs/s")
-        .exists()));
+    let rec = emu.dir.join("run/pmxcfs").join(emu.name("s"));
+    assert!(await_until(Duration::from_secs(10), || rec.exists()));
     let _bystander = File::open(&p).unwrap();
     unsafe { libc::kill(holder.id() as i32, libc::SIGSTOP) };
-    cfs_lock_remake(&p, Duration::from_secs(TTL + 10));
+    cfs_lock_remake(&p, Duration::from_secs(ttl() + 10));
     let contender = stat(&p).unwrap();
     let log_len = std::fs::metadata(emu.dir.join("ops.log")).map_or(0, |m| m.len());
+    let refreshes_before = std::fs::symlink_metadata(&p).map(|m| m.mtime());
     unsafe { libc::kill(holder.id() as i32, libc::SIGCONT) };
     // The holder notices within its check interval (TTL/4 here) and stops its command: 75.
     let t0 = Instant::now();
@@ -313,6 +375,13 @@ fn stopped_holder_past_expiry_reports_the_loss_and_never_touches_the_contender()
     );
     // Not even a refused attempt to refresh it after SIGCONT? A refused one changes nothing;
     // an accepted refresh or an rmdir would show in the log.
+    assert_eq!(
+        std::fs::symlink_metadata(&p).map(|m| m.mtime()).ok(),
+        refreshes_before.ok()
+    );
+    if real_ctl().is_some() {
+        return; // no op log on the real pmxcfs
+    }
     let log = std::fs::read_to_string(emu.dir.join("ops.log")).unwrap();
     let after = &log[log_len as usize..];
     let pid = holder.id().to_string();
@@ -406,7 +475,7 @@ fn worker_main() {
     if std::env::var("PMXSAFE_WORKER").as_deref() != Ok("fork") {
         return;
     }
-    let t = lockfn::Target::parse("pmxcfs:w").unwrap();
+    let t = lockfn::Target::parse(&std::env::var("PMXSAFE_TARGET").unwrap()).unwrap();
     let l = lockfn::Lock::acquire(&t, &lockfn::Options::default()).unwrap();
     let pid = unsafe { libc::fork() };
     if pid == 0 {
@@ -419,7 +488,7 @@ fn worker_main() {
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line);
     l.release().unwrap();
-    println!("released");
+    println!("released {:.6}", now_secs());
 }
 
 #[test]
@@ -439,10 +508,11 @@ fn a_child_forked_without_exec_does_not_keep_the_parents_lock() {
             "-q",
         ])
         .env("PMXSAFE_WORKER", "fork")
+        .env("PMXSAFE_TARGET", emu.target("w"))
         .env("LOCKFN_PMXCFS_DIR", &emu.lockdir)
         .env("LOCKFN_PMXLOCK_DIR", emu.dir.join("flock"))
         .env("LOCKFN_RUN_DIR", emu.dir.join("run"))
-        .env("LOCKFN_PMXCFS_TTL", TTL.to_string())
+        .env("LOCKFN_PMXCFS_TTL", ttl().to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
     let mut parent = parent.spawn().unwrap();
@@ -460,7 +530,8 @@ fn a_child_forked_without_exec_does_not_keep_the_parents_lock() {
         .unwrap_or_else(|| panic!("worker said {line:?}"));
     let mut waiter = emu
         .lockfn()
-        .args(["run", "-w", "20", "pmxcfs:w", "--", "true"])
+        .args(["run", "-w", "20", &emu.target("w"), "--", "date", "+%s.%N"])
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     drop(parent.stdin.take()); // the parent releases
@@ -469,12 +540,13 @@ fn a_child_forked_without_exec_does_not_keep_the_parents_lock() {
         line.clear();
         assert!(out.read_line(&mut line).unwrap() > 0, "worker ended");
     }
-    let t0 = Instant::now();
-    let st = waiter.wait().unwrap();
-    let took = t0.elapsed();
+    let released: f64 = line.trim()["released ".len()..].parse().unwrap();
+    let out = waiter.wait_with_output().unwrap();
     unsafe { libc::kill(child, libc::SIGKILL) };
     let _ = parent.wait();
-    assert!(st.success());
+    assert!(out.status.success());
+    let inside: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let took = Duration::from_secs_f64((inside - released).max(0.0));
     assert!(
         took < Duration::from_millis(500),
         "the waiter got the lock {took:?} after the parent released (the child kept it?)"
