@@ -528,7 +528,7 @@ fn a_child_forked_without_exec_does_not_keep_the_parents_lock() {
         .strip_prefix("forked ")
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("worker said {line:?}"));
-    let mut waiter = emu
+    let waiter = emu
         .lockfn()
         .args(["run", "-w", "20", &emu.target("w"), "--", "date", "+%s.%N"])
         .stdout(Stdio::piped())
