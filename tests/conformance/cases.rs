@@ -281,7 +281,7 @@ pub fn status_and_list_shape(svc: &Svc) {
     assert_eq!(h["state"], "alive");
     assert!(h["host"].is_string() && h["since"].is_number() && h["boot_id"].is_string());
     let canonical = t.canonical();
-    let prefix = svc.prefix();
+    let prefix = svc.list_prefix();
     let listed = lockfn::list(prefix).unwrap();
     assert!(
         listed.iter().any(|s| s.target == canonical && s.held),

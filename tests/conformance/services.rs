@@ -26,7 +26,7 @@ pub struct Svc {
 
 impl Svc {
     /// What every lock of this suite's names starts with (a `list` prefix).
-    pub fn prefix(&self) -> &str {
+    pub fn list_prefix(&self) -> &str {
         &self.list_prefix
     }
 
