@@ -253,13 +253,23 @@ fn kill(child: &mut Child, sig: i32) -> ExitStatus {
 /// (1 on timeout) and how long it took.
 fn try_run(emu: &Emu, short: &str, wait: &str) -> (Option<i32>, Duration) {
     let t0 = Instant::now();
-    let st = emu
+    let mut child = emu
         .lockfn()
         .args(["run", "-w", wait, &emu.target(short), "--", "true"])
         .stderr(Stdio::null())
-        .status()
+        .spawn()
         .unwrap();
-    (st.code(), t0.elapsed())
+    // Bounded: a lockfn that hangs (a frozen pmxcfs) is killed and reported as no exit code.
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return (st.code(), t0.elapsed());
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            kill(&mut child, libc::SIGKILL);
+            return (None, t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]
@@ -303,6 +313,10 @@ fn dead_holder_then_pmxcfs_restart_then_cfs_lock_remake_is_not_taken_over() {
     let before = stat(&p).unwrap();
     kill(&mut holder, libc::SIGKILL);
     emu.run("restart");
+    // Node numbers start again: the orphan, looked up first, gets the number it had before,
+    // and a bystander keeps it for cfs_lock's new directory (as seen on the real pmxcfs: the
+    // dead holder's record said 45, cfs_lock's new directory was 45).
+    let _bystander = File::open(&p).unwrap();
     // pmxcfs starts the lock time anew at its start: the orphan expires TTL after it.
     cfs_lock_remake(&p, Duration::from_secs(ttl() + 10));
     let remade = stat(&p).unwrap();
@@ -310,6 +324,12 @@ fn dead_holder_then_pmxcfs_restart_then_cfs_lock_remake_is_not_taken_over() {
         "node numbers: dead holder's {}, cfs_lock's {}",
         before.0, remade.0
     );
+    if real_ctl().is_none() {
+        assert_eq!(
+            remade.0, before.0,
+            "the emulator re-uses the number after a restart"
+        );
+    }
     let (code, _) = try_run(&emu, "r", "2");
     assert_eq!(code, Some(1), "waited, no takeover");
     assert_eq!(stat(&p), Some(remade), "cfs_lock's directory untouched");
