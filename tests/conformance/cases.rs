@@ -353,3 +353,47 @@ pub fn fork_gives_eforked(svc: &Svc) {
     assert!(lockfn::status(&t).unwrap().held);
     l.release().unwrap();
 }
+
+/// `lockfn run` waiting for the lock: SIGTERM ends the wait at once (exit 143) and takes
+/// nothing.
+pub fn signal_cancels_a_waiting_run(svc: &Svc) {
+    let t = svc.target("sigterm");
+    let held = acquire(&t, Some(0.0));
+    let mut waiter = Command::new(env!("CARGO_BIN_EXE_lockfn"))
+        .args(["run", "-v", &t.canonical(), "--", "true"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `-v` says "acquiring" once its signal handling is in place and it starts to wait.
+    let mut err = std::io::BufReader::new(waiter.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+    assert!(line.contains("acquiring"), "{line}");
+    let t0 = Instant::now();
+    unsafe { libc::kill(waiter.id() as i32, libc::SIGTERM) };
+    let st = loop {
+        if let Some(st) = waiter.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            let _ = waiter.kill();
+            panic!("{}: a waiting lockfn run ignored SIGTERM", svc.service);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        st.code() == Some(143) || st.signal() == Some(libc::SIGTERM),
+        "{}: {st:?}",
+        svc.service
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    let st = lockfn::status(&t).unwrap();
+    assert!(
+        st.holders.len() <= 1,
+        "the canceled waiter holds nothing: {st:?}"
+    );
+    held.release().unwrap();
+    acquire(&t, Some(0.0)).release().unwrap();
+}

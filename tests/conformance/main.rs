@@ -40,4 +40,5 @@ macro_rules! conformance {
 
 conformance!(sem, pmxcfs, zk, consul;
     exclusion, limit_3, shared, timeout, try_once, cancel_fd, kill9_recovery, lost_lock,
-    tokens_grow, status_and_list_shape, persist_and_release, fork_gives_eforked);
+    tokens_grow, status_and_list_shape, persist_and_release, fork_gives_eforked,
+    signal_cancels_a_waiting_run);
