@@ -38,6 +38,20 @@ pub const LOCK_EPERM: c_int = 6;
 pub const LOCK_ECANCELED: c_int = 7;
 /// The handle belongs to the parent process (used in a child after fork()); the parent's lock
 /// is untouched.
+///
+/// fork() is safe at any moment, from any thread, even while other threads are inside lockfn
+/// calls (the library's internal locks are taken around fork by pthread_atfork handlers). In
+/// the child: every lockfn function returns without waiting for a parent's thread; an
+/// inherited handle gives `LOCK_EFORKED` from `lock_update` and `lock_release` (which frees
+/// the child's handle and never touches the parent's lock) and its token from `lock_token`;
+/// new locks, `lock_status` and `lock_gc` work as in any process. The child holds no
+/// descriptor that keeps a parent's lock: descriptors carrying lock state (a node-local flock,
+/// a sem record file) are closed in the child by the atfork child handler, so a child that
+/// never execs (a worker of a forking daemon) does not delay the parent's release; an
+/// inherited handle keeps its memory in the child (never freed). The parent is untouched.
+/// What remains: a child made by vfork(), or by posix_spawn() or clone() that run no atfork
+/// handlers, shares or copies the descriptors until it execs (all are close-on-exec); it must
+/// call nothing but exec or _exit (no lockfn function).
 pub const LOCK_EFORKED: c_int = 8;
 /// Internal error (a bug, or an answer from the service that makes no sense); never a crash.
 pub const LOCK_EINTERNAL: c_int = 9;
@@ -346,7 +360,8 @@ pub unsafe extern "C" fn lock_acquire(
 
 /// Renew the lock (refresh its TTL where the service has one) and check that it is still
 /// held: `LOCK_OK`, or `LOCK_ELOST` when the service no longer has it as ours (the caller must
-/// stop the work the lock protects). `LOCK_EFORKED` in a child after fork().
+/// stop the work the lock protects). `LOCK_EFORKED` in a child after fork() (at once, even
+/// when a parent's thread was inside `lock_update` of the same handle at fork time).
 #[no_mangle]
 pub unsafe extern "C" fn lock_update(lock: *mut lock_handle) -> c_int {
     guard(|| {

@@ -142,10 +142,7 @@ mod tests {
     #[test]
     fn registered_descriptors_are_closed_in_a_child_only() {
         let mut fds = [0; 2];
-        assert_eq!(
-            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
-            0
-        );
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
         let reg = register(fds[0]);
         let pid = unsafe { libc::fork() };
         if pid == 0 {

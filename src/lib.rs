@@ -464,7 +464,9 @@ fn maintain_shared(shared: &Shared, checks: bool) -> Result<Option<Instant>> {
         // update_shared moves both deadlines on success.
         if let Err(e) = update_shared(shared) {
             if e.kind() != ErrorKind::Lost {
-                let retry = sched.renew_every.map_or(RENEW_RETRY, |d| d.min(RENEW_RETRY));
+                let retry = sched
+                    .renew_every
+                    .map_or(RENEW_RETRY, |d| d.min(RENEW_RETRY));
                 lock_mutex(&shared.schedule).next_renew = Some(Instant::now() + retry);
             }
             return Err(e);
