@@ -47,4 +47,3 @@ pub fn build(src: &str, out: &Path, extra: &[&str]) {
     let st = cmd.status().expect("run the C compiler");
     assert!(st.success(), "compiling {src} failed");
 }
-
