@@ -163,4 +163,36 @@ mod tests {
             libc::close(fds[1]);
         }
     }
+
+    /// Every process-wide mutex held by another thread at fork time is free in the child (the
+    /// prepare handler waits for it, the child handler releases it).
+    #[test]
+    fn a_child_finds_every_table_free_when_another_thread_held_it_at_fork() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let _a = lock(crate::ffi::handles());
+            let _b = lock(crate::held_table());
+            let _c = lock(&crate::backend::sem::POOL);
+            let _d = lock(&crate::backend::zookeeper::SESSIONS);
+            let _e = lock(&FDS);
+            tx.send(()).expect("send");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        });
+        rx.recv().expect("the holder took the tables");
+        ensure_handlers();
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let free = crate::ffi::handles().try_lock().is_ok()
+                && crate::held_table().try_lock().is_ok()
+                && crate::backend::sem::POOL.try_lock().is_ok()
+                && crate::backend::zookeeper::SESSIONS.try_lock().is_ok()
+                && FDS.try_lock().is_ok();
+            unsafe { libc::_exit(if free { 0 } else { 1 }) };
+        }
+        assert!(pid > 0);
+        let mut status = 0;
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        holder.join().expect("holder");
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    }
 }

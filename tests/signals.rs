@@ -298,11 +298,13 @@ fn ignored_signals_stay_ignored_while_the_command_runs() {
     }
     // SIGUSR1 after them: once the command has it, lockfn has handled the two before.
     unsafe { libc::kill(pid, libc::SIGUSR1) };
+    let mut ended = None;
     await_true(10, "the forwarded SIGUSR1", || {
-        lines(&dir.path("usr1")) > 0 || dir.path("stop").exists()
+        ended = run.try_wait().expect("try_wait");
+        lines(&dir.path("usr1")) > 0 || ended.is_some()
     });
     assert!(
-        run.try_wait().expect("try_wait").is_none(),
+        ended.is_none(),
         "lockfn run ended after an ignored SIGHUP/SIGINT: {}",
         stderr_of(&mut run)
     );
