@@ -120,9 +120,12 @@ static int child(int n) {
     lock_string_free(json);
     if (lock_release(h) != LOCK_OK) bad |= 64;
   }
+  /* lock_gc on the host-local service (sem): a zk: or consul: gc scans the service's whole
+   * tree of locks, seconds on a server that earlier runs filled, which is no fork matter. */
   unsigned removed = 0;
   char scope[300];
-  snprintf(scope, sizeof scope, "%s-child%d", prefix, n);
+  const char *colon = strchr(prefix, ':');
+  snprintf(scope, sizeof scope, "sem:%s-child%d", colon ? colon + 1 : prefix, n);
   rc = lock_gc(scope, &removed);
   if (rc != LOCK_OK && rc != LOCK_EUNAVAILABLE) bad |= 128;
   /* The inherited handle, released in the child: EFORKED, then no longer live. */
