@@ -15,7 +15,8 @@
  * aborts the process, and turns an internal panic into LOCK_EINTERNAL. Functions that
  * return int return one of the LOCK_* codes below; on failure lock_last_error() gives
  * the detail for the calling thread. A lock_handle belongs to the process that acquired
- * it: in a child after fork() it yields LOCK_EFORKED and the parent's lock is untouched.
+ * it: in a child after fork() it yields LOCK_EFORKED and the parent's lock is untouched;
+ * fork() is safe at any moment from any thread (see LOCK_EFORKED).
  * Handles are checked against the library's table of live handles, so a double release
  * or a use after release returns LOCK_ENOTHELD. The library starts no thread until a
  * backend needs one (LOCK_FLAG_AUTO_RENEW, the ZooKeeper client).
@@ -54,6 +55,20 @@
 
 // The handle belongs to the parent process (used in a child after fork()); the parent's lock
 // is untouched.
+//
+// fork() is safe at any moment, from any thread, even while other threads are inside lockfn
+// calls (the library's internal locks are taken around fork by pthread_atfork handlers). In
+// the child: every lockfn function returns without waiting for a parent's thread; an
+// inherited handle gives `LOCK_EFORKED` from `lock_update` and `lock_release` (which frees
+// the child's handle and never touches the parent's lock) and its token from `lock_token`;
+// new locks, `lock_status` and `lock_gc` work as in any process. The child holds no
+// descriptor that keeps a parent's lock: descriptors carrying lock state (a node-local flock,
+// a sem record file) are closed in the child by the atfork child handler, so a child that
+// never execs (a worker of a forking daemon) does not delay the parent's release; an
+// inherited handle keeps its memory in the child (never freed). The parent is untouched.
+// What remains: a child made by vfork(), or by posix_spawn() or clone() that run no atfork
+// handlers, shares or copies the descriptors until it execs (all are close-on-exec); it must
+// call nothing but exec or _exit (no lockfn function).
 #define LOCK_EFORKED 8
 
 // Internal error (a bug, or an answer from the service that makes no sense); never a crash.
@@ -124,7 +139,8 @@ int lock_acquire(const char *target, const struct lock_options *opts, struct loc
 
 // Renew the lock (refresh its TTL where the service has one) and check that it is still
 // held: `LOCK_OK`, or `LOCK_ELOST` when the service no longer has it as ours (the caller must
-// stop the work the lock protects). `LOCK_EFORKED` in a child after fork().
+// stop the work the lock protects). `LOCK_EFORKED` in a child after fork() (at once, even
+// when a parent's thread was inside `lock_update` of the same handle at fork time).
 int lock_update(struct lock_handle *lock);
 
 // Release the lock and invalidate the handle. NULL is a no-op (`LOCK_OK`). A handle that was

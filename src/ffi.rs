@@ -38,6 +38,20 @@ pub const LOCK_EPERM: c_int = 6;
 pub const LOCK_ECANCELED: c_int = 7;
 /// The handle belongs to the parent process (used in a child after fork()); the parent's lock
 /// is untouched.
+///
+/// fork() is safe at any moment, from any thread, even while other threads are inside lockfn
+/// calls (the library's internal locks are taken around fork by pthread_atfork handlers). In
+/// the child: every lockfn function returns without waiting for a parent's thread; an
+/// inherited handle gives `LOCK_EFORKED` from `lock_update` and `lock_release` (which frees
+/// the child's handle and never touches the parent's lock) and its token from `lock_token`;
+/// new locks, `lock_status` and `lock_gc` work as in any process. The child holds no
+/// descriptor that keeps a parent's lock: descriptors carrying lock state (a node-local flock,
+/// a sem record file) are closed in the child by the atfork child handler, so a child that
+/// never execs (a worker of a forking daemon) does not delay the parent's release; an
+/// inherited handle keeps its memory in the child (never freed). The parent is untouched.
+/// What remains: a child made by vfork(), or by posix_spawn() or clone() that run no atfork
+/// handlers, shares or copies the descriptors until it execs (all are close-on-exec); it must
+/// call nothing but exec or _exit (no lockfn function).
 pub const LOCK_EFORKED: c_int = 8;
 /// Internal error (a bug, or an answer from the service that makes no sense); never a crash.
 pub const LOCK_EINTERNAL: c_int = 9;
@@ -113,12 +127,36 @@ thread_local! {
     static IN_FFI: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Live handles: id → lock. The mutex guards the table only, never a lock operation.
-type Slot = Arc<Mutex<Option<Lock>>>;
-static HANDLES: Lazy<Mutex<HashMap<usize, Slot>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+/// One live handle. `pid` and `token` sit outside the mutex: the lock's mutex may be held by a
+/// thread of the parent in a network call when another thread forks, and a child must answer
+/// `LOCK_EFORKED` (or the token) without waiting for a thread it does not have.
+pub(crate) struct SlotData {
+    pid: u32,
+    token: u64,
+    lock: Mutex<Option<Lock>>,
+}
+type Slot = Arc<SlotData>;
+/// Live handles: id → lock. The mutex guards the table only, never a lock operation (it is
+/// taken by the atfork prepare handler, see fork.rs).
+pub(crate) type HandleTable = HashMap<usize, Slot>;
+static HANDLES: Lazy<Mutex<HandleTable>> = Lazy::new(|| Mutex::new(HashMap::new()));
 static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
 /// Strings handed out by `lock_status`, so `lock_string_free` never frees a stranger.
-static STRINGS: Lazy<Mutex<HashSet<usize>>> = Lazy::new(|| Mutex::new(HashSet::new()));
+pub(crate) type StringTable = HashSet<usize>;
+static STRINGS: Lazy<Mutex<StringTable>> = Lazy::new(|| Mutex::new(HashSet::new()));
+
+pub(crate) fn handles() -> &'static Mutex<HandleTable> {
+    &HANDLES
+}
+
+pub(crate) fn strings() -> &'static Mutex<StringTable> {
+    &STRINGS
+}
+
+/// Initialise the lazily created statics (before a fork: never half-done in a child).
+pub(crate) fn force_statics() {
+    quiet_panics();
+}
 
 fn table<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -170,6 +208,7 @@ fn quiet_panics() {
 
 /// The panic boundary: run `f`, turning a panic into `LOCK_EINTERNAL`.
 fn guard(f: impl FnOnce() -> c_int) -> c_int {
+    crate::fork::ensure_handlers();
     quiet_panics();
     IN_FFI.with(|x| x.set(true));
     let r = catch_unwind(AssertUnwindSafe(f));
@@ -198,6 +237,16 @@ unsafe fn str_arg<'a>(p: *const c_char, what: &str) -> Result<&'a str, c_int> {
 
 fn handle_id(h: *const lock_handle) -> usize {
     h as usize
+}
+
+fn forked(lock: &SlotData) -> Option<c_int> {
+    (lock.pid != std::process::id()).then(|| {
+        set_last_error(
+            "the handle belongs to the parent process (used in a child after fork); the \
+             parent's lock is untouched",
+        );
+        LOCK_EFORKED
+    })
 }
 
 fn lookup(h: *const lock_handle) -> Result<Slot, c_int> {
@@ -295,7 +344,12 @@ pub unsafe extern "C" fn lock_acquire(
             Ok(lock) => {
                 // Ids are never reused, so a stale handle can never name a newer lock.
                 let id = NEXT_ID.fetch_add(1, Ordering::SeqCst) * 16;
-                table(&HANDLES).insert(id, Arc::new(Mutex::new(Some(lock))));
+                let slot = Arc::new(SlotData {
+                    pid: std::process::id(),
+                    token: lock.token(),
+                    lock: Mutex::new(Some(lock)),
+                });
+                table(&HANDLES).insert(id, slot);
                 out.write(id as *mut lock_handle);
                 LOCK_OK
             }
@@ -306,7 +360,8 @@ pub unsafe extern "C" fn lock_acquire(
 
 /// Renew the lock (refresh its TTL where the service has one) and check that it is still
 /// held: `LOCK_OK`, or `LOCK_ELOST` when the service no longer has it as ours (the caller must
-/// stop the work the lock protects). `LOCK_EFORKED` in a child after fork().
+/// stop the work the lock protects). `LOCK_EFORKED` in a child after fork() (at once, even
+/// when a parent's thread was inside `lock_update` of the same handle at fork time).
 #[no_mangle]
 pub unsafe extern "C" fn lock_update(lock: *mut lock_handle) -> c_int {
     guard(|| {
@@ -314,7 +369,10 @@ pub unsafe extern "C" fn lock_update(lock: *mut lock_handle) -> c_int {
             Ok(s) => s,
             Err(c) => return c,
         };
-        let guard = table(&slot);
+        if let Some(c) = forked(&slot) {
+            return c;
+        }
+        let guard = table(&slot.lock);
         match guard.as_ref() {
             Some(l) => match l.update() {
                 Ok(()) => LOCK_OK,
@@ -345,20 +403,17 @@ pub unsafe extern "C" fn lock_release(lock: *mut lock_handle) -> c_int {
                 return LOCK_ENOTHELD;
             }
         };
-        let taken = table(&slot).take();
+        if let Some(c) = forked(&slot) {
+            // The parent's lock is never touched, nor its mutex (a parent's thread may have
+            // held it at fork time): the slot is leaked.
+            std::mem::forget(slot);
+            return c;
+        }
+        let taken = table(&slot.lock).take();
         let Some(l) = taken else {
             set_last_error("lock handle was released");
             return LOCK_ENOTHELD;
         };
-        if l.is_forked() {
-            let msg = format!(
-                "the handle of {} belongs to the parent process; the parent's lock is untouched",
-                l.target()
-            );
-            l.forget();
-            set_last_error(&msg);
-            return LOCK_EFORKED;
-        }
         match l.release() {
             Ok(()) => LOCK_OK,
             Err(e) => fail(&e),
@@ -403,9 +458,7 @@ pub unsafe extern "C" fn lock_token(lock: *const lock_handle) -> u64 {
     let mut token = 0;
     guard(|| {
         if let Ok(slot) = lookup(lock) {
-            if let Some(l) = table(&slot).as_ref() {
-                token = l.token();
-            }
+            token = slot.token;
         }
         LOCK_OK
     });

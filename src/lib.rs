@@ -18,6 +18,7 @@
 pub mod backend;
 mod error;
 pub mod ffi;
+mod fork;
 pub mod holder;
 pub mod target;
 
@@ -33,7 +34,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -128,7 +129,7 @@ impl Options {
 }
 
 /// State shared by the handles of one acquisition (several with reentrant acquisition).
-struct Shared {
+pub(crate) struct Shared {
     target: Target,
     pid: u32,
     token: u64,
@@ -136,12 +137,63 @@ struct Shared {
     held: Mutex<Option<Box<dyn Held>>>,
     refs: AtomicUsize,
     lost: AtomicBool,
+    /// False once released or detached (read without taking `held`, which a thread may hold
+    /// across a network call).
+    active: AtomicBool,
+    /// When the next renewal and the next check are due (see [`Lock::maintain`]).
+    schedule: Mutex<Schedule>,
     renewer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
 }
 
+/// The keep-alive deadlines of one acquisition. Deadlines, not intervals restarted on every
+/// wake-up: nothing that wakes a supervisor (signals, stdin lines) can postpone them.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    renew_every: Option<Duration>,
+    check_every: Option<Duration>,
+    next_renew: Option<Instant>,
+    next_check: Option<Instant>,
+}
+
+impl Schedule {
+    fn new(held: &dyn Held) -> Schedule {
+        let now = Instant::now();
+        let renew_every = held.renew_interval();
+        let check_every = held.check_interval();
+        Schedule {
+            renew_every,
+            check_every,
+            next_renew: renew_every.map(|d| now + d),
+            next_check: check_every.map(|d| now + d),
+        }
+    }
+
+    /// A renewal just succeeded (it checks too).
+    fn renewed(&mut self, now: Instant) {
+        self.next_renew = self.renew_every.map(|d| now + d);
+        self.next_check = self.check_every.map(|d| now + d);
+    }
+
+    fn next(&self, checks: bool) -> Option<Instant> {
+        match (self.next_renew, self.next_check.filter(|_| checks)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// A renewal that failed without the lock being lost (service briefly unreachable) is tried
+/// again after this, or after the renewal interval if that is shorter.
+const RENEW_RETRY: Duration = Duration::from_secs(1);
+
 /// Locks held by this process, by canonical target, for reentrant acquisition.
-static HELD: Lazy<Mutex<HashMap<String, Vec<Weak<Shared>>>>> =
-    Lazy::new(|| Mutex::new(HashMap::new()));
+pub(crate) type HeldTable = HashMap<String, Vec<Weak<Shared>>>;
+static HELD: Lazy<Mutex<HeldTable>> = Lazy::new(|| Mutex::new(HashMap::new()));
+
+/// The table of held locks (taken by the atfork prepare handler, see fork.rs).
+pub(crate) fn held_table() -> &'static Mutex<HeldTable> {
+    &HELD
+}
 
 fn lock_mutex<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of our mutexes leaves plain data behind: keep going.
@@ -176,6 +228,7 @@ fn forked_error(target: &Target) -> Error {
 impl Lock {
     /// Acquire `target` as `opts` says.
     pub fn acquire(target: &Target, opts: &Options) -> Result<Lock> {
+        fork::ensure_handlers();
         opts.validate()?;
         if target.name.is_empty() {
             return Err(Error::new(
@@ -204,6 +257,8 @@ impl Lock {
             record: held.record().clone(),
             refs: AtomicUsize::new(1),
             lost: AtomicBool::new(false),
+            active: AtomicBool::new(true),
+            schedule: Mutex::new(Schedule::new(held.as_ref())),
             renewer: Mutex::new(None),
             held: Mutex::new(Some(held)),
         });
@@ -247,20 +302,13 @@ impl Lock {
 
     /// How often the lock wants renewal (None: it cannot expire).
     pub fn renew_interval(&self) -> Option<Duration> {
-        lock_mutex(&self.shared.held)
-            .as_ref()
-            .and_then(|h| h.renew_interval())
+        lock_mutex(&self.shared.schedule).renew_every
     }
 
-    /// How often a supervisor should call [`Lock::check`] to notice a loss promptly: the
-    /// shorter of the backend's check interval and its renewal interval (None: never needed).
+    /// How often a supervisor should check the lock to notice a loss promptly, where that is
+    /// cheaper than renewing (None: only at renewals).
     pub fn check_interval(&self) -> Option<Duration> {
-        let held = lock_mutex(&self.shared.held);
-        let h = held.as_ref()?;
-        match (h.check_interval(), h.renew_interval()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        lock_mutex(&self.shared.schedule).check_every
     }
 
     /// Cheaply check that the lock is still held (no renewal): `Lost` if not.
@@ -268,16 +316,28 @@ impl Lock {
         if self.is_forked() {
             return Err(forked_error(&self.shared.target));
         }
-        if self.shared.lost.load(Ordering::SeqCst) {
-            return Err(lost_error(&self.shared.target));
+        check_shared(&self.shared)
+    }
+
+    /// The one keep-alive: renew the lock if its renewal is due, else check it if a check is
+    /// due, else do nothing; returns when it should be called next (None: never, the lock can
+    /// neither expire nor be lost in a way a check would see). Due times are deadlines kept
+    /// with the lock, so calling it early (on every signal, every line of input) is cheap and
+    /// never postpones a renewal; an explicit [`Lock::update`] counts as a renewal.
+    ///
+    /// `Lost` when the service says the lock is gone. Another error (the service briefly
+    /// unreachable) is retried by the next call, after at most a second (see
+    /// [`Lock::next_due`]); the backend decides when such failures amount to a loss.
+    pub fn maintain(&self) -> Result<Option<Instant>> {
+        if self.is_forked() {
+            return Err(forked_error(&self.shared.target));
         }
-        let mut held = lock_mutex(&self.shared.held);
-        let h = held.as_mut().ok_or_else(|| not_held(&self.shared.target))?;
-        let r = h.check();
-        if matches!(&r, Err(e) if e.kind() == ErrorKind::Lost) {
-            self.shared.lost.store(true, Ordering::SeqCst);
-        }
-        r
+        maintain_shared(&self.shared, true)
+    }
+
+    /// When [`Lock::maintain`] should be called next (None: never).
+    pub fn next_due(&self) -> Option<Instant> {
+        lock_mutex(&self.shared.schedule).next(true)
     }
 
     /// Renew the lock and check it is still held: `Lost` when the service says it is gone.
@@ -302,6 +362,7 @@ impl Lock {
             return Err(forked_error(&self.shared.target));
         }
         stop_renewer(&self.shared);
+        self.shared.active.store(false, Ordering::SeqCst);
         let mut held = lock_mutex(&self.shared.held);
         match held.as_mut() {
             Some(h) => {
@@ -349,10 +410,12 @@ fn find_held(key: &str, pid: u32) -> Option<Arc<Shared>> {
     let table = lock_mutex(&HELD);
     table.get(key)?.iter().find_map(|w| {
         let s = w.upgrade()?;
+        // Never `held` here: a thread may hold it across a network call (and HELD is a leaf
+        // in the lock order of fork.rs).
         let live = s.pid == pid
             && !s.lost.load(Ordering::SeqCst)
             && s.refs.load(Ordering::SeqCst) > 0
-            && lock_mutex(&s.held).is_some();
+            && s.active.load(Ordering::SeqCst);
         live.then_some(s)
     })
 }
@@ -364,12 +427,59 @@ fn update_shared(shared: &Shared) -> Result<()> {
     let mut held = lock_mutex(&shared.held);
     let h = held.as_mut().ok_or_else(|| not_held(&shared.target))?;
     let r = h.update();
-    if let Err(e) = &r {
-        if e.kind() == ErrorKind::Lost {
-            shared.lost.store(true, Ordering::SeqCst);
-        }
+    drop(held);
+    match &r {
+        Ok(()) => lock_mutex(&shared.schedule).renewed(Instant::now()),
+        Err(e) if e.kind() == ErrorKind::Lost => shared.lost.store(true, Ordering::SeqCst),
+        Err(_) => {}
     }
     r
+}
+
+fn check_shared(shared: &Shared) -> Result<()> {
+    if shared.lost.load(Ordering::SeqCst) {
+        return Err(lost_error(&shared.target));
+    }
+    let mut held = lock_mutex(&shared.held);
+    let h = held.as_mut().ok_or_else(|| not_held(&shared.target))?;
+    let r = h.check();
+    drop(held);
+    if matches!(&r, Err(e) if e.kind() == ErrorKind::Lost) {
+        shared.lost.store(true, Ordering::SeqCst);
+    }
+    r
+}
+
+/// [`Lock::maintain`]; `checks`: also run the due checks (a supervisor), or only renew (the
+/// auto-renew thread: `lock_update` renews and verifies on its own).
+fn maintain_shared(shared: &Shared, checks: bool) -> Result<Option<Instant>> {
+    if shared.lost.load(Ordering::SeqCst) {
+        return Err(lost_error(&shared.target));
+    }
+    let now = Instant::now();
+    let sched = *lock_mutex(&shared.schedule);
+    let renew_due = sched.next_renew.is_some_and(|t| now >= t);
+    let check_due = checks && sched.next_check.is_some_and(|t| now >= t);
+    if renew_due {
+        // update_shared moves both deadlines on success.
+        if let Err(e) = update_shared(shared) {
+            if e.kind() != ErrorKind::Lost {
+                let retry = sched
+                    .renew_every
+                    .map_or(RENEW_RETRY, |d| d.min(RENEW_RETRY));
+                lock_mutex(&shared.schedule).next_renew = Some(Instant::now() + retry);
+            }
+            return Err(e);
+        }
+    } else if check_due {
+        let r = check_shared(shared);
+        {
+            let mut s = lock_mutex(&shared.schedule);
+            s.next_check = s.check_every.map(|d| Instant::now() + d);
+        }
+        r?;
+    }
+    Ok(lock_mutex(&shared.schedule).next(checks))
 }
 
 fn lost_error(target: &Target) -> Error {
@@ -391,6 +501,7 @@ fn release_shared(shared: &Arc<Shared>) -> Result<()> {
         return Ok(()); // other reentrant references still hold it
     }
     stop_renewer(shared);
+    shared.active.store(false, Ordering::SeqCst);
     let taken = lock_mutex(&shared.held).take();
     {
         let mut table = lock_mutex(&HELD);
@@ -411,29 +522,30 @@ fn release_shared(shared: &Arc<Shared>) -> Result<()> {
 }
 
 fn start_renewer(shared: &Arc<Shared>) {
-    let interval = match lock_mutex(&shared.held)
-        .as_ref()
-        .and_then(|h| h.renew_interval())
-    {
-        Some(i) => i,
-        None => return,
-    };
+    if lock_mutex(&shared.schedule).renew_every.is_none() {
+        return;
+    }
     let (tx, rx) = mpsc::channel::<()>();
     let weak = Arc::downgrade(shared);
     let spawned = std::thread::Builder::new()
         .name("lockfn-renew".into())
         .spawn(move || loop {
-            match rx.recv_timeout(interval) {
+            let next = {
+                let Some(s) = weak.upgrade() else { return };
+                match maintain_shared(&s, false) {
+                    Ok(Some(next)) => next,
+                    Ok(None) => return,
+                    Err(e) if matches!(e.kind(), ErrorKind::Lost | ErrorKind::NotHeld) => return,
+                    // Retried when due again (maintain scheduled the retry).
+                    Err(_) => match lock_mutex(&s.schedule).next(false) {
+                        Some(n) => n,
+                        None => return,
+                    },
+                }
+            };
+            match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 _ => return, // stop asked, or the lock is gone
-            }
-            let Some(s) = weak.upgrade() else { return };
-            if let Err(e) = update_shared(&s) {
-                if e.kind() == ErrorKind::Lost || e.kind() == ErrorKind::NotHeld {
-                    return;
-                }
-                // Other failures (service briefly unreachable) are retried at the next tick;
-                // the backend decides when they amount to a loss.
             }
         });
     if let Ok(handle) = spawned {
@@ -453,11 +565,13 @@ fn stop_renewer(shared: &Shared) {
 
 /// Who holds `target`.
 pub fn status(target: &Target) -> Result<Status> {
+    fork::ensure_handlers();
     backend::for_service(target.service).status(target)
 }
 
 /// Every lock under `prefix` (e.g. `sem:` for all, `zk:jobs/` for a subtree).
 pub fn list(prefix: &str) -> Result<Vec<Status>> {
+    fork::ensure_handlers();
     let t = Target::parse_allow_empty(prefix).or_else(|_| {
         // A prefix may end in a partial name that is not a valid lock name itself ("sem:ba").
         Target::parse_allow_empty(&format!(
@@ -481,6 +595,7 @@ pub fn list(prefix: &str) -> Result<Vec<Status>> {
 /// `:` and name prefix (`sem`, `sem:`, `pmxcfs:vm-`), or empty for every host-local service
 /// (sem and pmxcfs). Returns how many items were removed.
 pub fn gc(scope: &str) -> Result<u32> {
+    fork::ensure_handlers();
     let scope = scope.trim();
     if scope.is_empty() {
         let mut n = 0;
@@ -518,10 +633,12 @@ pub fn gc(scope: &str) -> Result<u32> {
 
 /// Release a lock by name (persistent locks; with `force`, whoever holds it).
 pub fn release_named(target: &Target, force: bool) -> Result<u32> {
+    fork::ensure_handlers();
     backend::for_service(target.service).release_named(target, force)
 }
 
 /// Renew a persistent lock by name.
 pub fn update_named(target: &Target) -> Result<()> {
+    fork::ensure_handlers();
     backend::for_service(target.service).update_named(target)
 }

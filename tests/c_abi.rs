@@ -2,51 +2,11 @@
 //! include/lockfn.h, links it to target/*/liblockfn.so, and runs it (also under valgrind when
 //! installed: no invalid access, no definite leak).
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn lib_dir() -> PathBuf {
-    // The test binary lives in target/<profile>/deps; the cdylib one level up.
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
-}
-
-fn build(src: &str, out: &Path) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let compiler = cc::Build::new()
-        .cargo_metadata(false)
-        .opt_level(0)
-        .target("x86_64-unknown-linux-gnu")
-        .host("x86_64-unknown-linux-gnu")
-        .get_compiler();
-    let mut cmd = compiler.to_command();
-    let built = lib_dir().join("liblockfn.so");
-    assert!(
-        built.exists(),
-        "liblockfn.so not built: {}",
-        built.display()
-    );
-    // The program asks for the soname, liblockfn.so.0: give it one beside the program.
-    let lib = out.parent().unwrap().to_path_buf();
-    let link = lib.join("liblockfn.so.0");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&built, &link).unwrap();
-    let dev = lib.join("liblockfn.so");
-    let _ = std::fs::remove_file(&dev);
-    std::os::unix::fs::symlink(&built, &dev).unwrap();
-    cmd.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g"])
-        .arg("-I")
-        .arg(root.join("include"))
-        .arg(root.join(src))
-        .arg("-o")
-        .arg(out)
-        .arg("-L")
-        .arg(&lib)
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .arg("-llockfn");
-    let st = cmd.status().expect("run the C compiler");
-    assert!(st.success(), "compiling {src} failed");
-}
+#[path = "c/build.rs"]
+mod cbuild;
+use cbuild::{build, lib_dir};
 
 fn unique(tag: &str) -> String {
     format!("abi-{tag}-{}", std::process::id())
@@ -57,7 +17,7 @@ fn c_program_exercises_the_abi() {
     let dir = std::env::temp_dir().join(format!("lockfn-c-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let exe = dir.join("abi_test");
-    build("tests/c/abi_test.c", &exe);
+    build("tests/c/abi_test.c", &exe, &[]);
     let out = Command::new(&exe).arg(unique("plain")).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));

@@ -92,13 +92,16 @@ impl Sem {
             r => return r,
         }
         let c = cname(name)?;
-        let ptr = unsafe {
-            libc::sem_open(
-                c.as_ptr(),
-                libc::O_CREAT | libc::O_EXCL,
-                mode as libc::c_uint,
-                value as libc::c_uint,
-            )
+        let ptr = {
+            let _g = sem_open_lock();
+            unsafe {
+                libc::sem_open(
+                    c.as_ptr(),
+                    libc::O_CREAT | libc::O_EXCL,
+                    mode as libc::c_uint,
+                    value as libc::c_uint,
+                )
+            }
         };
         if ptr != libc::SEM_FAILED {
             // sem_open applies the umask; the caller's mode is what they asked for.
@@ -114,7 +117,10 @@ impl Sem {
 
     fn open_existing(name: &str) -> io::Result<Sem> {
         let c = cname(name)?;
-        let ptr = unsafe { libc::sem_open(c.as_ptr(), 0) };
+        let ptr = {
+            let _g = sem_open_lock();
+            unsafe { libc::sem_open(c.as_ptr(), 0) }
+        };
         if ptr == libc::SEM_FAILED {
             return Err(io::Error::last_os_error());
         }
@@ -176,8 +182,20 @@ impl Sem {
 
 impl Drop for Sem {
     fn drop(&mut self) {
+        let _g = sem_open_lock();
         unsafe { libc::sem_close(self.ptr) };
     }
+}
+
+/// Held around our sem_open and sem_close calls, and by the atfork prepare handler (fork.rs):
+/// glibc guards its table of semaphore mappings with an internal lock that fork does not
+/// reset, so a fork while one of our threads is inside sem_open would leave a child that
+/// hangs in its first sem_open.
+pub(crate) static SEM_OPEN: Mutex<()> = Mutex::new(());
+
+fn sem_open_lock() -> MutexGuard<'static, ()> {
+    crate::fork::ensure_handlers();
+    SEM_OPEN.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Inode of the semaphore file `/NAME` now (0: cannot tell).
@@ -235,8 +253,22 @@ impl Doc {
 
 /// The record file, `/dev/shm/lockfn.NAME`.
 struct Records {
+    /// The record file in the registry of descriptors that carry lock state (fork.rs): a
+    /// child forked without exec holds no copy of it, so it can never sit in our flock
+    /// sections. Declared before `file`, so it is unregistered before the file is closed.
+    _registered: crate::fork::Registration,
     file: File,
     path: PathBuf,
+}
+
+impl Records {
+    fn new(file: File, path: PathBuf) -> Records {
+        Records {
+            _registered: crate::fork::register(file.as_raw_fd()),
+            file,
+            path,
+        }
+    }
 }
 
 /// Holds flock(2) on the record file until dropped.
@@ -268,7 +300,7 @@ impl Records {
         let mut last = io::Error::from_raw_os_error(libc::ENOENT);
         for _ in 0..MAX_REOPEN {
             match open(false) {
-                Ok(file) => return Ok(Records { file, path }),
+                Ok(file) => return Ok(Records::new(file, path)),
                 Err(e) if create && e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
@@ -276,7 +308,7 @@ impl Records {
                 Ok(file) => {
                     // open(2) applies the umask; the caller's mode is what they asked for.
                     let _ = file.set_permissions(std::fs::Permissions::from_mode(mode));
-                    return Ok(Records { file, path });
+                    return Ok(Records::new(file, path));
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = e,
                 Err(e) => return Err(e),
@@ -416,7 +448,7 @@ fn recover_dead(sem: &Sem, doc: &mut Doc, mut live: impl FnMut(&HolderRecord) ->
 
 /// A record file and its semaphore, opened together under the record file's flock: one
 /// incarnation (see `gc`).
-struct Opened {
+pub(crate) struct Opened {
     name: String,
     /// The process that opened them.
     pid: i32,
@@ -435,8 +467,17 @@ struct Opened {
 /// - only once, under the flock, its record file is found still linked (gc removes idle ones)
 ///   and its semaphore still the one at the path (`sem_replaced`).
 ///
-/// try_lock only: a busy (or, after fork, orphaned) pool means opening afresh, never waiting.
-static POOL: Mutex<Vec<Opened>> = Mutex::new(Vec::new());
+/// try_lock only: a busy pool means opening afresh, never waiting. The atfork prepare handler
+/// takes it (fork.rs), and the child handler forgets the parent's entries ([`forget_pool`]).
+pub(crate) static POOL: Mutex<Pool> = Mutex::new(Vec::new());
+pub(crate) type Pool = Vec<Opened>;
+
+/// In a forked child (atfork child handler, pool held): forget the parent's pairs without
+/// closing anything: their record files were closed through the registry of fork.rs, and
+/// their semaphore mappings are harmless (and sem_close could meet glibc's lock taken).
+pub(crate) fn forget_pool(pool: &mut Pool) {
+    std::mem::forget(std::mem::take(pool));
+}
 /// Pairs kept at most (the least recently released go first).
 const POOL_MAX: usize = 8;
 

@@ -780,8 +780,9 @@ fn serve(sh: &Shared, mut s: TcpStream, mut reader: FrameReader) -> String {
 
 /// Sessions of this process, by (hosts, auth, timeout). A forked child starts a new table and
 /// leaks the parent's (never touching its sockets or threads, which the child does not have).
-#[allow(clippy::type_complexity)]
-static SESSIONS: Mutex<Option<(u32, HashMap<String, Arc<Session>>)>> = Mutex::new(None);
+/// Taken by the atfork prepare handler (crate::fork), so a child never finds it locked.
+pub(crate) static SESSIONS: Mutex<SessionTable> = Mutex::new(None);
+pub(crate) type SessionTable = Option<(u32, HashMap<String, Arc<Session>>)>;
 
 pub fn session(cfg: &Config) -> io::Result<Arc<Session>> {
     let key = format!(

@@ -33,6 +33,8 @@ mod client;
 mod proto;
 
 pub use client::{counters, Counters};
+// For the atfork handlers (crate::fork).
+pub(crate) use client::{SessionTable, SESSIONS};
 
 use super::{GcScope, Held, HolderView, Status, Wait};
 use crate::holder::{hostname, HolderRecord, Liveness};

@@ -362,11 +362,21 @@ fn hold(a: HoldArgs) -> CmdResult {
     print_json(&acquired_json(&lock));
     let sigfd = signals::pipe().map_err(internal)?;
     let stdin = 0;
-    let tick = lock.check_interval();
-    let renew = lock.renew_interval();
-    let mut last_renew = std::time::Instant::now();
     let mut line = Vec::new();
+    // Renewals and checks when due (deadlines kept by the lock): no rate of input lines or
+    // signals postpones them.
+    let mut next_due = lock.next_due();
     loop {
+        if next_due.is_some_and(|d| std::time::Instant::now() >= d) {
+            match lock.maintain() {
+                Ok(n) => next_due = n,
+                Err(e) if e.kind() == ErrorKind::Lost => return lost_or_error(e),
+                Err(e) => {
+                    log!(1, "renewing {target} failed, will retry: {e}");
+                    next_due = run::retry_due(lock.next_due());
+                }
+            }
+        }
         let mut fds = [
             libc::pollfd {
                 fd: stdin,
@@ -379,10 +389,7 @@ fn hold(a: HoldArgs) -> CmdResult {
                 revents: 0,
             },
         ];
-        let ms = tick
-            .map(|t| t.as_millis().min(i32::MAX as u128) as i32)
-            .unwrap_or(-1);
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, run::poll_ms(next_due)) };
         if n < 0 {
             continue; // EINTR: the signal is in the pipe
         }
@@ -410,7 +417,7 @@ fn hold(a: HoldArgs) -> CmdResult {
                 match String::from_utf8_lossy(&cmd).trim() {
                     "update" => match lock.update() {
                         Ok(()) => {
-                            last_renew = std::time::Instant::now();
+                            next_due = lock.next_due();
                             print_json(&serde_json::json!({"updated": true}));
                         }
                         Err(e) => return lost_or_error(e),
@@ -423,16 +430,6 @@ fn hold(a: HoldArgs) -> CmdResult {
                     "" => {}
                     other => eprintln!("lockfn: hold: unknown request '{other}' (update, release)"),
                 }
-            }
-        }
-        if n == 0 {
-            let due = renew.is_some_and(|r| last_renew.elapsed() >= r);
-            let r = if due { lock.update() } else { lock.check() };
-            match r {
-                Ok(()) if due => last_renew = std::time::Instant::now(),
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::Lost => return lost_or_error(e),
-                Err(e) => log!(1, "renewing {target} failed, will retry: {e}"),
             }
         }
     }

@@ -13,6 +13,8 @@ pub const AFTER_HELP: &str = "\
 The command gets LOCKFN_TOKEN (the fencing token) and LOCKFN_TARGET in its environment.
 SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to lockfn are forwarded to the
 command; while waiting for the lock, SIGINT/SIGTERM/SIGHUP/SIGQUIT end the wait (exit 128+N).
+A signal ignored when lockfn starts (nohup's SIGHUP; SIGINT/SIGQUIT of a background job) stays
+ignored: not forwarded (the command inherits it ignored), and it never ends the wait.
 A target with an empty name (`sem:`) is named after a hash of the command line.
 
 Examples:
@@ -200,32 +202,37 @@ fn supervise(lock: Lock, argv: &[String], a: &RunArgs, grace: Duration) -> crate
     };
     let pid = child.id() as libc::pid_t;
     log!(1, "running {} (pid {pid}) under {}", argv[0], lock.target());
-    let tick = lock.check_interval();
-    let renew = lock.renew_interval();
-    let mut last_renew = Instant::now();
     let mut watching = true;
     let mut kill_at: Option<Instant> = None;
     let mut lost = false;
+    // Renewals and checks run when due (deadlines kept by the lock), whatever wakes us in
+    // between: forwarded signals never postpone them.
+    let mut next_due = lock.next_due();
     let status = loop {
         if let Ok(Some(s)) = child.try_wait() {
             break s;
         }
-        let mut wait = if watching { tick } else { None };
-        if let Some(k) = kill_at {
-            let left = k.saturating_duration_since(Instant::now());
-            wait = Some(wait.map_or(left, |w| w.min(left)));
-        }
-        let ms = wait
-            .map(|w| w.as_millis().min(i32::MAX as u128) as i32)
-            .unwrap_or(-1);
-        let woke = lockfn::backend::poll_readable(sigfd, ms);
-        for s in signals::drain(sigfd) {
-            if s.signo == libc::SIGCHLD {
-                continue;
-            }
-            if s.from_process {
-                log!(1, "forwarding {} to pid {pid}", signals::name(s.signo));
-                unsafe { libc::kill(pid, s.signo) };
+        if watching && next_due.is_some_and(|d| Instant::now() >= d) {
+            match lock.maintain() {
+                Ok(n) => next_due = n,
+                Err(e) if e.kind() == ErrorKind::Lost => {
+                    watching = false;
+                    match a.on_lost {
+                        OnLost::Stop => {
+                            eprintln!("lockfn: {e}; stopping the command (SIGTERM)");
+                            lost = true;
+                            unsafe { libc::kill(pid, libc::SIGTERM) };
+                            kill_at = Some(Instant::now() + grace);
+                        }
+                        OnLost::Ignore => {
+                            eprintln!("lockfn: {e}; the command keeps running (--on-lost ignore)")
+                        }
+                    }
+                }
+                Err(e) => {
+                    log!(1, "checking {} failed, will retry: {e}", lock.target());
+                    next_due = retry_due(lock.next_due());
+                }
             }
         }
         if let Some(k) = kill_at {
@@ -235,32 +242,19 @@ fn supervise(lock: Lock, argv: &[String], a: &RunArgs, grace: Duration) -> crate
                 kill_at = None;
             }
         }
-        if woke || !watching {
-            continue;
-        }
-        let due = renew.is_some_and(|r| last_renew.elapsed() >= r);
-        let r = if due { lock.update() } else { lock.check() };
-        match r {
-            Ok(()) => {
-                if due {
-                    last_renew = Instant::now();
-                }
+        let wake = [next_due.filter(|_| watching), kill_at]
+            .into_iter()
+            .flatten()
+            .min();
+        lockfn::backend::poll_readable(sigfd, poll_ms(wake));
+        for s in signals::drain(sigfd) {
+            if s.signo == libc::SIGCHLD {
+                continue;
             }
-            Err(e) if e.kind() == ErrorKind::Lost => {
-                watching = false;
-                match a.on_lost {
-                    OnLost::Stop => {
-                        eprintln!("lockfn: {e}; stopping the command (SIGTERM)");
-                        lost = true;
-                        unsafe { libc::kill(pid, libc::SIGTERM) };
-                        kill_at = Some(Instant::now() + grace);
-                    }
-                    OnLost::Ignore => {
-                        eprintln!("lockfn: {e}; the command keeps running (--on-lost ignore)")
-                    }
-                }
+            if s.from_process {
+                log!(1, "forwarding {} to pid {pid}", signals::name(s.signo));
+                unsafe { libc::kill(pid, s.signo) };
             }
-            Err(e) => log!(1, "checking {} failed, will retry: {e}", lock.target()),
         }
     };
     let code = match (status.code(), status.signal()) {
@@ -278,6 +272,25 @@ fn supervise(lock: Lock, argv: &[String], a: &RunArgs, grace: Duration) -> crate
         Err(e) => eprintln!("lockfn: warning: releasing {}: {e}", argv[0]),
     }
     Ok(if lost { exit::LOST } else { code })
+}
+
+/// poll(2)'s timeout for a wait until `deadline` (None: forever), rounded up so that a
+/// wake-up is never before the deadline.
+pub fn poll_ms(deadline: Option<Instant>) -> i32 {
+    match deadline {
+        None => -1,
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+        }
+    }
+}
+
+/// The next due time after a failed keep-alive: what the lock scheduled, and never in the
+/// past (a failure must not turn into a busy loop).
+pub fn retry_due(next: Option<Instant>) -> Option<Instant> {
+    let floor = Instant::now() + Duration::from_millis(100);
+    next.map(|n| n.max(floor))
 }
 
 #[cfg(test)]

@@ -47,10 +47,18 @@ pub fn pipe() -> std::io::Result<RawFd> {
     Ok(fds[0])
 }
 
-/// Route `signals` to the self-pipe.
+/// Route `signals` to the self-pipe, except those ignored (SIG_IGN) when we started: `nohup`
+/// ignores SIGHUP, a non-interactive shell ignores SIGINT and SIGQUIT for its background jobs,
+/// and what was ignored stays ignored — not caught, not forwarded (the command inherits the
+/// SIG_IGN, as under flock(1)), and it never cancels a wait. We never set SIG_IGN ourselves
+/// on these signals, so "ignored now" is "ignored at start".
 pub fn catch(signals: &[i32]) -> std::io::Result<()> {
     pipe()?;
     for &s in signals {
+        // SIGCHLD is ours to catch whatever we inherited (the supervisor waits on it).
+        if s != libc::SIGCHLD && ignored(s) {
+            continue;
+        }
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_signal as *const () as usize;
@@ -62,6 +70,14 @@ pub fn catch(signals: &[i32]) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Is `signo`'s disposition SIG_IGN?
+pub fn ignored(signo: i32) -> bool {
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signo, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
 }
 
 /// Put an event into the pipe as if `signo` had been sent by a process (from a thread).
