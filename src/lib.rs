@@ -349,18 +349,31 @@ impl Lock {
     }
 
     /// Release the lock (or one reentrant reference to it).
-    pub fn release(mut self) -> Result<()> {
-        self.done = true;
-        release_shared(&self.shared)
+    pub fn release(self) -> Result<()> {
+        if self.is_forked() {
+            return Err(self.forked_in_child());
+        }
+        let mut me = self;
+        me.done = true;
+        release_shared(&me.shared)
+    }
+
+    /// In a forked child: `Forked`, and the parent's state is leaked, never dropped here (its
+    /// descriptors are already closed in the child, see fork.rs; dropping them again would
+    /// close whatever now has their numbers, and a session the parent uses must stay).
+    fn forked_in_child(self) -> Error {
+        let e = forked_error(&self.shared.target);
+        std::mem::forget(self);
+        e
     }
 
     /// Leave the lock held after this process exits (persistent locks: `lockfn acquire
     /// --persist`); it is ended by `release_named`.
     pub fn detach(mut self) -> Result<()> {
-        self.done = true;
         if self.is_forked() {
-            return Err(forked_error(&self.shared.target));
+            return Err(self.forked_in_child());
         }
+        self.done = true;
         stop_renewer(&self.shared);
         self.shared.active.store(false, Ordering::SeqCst);
         let mut held = lock_mutex(&self.shared.held);

@@ -165,7 +165,11 @@ pub fn flock_holder_pid(file: &File) -> Option<i32> {
 /// The watch is kept, not closed at once: closing an inotify instance waits for an RCU grace
 /// period (~5-15 ms measured), which would delay every handoff.
 pub struct NodeFlock {
-    // Declaration order is drop order: the flock goes first, then the (slow) watch.
+    // Declaration order is drop order: unregistered first (the registry never names a closed
+    // descriptor), then the flock, then the (slow) watch.
+    /// A forked child closes its copy of the descriptor (fork.rs): a worker forked without
+    /// exec never keeps this node's lock after the parent let it go or died.
+    _fork: crate::fork::Registration,
     file: File,
     _watch: Option<CloseWatch>,
 }
@@ -208,6 +212,7 @@ pub fn acquire(
         }
         if still_linked(&file, &path) {
             return Ok(NodeFlock {
+                _fork: crate::fork::register(file.as_raw_fd()),
                 file,
                 _watch: watch,
             });
