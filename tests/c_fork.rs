@@ -4,9 +4,12 @@
 //! expectations met (inherited handles: LOCK_EFORKED; new locks work), and the parent's lock
 //! is untouched. zk and consul need ZKHOSTS / CONSUL_HTTP_ADDR (tests/run.sh starts both);
 //! with LOCKFN_TEST_REQUIRE_SERVERS=1 a missing server fails the test, otherwise it is skipped.
+//! pmxcfs runs on the FUSE emulator (tests/pmxcfs/emu.sh).
 
 #[path = "c/build.rs"]
 mod cbuild;
+#[path = "common/mod.rs"]
+mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -40,10 +43,15 @@ fn server(var: &str) -> bool {
 }
 
 fn run(prefix: &str) {
+    run_with(prefix, &[]);
+}
+
+fn run_with(prefix: &str, env: &[(&str, PathBuf)]) {
     let exe = program();
     let start = Instant::now();
     let mut child = Command::new(&exe)
         .arg(prefix)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -94,5 +102,28 @@ fn fork_from_a_threaded_program_zk() {
 fn fork_from_a_threaded_program_consul() {
     if server("CONSUL_HTTP_ADDR") {
         run(&prefix("consul"));
+    }
+}
+
+#[test]
+fn fork_from_a_threaded_program_pmxcfs() {
+    if !common::fuse_available() {
+        common::require("/dev/fuse and root (the pmxcfs emulator)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("lockfn-cfork-emu-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    common::emu("start", &dir, 120);
+    let env = [
+        ("LOCKFN_PMXCFS_DIR", common::emu_lockdir(&dir)),
+        ("LOCKFN_PMXLOCK_DIR", dir.join("flock")),
+        ("LOCKFN_RUN_DIR", dir.join("run")),
+    ];
+    let r = std::panic::catch_unwind(|| run_with(&prefix("pmxcfs"), &env));
+    common::emu("stop", &dir, 120);
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(p) = r {
+        std::panic::resume_unwind(p);
     }
 }

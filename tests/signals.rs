@@ -2,7 +2,11 @@
 //! and signals ignored when lockfn starts (nohup's SIGHUP, a background job's SIGINT) stay
 //! ignored. zk and consul need ZKHOSTS / CONSUL_HTTP_ADDR (tests/run.sh starts both); with
 //! LOCKFN_TEST_REQUIRE_SERVERS=1 a missing server fails the test, otherwise it is skipped.
-//! pmxcfs: not here yet (needs the pmxcfs emulator with a short TTL setting).
+//! pmxcfs runs on the FUSE emulator (tests/pmxcfs/emu.sh) with a 4 s TTL, and a contender
+//! from another "node" whose unlock requests would expire the lock after a missed refresh.
+
+#[path = "common/mod.rs"]
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -174,10 +178,16 @@ fn lines(p: &Path) -> usize {
 /// ours the whole time (a missed renewal would let the service end it), every signal reaches
 /// the command, and `lockfn run` ends with the command's exit 0.
 fn storm_keeps_the_lock(target: &str, args: &[&str], hold: Duration) {
+    storm_keeps_the_lock_with(target, args, hold, || ());
+}
+
+/// [`storm_keeps_the_lock`], with `started` called once the command runs under the lock.
+fn storm_keeps_the_lock_with(target: &str, args: &[&str], hold: Duration, started: impl FnOnce()) {
     let dir = Dir::new(&target.replace([':', '/'], "_"));
     let mut run = lockfn_run(target, args, &script(&dir, 0), &[], false);
     let pid = run.id();
     await_true(30, "the command to start", || dir.path("started").exists());
+    started();
     let storm = Storm::start(pid);
     let end = Instant::now() + hold;
     while Instant::now() < end {
@@ -274,6 +284,51 @@ fn signal_storm_consul() {
         Duration::from_secs(22),
     );
     storm_sees_a_loss(&format!("consul:{}", name("storm-loss")), &args);
+}
+
+#[test]
+fn signal_storm_pmxcfs() {
+    if !common::fuse_available() {
+        common::require("/dev/fuse and root (the pmxcfs emulator)");
+        return;
+    }
+    // pmxcfs (the emulator) expires a lock 4 s after its last refresh, on a contender's unlock
+    // request; lockfn is told so and refreshes every 2 s. 10 s under the storm is more than
+    // two renewal periods and two TTLs: a refresh missed for 4 s hands the lock over.
+    let dir = Dir::new("pmxcfs-emu");
+    common::emu("start", &dir.0, 4);
+    struct Stop<'a>(&'a Dir);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            common::emu("stop", &self.0 .0, 4);
+        }
+    }
+    let _stop = Stop(&dir);
+    std::env::set_var("LOCKFN_PMXCFS_DIR", common::emu_lockdir(&dir.0));
+    std::env::set_var("LOCKFN_PMXLOCK_DIR", dir.path("flock"));
+    std::env::set_var("LOCKFN_RUN_DIR", dir.path("run"));
+    std::env::set_var("LOCKFN_PMXCFS_TTL", "4");
+    let target = format!("pmxcfs:{}", name("storm"));
+    // The contender: its own node-local flock and records (another node), waiting from the
+    // moment our command runs.
+    let mut contender = None;
+    storm_keeps_the_lock_with(&target, &[], Duration::from_secs(10), || {
+        contender = Some(
+            Command::new(LOCKFN)
+                .args(["run", "-w", "60", &target, "--", "true"])
+                .env("LOCKFN_PMXLOCK_DIR", dir.path("flock-node2"))
+                .env("LOCKFN_RUN_DIR", dir.path("run-node2"))
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("contender"),
+        );
+    });
+    // Released at the end: the contender gets it then.
+    let mut contender = contender.expect("the contender started");
+    let st = exit_within(&mut contender, 20, "contender");
+    assert_eq!(st.code(), Some(0));
+    storm_sees_a_loss(&format!("pmxcfs:{}", name("storm-loss")), &[]);
 }
 
 /// nohup: SIGHUP (and a background job's SIGINT) ignored before exec stay ignored: `kill -HUP`
