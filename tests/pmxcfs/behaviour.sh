@@ -5,6 +5,7 @@
 #
 #   tests/pmxcfs/behaviour.sh PVE_ROOT [TTL]          TTL in seconds, default 120 (pmxcfs's)
 #   RESTART_CMD='…' tests/pmxcfs/behaviour.sh /etc/pve   also the checks across a restart
+#   FREEZE_CMD='…' THAW_CMD='…'                          also: a call blocks while frozen
 #
 # e.g. behaviour.sh /etc/pve (about 125 s), or with
 #   RESTART_CMD='/tmp/pmxcfs-scratch/ctl.sh restart'
@@ -215,6 +216,30 @@ try:
         got == [str(errno.EACCES)] * 3, " ".join(got) or out.stderr.strip())
 except (OSError, subprocess.SubprocessError) as ex:
     res("non-root gets EACCES", None, "setpriv: %s" % ex)
+
+# --- frozen (optional) ------------------------------------------------------------------------
+FREEZE, THAW = os.environ.get("FREEZE_CMD", ""), os.environ.get("THAW_CMD", "")
+if FREEZE and THAW:
+    subprocess.run(["sh", "-c", FREEZE], check=False)
+    t0 = time.time()
+    child = subprocess.Popen(["stat", L("frozen")], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        child.wait(timeout=1.5)
+        blocked = False
+    except subprocess.TimeoutExpired:
+        blocked = True
+    subprocess.run(["sh", "-c", THAW], check=False)
+    try:
+        rc = child.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        rc = None
+    res("frozen (%s): a stat blocks until thawed, then answers" % FREEZE,
+        blocked and rc is not None and time.time() - t0 >= 1.5,
+        "blocked %s, then exit %s after %.1f s" % (blocked, rc, time.time() - t0))
+else:
+    res("frozen checks", None, "FREEZE_CMD and THAW_CMD not set")
 
 # --- restart (optional), expiry, refresh resets the lock time ---------------------------------
 # Locks, all polled with unlock requests in one loop so the whole takes about TTL + 5 s:

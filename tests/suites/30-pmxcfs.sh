@@ -127,6 +127,7 @@ t_emulator_behaves_like_pmxcfs() {
   emu_start "$T/emu-bhv" 2 || fail "emulator did not start" || return 1
   local out rc=0
   out=$(RESTART_CMD="PMXEMU_BIN=$T/bin/pmxemu PMXEMU_WATCH_PID=$$ $EMU restart $T/emu-bhv" \
+    FREEZE_CMD="$EMU freeze $T/emu-bhv" THAW_CMD="$EMU thaw $T/emu-bhv" \
     tests/pmxcfs/behaviour.sh "$T/emu-bhv/mnt" 2 2>&1) || rc=$?
   "$EMU" stop "$T/emu-bhv"
   echo "$out" | grep -v '^ok ' | sed 's/^/    /'
