@@ -50,8 +50,16 @@ def en(e):
 def L(n):
     return os.path.join(LOCK, P + n)
 
+def settle():
+    """Wait until the wall clock is more than 20 ms into a second (and not about to leave it):
+    pmxcfs takes its times from time(2), a coarse clock that lags by up to a few ms, so a
+    whole second read here just after it began may not have begun there yet."""
+    while not 0.02 <= time.time() % 1 <= 0.97:
+        time.sleep(0.005)
+
 def unlock(p):
     """The unlock request utime(p, 0, 0), with the wall clock before and after it."""
+    settle()
     tb = time.time()
     e = err(os.utime, p, (0, 0))
     return e, tb, time.time()
@@ -69,6 +77,7 @@ for d in (PRIV, LOCK):
 
 # --- mkdir, EEXIST, times -----------------------------------------------------------------
 a = L("a")
+settle()
 t0 = time.time()
 e1 = err(os.mkdir, a)
 e2 = err(os.mkdir, a)
@@ -249,6 +258,7 @@ else:
 def wait_second(s):
     while int(time.time()) < s:
         time.sleep(0.02)
+    settle()
 
 R = L("restart")
 restart = None
@@ -278,6 +288,7 @@ else:
 
 # A: st_ino and expiry
 os.rmdir(a)
+settle()
 os.mkdir(a)
 tA = time.time()
 mA = os.stat(a).st_mtime_ns // 10**9
