@@ -3,7 +3,7 @@ builds everything, starts the servers and exports the environment below). Prints
 writes JSON. See benches/README.md for what each row measures.
 
 Environment (set by run.sh): BENCH_TMP, BENCH_OUT, BENCH_QUICK (0/1), LOCKFN_BIN,
-LOCKFN_BENCH_BIN, CABI_BIN, RAWFLOOR_BIN, VENV_PY, PMXEMU_SO, PMXLOCK_RUN, ZKHOSTS,
+LOCKFN_BENCH_BIN, CABI_BIN, RAWFLOOR_BIN, VENV_PY, PMXEMU_LOG, PMXLOCK_RUN, ZKHOSTS,
 CONSUL_HTTP_ADDR, CONSUL_BIN, LOCKFN_PMXCFS_DIR, LOCKFN_PMXLOCK_DIR, LOCKFN_RUN_DIR,
 VENV_BIN.
 """
@@ -106,10 +106,8 @@ def row(id_, section, backend, metric, unit, lockfn, peer, peer_value, *, lockfn
 def benv(backend, extra=None):
     env = dict(E)
     env["LD_LIBRARY_PATH"] = os.path.dirname(LOCKFN) + ":" + E.get("LD_LIBRARY_PATH", "")
-    if backend == "pmxcfs":
-        env["LD_PRELOAD"] = E["PMXEMU_SO"]
-        env["PMXEMU_DIR"] = E["LOCKFN_PMXCFS_DIR"]
-        env["PMXEMU_TTL"] = "120"
+    # pmxcfs: LOCKFN_PMXCFS_DIR is on the emulator (a FUSE mount, run.sh), which logs every
+    # mkdir/rmdir/utime that reaches it into PMXEMU_LOG ("OP PID RESULT ERRNO MONO_NS NAME").
     if extra:
         env.update(extra)
     return env
@@ -374,10 +372,7 @@ class Contenders:
         self.shm = os.path.join(TMP, name + ".shm")
         self.reset()
         extra = {}
-        self.pmxlog = None
-        if b == "pmxcfs":
-            self.pmxlog = os.path.join(TMP, name + ".pmxlog")
-            extra["PMXEMU_LOG"] = self.pmxlog
+        self.pmxlog = E["PMXEMU_LOG"] if b == "pmxcfs" else None
         self.proxied = b == "consul" and CPROXY is not None
         if self.proxied:
             extra["CONSUL_HTTP_ADDR"] = CPROXY.addr
@@ -422,8 +417,8 @@ class Contenders:
     def window(self, dur, mode, margin_ms=0):
         """Returns (acquisitions, hand-off latencies in ns, service requests or None)."""
         self.reset()
-        if self.pmxlog and os.path.exists(self.pmxlog):
-            os.unlink(self.pmxlog)
+        # the emulator's log is shared: count what it gets from here on
+        pmxoff = os.path.getsize(self.pmxlog) if self.pmxlog and os.path.exists(self.pmxlog) else 0
         b = self.b
         c0 = zk_mntr_packets() if b == "zk" else (CPROXY.count() if self.proxied else None)
         self.t0 = time.time()
@@ -439,7 +434,11 @@ class Contenders:
         elif self.proxied:
             reqs = CPROXY.count() - c0
         elif b == "pmxcfs":
-            reqs = sum(1 for _ in open(self.pmxlog)) if os.path.exists(self.pmxlog) else 0
+            reqs = 0
+            if os.path.exists(self.pmxlog):
+                with open(self.pmxlog, "rb") as f:
+                    f.seek(pmxoff)
+                    reqs = sum(1 for _ in f)
         ops = sum(o["ops"] for o in outs)
         lat = [x for o in outs for x in o["handoffs_ns"]]
         return ops, lat, reqs
@@ -555,8 +554,7 @@ def wait_one(b, impl):
         elif b == "consul":
             wenv["CONSUL_HTTP_ADDR"] = CPROXY.addr
         elif b == "pmxcfs":
-            pmxlog = os.path.join(TMP, name + ".pmxlog")
-            wenv["PMXEMU_LOG"] = pmxlog
+            pmxlog = E["PMXEMU_LOG"]
         elif b == "sem":
             strace_out = os.path.join(TMP, name + ".strace")
             waiter = ["strace", "-f", "-ttt", "-qq", "-o", strace_out] + waiter
@@ -579,7 +577,7 @@ def wait_one(b, impl):
             if os.path.exists(pmxlog):
                 for ln in open(pmxlog):
                     f = ln.split()
-                    if len(f) >= 5 and int(f[4]) >= t_mono:
+                    if len(f) >= 5 and f[1] == str(w.pid) and int(f[4]) >= t_mono:
                         n += 1
         else:
             n = strace_count(strace_out, t_wall, t_end)

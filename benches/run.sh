@@ -9,8 +9,9 @@
 # cjnfuncs/resourcelock, posix_ipc, python-consul, lockpick; Debian 11's consul), builds
 # release (`cargo build --release`: the library, the CLI and benches/lockfn_bench.rs), compiles
 # the C helpers, starts a ZooKeeper and a Consul agent on 127.0.0.1 (free ports; stopped on
-# exit), runs benches/driver.py, prints a table and writes JSON. pmxcfs runs in a temp dir on
-# /dev/shm with tests/pmxcfs/pmxemu.c preloaded (pmxcfs's lock semantics, message log).
+# exit), runs benches/driver.py, prints a table and writes JSON. pmxcfs runs on the pmxcfs
+# emulator (tests/pmxcfs/emu.sh: a FUSE mount in a temp dir on /dev/shm, pmxcfs's lock
+# semantics, message log).
 # What each row measures: benches/README.md.
 set -uo pipefail
 # The whole script is one brace group: bash parses it before running it, so editing this file
@@ -56,10 +57,11 @@ T=$(mktemp -d /dev/shm/lockfn-bench.XXXXXX)
 cleanup() {
   tests/servers/zookeeper.sh stop "$T/zk" >/dev/null 2>&1 || true
   tests/servers/consul.sh stop "$T/consul" >/dev/null 2>&1 || true
+  tests/pmxcfs/emu.sh stop "$T/emu" >/dev/null 2>&1 || true
   # our semaphores and holder records (names start with lfb<driver pid>-)
   find /dev/shm -maxdepth 1 \( -name 'sem.lfb[0-9]*-*' -o -name 'lockfn.lfb[0-9]*-*' -o -name 'lfb[0-9]*-*' \) \
     -user "$(id -u)" -delete 2>/dev/null || true
-  rm -rf "$T"
+  rm -rf --one-file-system "$T"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -81,8 +83,7 @@ mkdir -p "$T/bin" "$T/lib"
 # the library's soname is liblockfn.so.0 (build.rs); the build leaves liblockfn.so only
 ln -sf "$REL/liblockfn.so" "$T/lib/liblockfn.so.0"
 if ! cc -O2 -Wall -Iinclude -o "$T/bin/cabi_cycle" benches/cabi_cycle.c -L"$REL" -llockfn -Wl,-rpath,"$T/lib" ||
-  ! cc -O2 -Wall -o "$T/bin/raw_floor" benches/raw_floor.c -pthread ||
-  ! cc -shared -fPIC -O2 -o "$T/bin/pmxemu.so" tests/pmxcfs/pmxemu.c -ldl; then
+  ! cc -O2 -Wall -o "$T/bin/raw_floor" benches/raw_floor.c -pthread; then
   echo "benches/run.sh: compiling the C helpers failed" >&2
   exit 1
 fi
@@ -104,13 +105,20 @@ else
   tail -n 30 "$T/consul.log" >&2 2>/dev/null
 fi
 
-export LOCKFN_PMXCFS_DIR=$T/pve/priv/lock LOCKFN_PMXLOCK_DIR=$T/flock LOCKFN_RUN_DIR=$T/run
-mkdir -p "$LOCKFN_PMXCFS_DIR" "$LOCKFN_PMXLOCK_DIR" "$LOCKFN_RUN_DIR"
+# pmxcfs: the FUSE emulator (tests/pmxcfs/emu.sh; stops by itself if this shell dies)
+if ! PMXEMU_TTL=120 PMXEMU_WATCH_PID=$$ tests/pmxcfs/emu.sh start "$T/emu"; then
+  echo "benches/run.sh: the pmxcfs emulator did not start" >&2
+  exit 1
+fi
+LOCKFN_PMXCFS_DIR=$(sed -n 's/^LOCKFN_PMXCFS_DIR=//p' "$T/emu/env")
+PMXEMU_LOG=$(sed -n 's/^PMXEMU_LOG=//p' "$T/emu/env")
+export LOCKFN_PMXCFS_DIR PMXEMU_LOG LOCKFN_PMXLOCK_DIR=$T/flock LOCKFN_RUN_DIR=$T/run
+mkdir -p "$LOCKFN_PMXLOCK_DIR" "$LOCKFN_RUN_DIR"
 unset CONSUL_HTTP_TOKEN CONSUL_HTTP_TOKEN_FILE LOCKFN_BACKEND LOCKFN_ZK_AUTH
 export ZKHOSTS CONSUL_HTTP_ADDR ZK_SKIP CONSUL_SKIP CONSUL_BIN
 export BENCH_TMP=$T BENCH_OUT=$OUT BENCH_QUICK=$QUICK
 export LOCKFN_BIN=$REL/lockfn LOCKFN_BENCH_BIN=$BENCH_BIN
-export CABI_BIN=$T/bin/cabi_cycle RAWFLOOR_BIN=$T/bin/raw_floor PMXEMU_SO=$T/bin/pmxemu.so
+export CABI_BIN=$T/bin/cabi_cycle RAWFLOOR_BIN=$T/bin/raw_floor
 export VENV_PY=$LOCKFN_VENV/bin/python VENV_BIN=$LOCKFN_VENV/bin
 export PMXLOCK_RUN=$ROOT/tests/pmxcfs/pmxlock_run.py
 

@@ -1,7 +1,9 @@
-//! pmxcfs backend tests on a plain directory under /dev/shm (tmpfs: inode numbers only grow,
-//! as on pmxcfs). Where pmxcfs's own behaviour matters (unlock requests, expiry, refresh), the
-//! processes run with tests/pmxcfs/pmxemu.so preloaded, which answers utime(0,0)/utime(0,now)
-//! on the lock directory as pmxcfs does and logs every mkdir/rmdir/utime (the cluster traffic).
+//! pmxcfs backend tests on the pmxcfs emulator (tests/pmxcfs/pmxemu.c, a FUSE file system that
+//! behaves like pmxcfs in local mode: st_ino is libfuse's node number, whole-second times, unlock
+//! requests, expiry after the TTL, refreshes; see tests/pmxcfs/README.md). Each test process
+//! starts one emulator (TTL 120 s) through tests/pmxcfs/emu.sh and stops it at exit; the tests
+//! that need a short TTL start their own. The emulator logs every mkdir/rmdir/utime that reaches
+//! it (the cluster traffic).
 //!
 //! Child processes are this test binary re-run in worker mode (`worker_main`, driven by
 //! PMX_WORKER), so they use the library exactly as a user program does.
@@ -18,22 +20,121 @@ use std::time::{Duration, Instant};
 const TESTS_ROOT: &str = "/dev/shm/lockfn-pmxcfs-tests";
 
 // ----------------------------------------------------------------------------------------------
+// The emulator
+
+/// A running pmxcfs emulator in `dir` (tests/pmxcfs/emu.sh), mounted at `dir`/mnt; stopped (and
+/// unmounted) on drop, and by itself when this process is gone.
+struct Emu {
+    dir: PathBuf,
+    lockdir: PathBuf,
+    log: PathBuf,
+    ttl: u32,
+}
+
+fn emu_sh() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pmxcfs/emu.sh")
+}
+
+impl Emu {
+    /// Start an emulator with the given TTL (seconds), using the binary built in `bin_dir`.
+    fn start_with(dir: &Path, ttl: u32, bin_dir: &Path) -> Emu {
+        let out = Command::new(emu_sh())
+            .arg("start")
+            .arg(dir)
+            .env("PMXEMU_TTL", ttl.to_string())
+            .env("PMXEMU_BIN", bin_dir.join("pmxemu"))
+            .env("PMXEMU_WATCH_PID", std::process::id().to_string())
+            .stdin(Stdio::null())
+            .output()
+            .expect("tests/pmxcfs/emu.sh");
+        assert!(
+            out.status.success(),
+            "starting the pmxcfs emulator in {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let envf = std::fs::read_to_string(dir.join("env")).unwrap();
+        let var = |k: &str| {
+            envf.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .map(PathBuf::from)
+                .unwrap_or_else(|| panic!("{k} missing in {}/env", dir.display()))
+        };
+        Emu {
+            dir: dir.to_path_buf(),
+            lockdir: var("LOCKFN_PMXCFS_DIR"),
+            log: var("PMXEMU_LOG"),
+            ttl,
+        }
+    }
+
+    /// Point a lockfn process at this emulator, and tell it the TTL (`LOCKFN_PMXCFS_TTL`):
+    /// lockfn's ownership proofs hold only for a TTL no longer than the one that expires
+    /// locks, as on a real pmxcfs (120 s).
+    fn apply<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        cmd.env("LOCKFN_PMXCFS_DIR", &self.lockdir)
+            .env("LOCKFN_PMXCFS_TTL", self.ttl.min(120).to_string())
+    }
+
+    /// An emulator of its own for one test (e.g. a short TTL).
+    fn start(name: &str, ttl: u32) -> Emu {
+        Emu::start_with(&env().root.join(name), ttl, &env().root.join("bin"))
+    }
+
+    fn stop(&self) {
+        let _ = Command::new(emu_sh())
+            .arg("stop")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Emu {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Lazily unmount whatever is mounted under `dir` (an emulator of a run that was killed).
+fn unmount_under(dir: &Path) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for l in info.lines() {
+        if let Some(m) = l.split_whitespace().nth(4) {
+            if Path::new(m).starts_with(dir) {
+                let c = std::ffi::CString::new(m).unwrap();
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    }
+}
+
+extern "C" fn stop_main_emulator() {
+    if let Some(Some(e)) = ENV.get().map(|e| e.emu.as_ref()) {
+        e.stop();
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
 // Environment: one root per test process, set before any lock is used.
 
 struct Env {
     root: PathBuf,
     lockdir: PathBuf,
+    /// The emulator of this test process (None in a worker).
+    emu: Option<Emu>,
 }
 
+static ENV: OnceLock<Env> = OnceLock::new();
+
 fn env() -> &'static Env {
-    static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
         if let Ok(root) = std::env::var("PMX_TEST_ROOT") {
             // A worker: the parent set everything.
-            let root = PathBuf::from(root);
             return Env {
-                lockdir: root.join("pve/priv/lock"),
-                root,
+                root: PathBuf::from(root),
+                lockdir: PathBuf::from(std::env::var("LOCKFN_PMXCFS_DIR").unwrap()),
+                emu: None,
             };
         }
         let _ = std::fs::create_dir_all(TESTS_ROOT);
@@ -42,22 +143,44 @@ fn env() -> &'static Env {
             for e in d.flatten() {
                 let pid: i32 = e.file_name().to_string_lossy().parse().unwrap_or(0);
                 if pid > 0 && !Path::new(&format!("/proc/{pid}")).exists() {
+                    unmount_under(&e.path());
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
         }
         let root = PathBuf::from(format!("{TESTS_ROOT}/{}", std::process::id()));
+        unmount_under(&root);
         let _ = std::fs::remove_dir_all(&root);
-        let lockdir = root.join("pve/priv/lock");
-        std::fs::create_dir_all(&lockdir).unwrap();
         std::fs::create_dir_all(root.join("flock")).unwrap();
         std::fs::create_dir_all(root.join("run")).unwrap();
+        let bin = root.join("bin");
+        let st = Command::new(emu_sh())
+            .arg("build")
+            .arg(&bin)
+            .status()
+            .expect("tests/pmxcfs/emu.sh");
+        assert!(
+            st.success(),
+            "building the pmxcfs emulator (needs cc, libfuse-dev)"
+        );
+        let emu = Emu::start_with(&root.join("emu"), 120, &bin);
+        unsafe { libc::atexit(stop_main_emulator) };
+        let lockdir = emu.lockdir.clone();
         std::env::set_var("PMX_TEST_ROOT", &root);
         std::env::set_var("LOCKFN_PMXCFS_DIR", &lockdir);
         std::env::set_var("LOCKFN_PMXLOCK_DIR", root.join("flock"));
         std::env::set_var("LOCKFN_RUN_DIR", root.join("run"));
-        Env { root, lockdir }
+        Env {
+            root,
+            lockdir,
+            emu: Some(emu),
+        }
     })
+}
+
+/// The operation log of this test process's emulator.
+fn emu_log() -> PathBuf {
+    env().emu.as_ref().unwrap().log.clone()
 }
 
 fn target(name: &str) -> Target {
@@ -121,18 +244,11 @@ fn inotify_watch_on(path: &Path) -> bool {
     })
 }
 
-fn ino(name: &str) -> Option<u64> {
+/// What tells one lock directory from another here: node number and mtime.
+fn dir_state(name: &str) -> Option<(u64, i64)> {
     std::fs::symlink_metadata(lock_path(name))
         .ok()
-        .map(|m| m.ino())
-}
-
-/// What tells one lock directory from another here: inode, mtime and ctime with nanoseconds
-/// (on tmpfs; the real pmxcfs has neither, lockfn does not use them).
-fn dir_state(name: &str) -> Option<(u64, i64, i64, i64)> {
-    std::fs::symlink_metadata(lock_path(name))
-        .ok()
-        .map(|m| (m.ino(), m.mtime(), m.ctime(), m.ctime_nsec()))
+        .map(|m| (m.ino(), m.mtime()))
 }
 
 /// The fencing-token counter of `name` (priv/lockfn/tokens/NAME beside priv/lock).
@@ -144,6 +260,12 @@ fn token_file(name: &str) -> Option<u64> {
         .join("lockfn/tokens")
         .join(name);
     std::fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+fn ino(name: &str) -> Option<u64> {
+    std::fs::symlink_metadata(lock_path(name))
+        .ok()
+        .map(|m| m.ino())
 }
 
 /// A fresh directory for markers and counts of one test.
@@ -167,41 +289,6 @@ fn require(what: &str) -> bool {
     }
     eprintln!("SKIP: {what} is missing");
     false
-}
-
-/// The pmxcfs emulator shim, built once per test process.
-fn pmxemu() -> PathBuf {
-    static SO: OnceLock<PathBuf> = OnceLock::new();
-    SO.get_or_init(|| {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pmxcfs/pmxemu.c");
-        let out = env().root.join("pmxemu.so");
-        let st = Command::new("cc")
-            .args(["-shared", "-fPIC", "-O2", "-o"])
-            .arg(&out)
-            .arg(&src)
-            .arg("-ldl")
-            .status()
-            .expect("cc (needed to build the pmxcfs emulator shim)");
-        assert!(st.success(), "building {}", src.display());
-        out
-    })
-    .clone()
-}
-
-/// Add the emulator to a command: TTL in seconds, optional log.
-/// lockfn is told the TTL (`LOCKFN_PMXCFS_TTL`, never more than the emulated one): its
-/// ownership proofs hold only for a TTL no longer than the one that expires locks.
-fn emulate(cmd: &mut Command, ttl: f64, log: Option<&Path>) {
-    cmd.env("LD_PRELOAD", pmxemu())
-        .env("PMXEMU_DIR", &env().lockdir)
-        .env("PMXEMU_TTL", ttl.to_string())
-        .env(
-            "LOCKFN_PMXCFS_TTL",
-            (ttl.floor() as u64).clamp(1, 120).to_string(),
-        );
-    if let Some(l) = log {
-        cmd.env("PMXEMU_LOG", l);
-    }
 }
 
 fn venv_python() -> Option<PathBuf> {
@@ -732,19 +819,11 @@ fn non_root_gets_permission_error() {
         eprintln!("SKIP: needs root to drop to nobody");
         return;
     }
-    // priv/ is 0700 root: nobody cannot even look inside.
-    let base = env().root.join("eperm");
-    std::fs::create_dir_all(base.join("pve/priv/lock")).unwrap();
-    std::fs::set_permissions(
-        base.join("pve/priv"),
-        std::fs::Permissions::from_mode(0o700),
-    )
-    .unwrap();
+    // priv/ is 0700 root:www-data on pmxcfs (and the emulator): nobody cannot even look inside.
+    // The emulator's mount point must be reachable for nobody.
     std::fs::set_permissions(&env().root, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut c = worker("try");
-    c.env("PMX_NAME", "eperm")
-        .env("PMX_TIMEOUT", "0")
-        .env("LOCKFN_PMXCFS_DIR", base.join("pve/priv/lock"));
+    c.env("PMX_NAME", "eperm").env("PMX_TIMEOUT", "0");
     let mut cmd = Command::new("setpriv");
     cmd.args([
         "--reuid",
@@ -810,7 +889,6 @@ fn mutual_exclusion_across_two_emulated_nodes() {
                     env().root.join(format!("flock-n{node}")),
                 )
                 .env("LOCKFN_RUN_DIR", env().root.join(format!("run-n{node}")));
-            emulate(&mut c, 120.0, None);
             Proc::spawn(c)
         })
         .collect();
@@ -860,51 +938,37 @@ fn same_node_handoff_latency() {
 fn orphan_of_ours_is_not_taken_when_directory_is_another_incarnation() {
     // Our holder dies holding incarnation X. pmxcfs expires X and someone else (another node)
     // makes Y. Our record still says "dead holder" — but for X: Y must never be taken over.
+    // An emulator of its own with a TTL of 2 s, so that X really expires.
+    let emu = Emu::start("emu-reincarnated", 2);
     let mut c = worker("hold");
-    c.env("PMX_NAME", "reincarnated");
-    emulate(&mut c, 1.0, None);
+    emu.apply(c.env("PMX_NAME", "reincarnated"));
     let mut holder = Proc::spawn(c);
     holder.expect_prefix("ACQUIRED", Duration::from_secs(30));
     holder.kill9();
-    let x = ino("reincarnated").unwrap();
-    // Another node (its own flock and records) expires X after 1 s and makes Y.
+    // Another node (its own flock and records) expires X after 2 s and makes Y.
     let mut b = worker("hold");
-    b.env("PMX_NAME", "reincarnated")
-        .env("LOCKFN_PMXLOCK_DIR", env().root.join("flock-node2"))
-        .env("LOCKFN_RUN_DIR", env().root.join("run-node2"));
-    emulate(&mut b, 1.0, None);
+    emu.apply(
+        b.env("PMX_NAME", "reincarnated")
+            .env("LOCKFN_PMXLOCK_DIR", env().root.join("flock-node2"))
+            .env("LOCKFN_RUN_DIR", env().root.join("run-node2")),
+    );
     let mut b = Proc::spawn(b);
     b.expect_prefix("ACQUIRED", Duration::from_secs(10));
-    let y = ino("reincarnated").unwrap(); // tmpfs: inode numbers are not re-used
-    assert_ne!(x, y);
-    // Our same-node waiter: pmxcfs's TTL is 1 s, but it does not expire Y itself.
+    // Our same-node waiter (this node's flock and records) must wait for Y, not take it.
     let mut c = worker("try");
-    c.env("PMX_NAME", "reincarnated").env("PMX_TIMEOUT", "1.5");
-    emulate(&mut c, 120.0, None);
-    c.env("LOCKFN_PMXCFS_TTL", "1");
-    let w = Proc::spawn(c);
-    let r = w.expect_prefix("", Duration::from_secs(10));
+    emu.apply(c.env("PMX_NAME", "reincarnated").env("PMX_TIMEOUT", "1.5"));
+    let r = Proc::spawn(c).expect_prefix("", Duration::from_secs(10));
     assert!(r.starts_with("ERR busy"), "{r}");
-    assert_eq!(
-        ino("reincarnated"),
-        Some(y),
-        "the other holder's directory is untouched"
-    );
-    // gc does not touch it either (told pmxcfs's TTL, as every process here must be).
-    let st = Command::new(env!("CARGO_BIN_EXE_lockfn"))
-        .args(["gc", "pmxcfs:reincarnated"])
-        .env("LOCKFN_PMXCFS_TTL", "1")
-        .status()
-        .unwrap();
-    assert!(st.success());
-    assert_eq!(ino("reincarnated"), Some(y));
+    let mut gc = Command::new(env!("CARGO_BIN_EXE_lockfn"));
+    emu.apply(gc.args(["gc", "pmxcfs:reincarnated"]));
+    assert!(gc.status().unwrap().success());
     b.send("release");
-    b.expect_prefix("RELEASED ok", Duration::from_secs(5));
-    let t = target("reincarnated");
-    Lock::acquire(&t, &opts(Some(0.0)))
-        .unwrap()
-        .release()
-        .unwrap();
+    let r = b.expect_prefix("RELEASED", Duration::from_secs(5));
+    assert_eq!(
+        r.split_whitespace().nth(1),
+        Some("ok"),
+        "Y was untouched: {r}"
+    );
 }
 
 #[test]
@@ -920,13 +984,8 @@ fn live_or_persistent_holder_is_never_taken_over() {
     holder.expect_prefix("RELEASED detached", Duration::from_secs(5));
     let _ = holder.child.wait();
     let t = target("persist");
-    // A waiter whose unlock requests pmxcfs answers (in-process calls would reach the plain
-    // directory, where utime(0, 0) just sets the times).
-    let mut c = worker("try");
-    c.env("PMX_NAME", "persist").env("PMX_TIMEOUT", "0.6");
-    emulate(&mut c, 120.0, None);
-    let r = Proc::spawn(c).expect_prefix("", Duration::from_secs(10));
-    assert!(r.starts_with("ERR busy"), "{r}");
+    let e = Lock::acquire(&t, &opts(Some(0.6))).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
     assert_eq!(dir_state("persist"), before, "left alone");
     assert_eq!(token_file("persist"), Some(tok));
     assert_eq!(lockfn::gc("pmxcfs:persist").unwrap(), 0);
@@ -972,9 +1031,13 @@ fn gc_releases_dead_holders_only() {
 
 #[test]
 fn expired_lock_is_taken_after_ttl_and_old_holder_sees_lost() {
+    // An emulator of its own with a TTL of 2 s (pmxcfs: 120 s; whole seconds, so a lock expires
+    // 2-3 s after its last change).
+    let emu = Emu::start("emu-expiry", 2);
     let mut a = worker("hold");
-    a.env("PMX_NAME", "expiry");
-    emulate(&mut a, 2.0, None);
+    a.env("PMX_NAME", "expiry")
+        .env("LOCKFN_PMXCFS_TTL", emu.ttl.to_string())
+        .env("LOCKFN_PMXCFS_DIR", &emu.lockdir);
     let mut a = Proc::spawn(a);
     a.expect_prefix("ACQUIRED", Duration::from_secs(30));
     a.send("update");
@@ -985,8 +1048,9 @@ fn expired_lock_is_taken_after_ttl_and_old_holder_sees_lost() {
     let mut b = worker("hold");
     b.env("PMX_NAME", "expiry")
         .env("LOCKFN_PMXLOCK_DIR", env().root.join("flock-node2"))
-        .env("LOCKFN_RUN_DIR", env().root.join("run-node2"));
-    emulate(&mut b, 2.0, None);
+        .env("LOCKFN_RUN_DIR", env().root.join("run-node2"))
+        .env("LOCKFN_PMXCFS_TTL", emu.ttl.to_string())
+        .env("LOCKFN_PMXCFS_DIR", &emu.lockdir);
     let b = Proc::spawn(b);
     b.expect_prefix("ACQUIRED", Duration::from_secs(10));
     let el = t0.elapsed();
@@ -1000,16 +1064,15 @@ fn expired_lock_is_taken_after_ttl_and_old_holder_sees_lost() {
     a.send("release");
     let r = a.expect_prefix("RELEASED", Duration::from_secs(5));
     assert!(r.starts_with("RELEASED lost"), "{r}");
-    assert!(ino("expiry").is_some(), "the new holder's directory stays");
+    assert!(
+        emu.lockdir.join("expiry").is_dir(),
+        "the new holder's directory stays"
+    );
+    drop(b);
 }
 
-/// Per-op counts of one pid in an emulator log, and the most of `op` in any 1 s window.
-fn traffic(log: &Path, pid: u32, op: &str) -> (usize, usize) {
-    let times: Vec<i64> = read_lines(log)
-        .iter()
-        .filter(|l| field(l, 0) == op && field(l, 1) == pid.to_string())
-        .map(|l| field(l, 4).parse().unwrap())
-        .collect();
+/// The most of `times` (ns, sorted) in any 1 s window.
+fn peak(times: &[i64]) -> usize {
     let mut most = 0;
     for (i, t) in times.iter().enumerate() {
         let n = times[i..]
@@ -1018,27 +1081,105 @@ fn traffic(log: &Path, pid: u32, op: &str) -> (usize, usize) {
             .count();
         most = most.max(n);
     }
-    (times.len(), most)
+    most
+}
+
+/// Count and 1 s peak of `op` on lock `name` in this process's emulator log, by any process
+/// but this one (what reached the file system: an EEXIST mkdir never does, the kernel answers
+/// it after a lookup).
+fn traffic(name: &str, op: &str) -> (usize, usize) {
+    let me = std::process::id().to_string();
+    let times: Vec<i64> = read_lines(&emu_log())
+        .iter()
+        .filter(|l| field(l, 0) == op && field(l, 5) == name && field(l, 1) != me)
+        .map(|l| field(l, 4).parse().unwrap())
+        .collect();
+    (times.len(), peak(&times))
+}
+
+/// `cmd` run under strace, which writes the mkdir and utimensat calls with their times into
+/// `out`; None without strace or chrt. strace runs at a real-time priority (the traced
+/// program at the normal one), so that it stamps each call within microseconds of its entry
+/// on a loaded machine.
+fn under_strace(cmd: &Command, out: &Path) -> Option<Command> {
+    let ok = |p: &str, a: &[&str]| {
+        Command::new(p)
+            .args(a)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ok("strace", &["-V"]) || !ok("chrt", &["--rr", "1", "true"]) {
+        return None;
+    }
+    let mut c = Command::new("chrt");
+    c.args(["--rr", "1", "strace", "-f", "-qq", "-ttt", "--seccomp-bpf"])
+        .args(["-e", "trace=mkdir,mkdirat,utimensat", "-o"])
+        .arg(out)
+        .args(["chrt", "--other", "0"])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            c.env(k, v);
+        }
+    }
+    c.stdin(Stdio::piped()).stdout(Stdio::piped());
+    Some(c)
+}
+
+/// Count and 1 s peak of the system calls on `path` in an strace output: "mkdir" (the
+/// attempts, also those the kernel answers EEXIST after a lookup, without any mkdir reaching
+/// the file system) or "unlock" (utimensat(path, {0, 0})).
+fn syscalls(out: &Path, path: &Path, op: &str) -> (usize, usize) {
+    let quoted = format!("\"{}\"", path.display());
+    let times: Vec<i64> = read_lines(out)
+        .iter()
+        .filter(|l| {
+            l.contains(&quoted)
+                && match op {
+                    "mkdir" => l.contains(" mkdir(") || l.contains(" mkdirat("),
+                    _ => {
+                        l.contains(" utimensat(")
+                            && l.contains("[{tv_sec=0, tv_nsec=0}, {tv_sec=0, tv_nsec=0}]")
+                    }
+                }
+        })
+        .map(|l| (field(l, 1).parse::<f64>().unwrap() * 1e9) as i64)
+        .collect();
+    (times.len(), peak(&times))
 }
 
 #[test]
 fn traffic_while_waiting_5s_is_within_limits() {
     env();
-    let log = env().root.join("traffic.log");
+    let strace_out = env().root.join("traffic.strace");
     // Held by someone else on the cluster (a young lock: unlock requests get EACCES).
     std::fs::create_dir(lock_path("traffic")).unwrap();
     let mut c = worker("try");
     c.env("PMX_NAME", "traffic").env("PMX_TIMEOUT", "5");
-    emulate(&mut c, 120.0, Some(&log));
+    let Some(c) = under_strace(&c, &strace_out) else {
+        require("strace and chrt");
+        return;
+    };
     let p = Proc::spawn(c);
-    let pid = p.child.id();
     let l = p.expect(Duration::from_secs(30));
     assert!(l.starts_with("ERR busy"), "{l}");
-    let (mkdirs, mkdir_peak) = traffic(&log, pid, "mkdir");
-    let (unlocks, unlock_peak) = traffic(&log, pid, "unlock");
+    assert_eq!(p.wait_ok(Duration::from_secs(10)), 1);
+    // The calls are counted and timed in strace: an EEXIST mkdir never reaches the file system,
+    // and the emulator's clock comes after its own scheduling delays. The unlock requests
+    // (which do reach it) are checked against its log.
+    let (mkdirs, mkdir_peak) = syscalls(&strace_out, &lock_path("traffic"), "mkdir");
+    let (unlocks, unlock_peak) = syscalls(&strace_out, &lock_path("traffic"), "unlock");
     eprintln!(
         "FIGURE waiting 5 s on a cluster-held lock: {mkdirs} mkdir ({mkdir_peak} max in 1 s), \
          {unlocks} unlock requests ({unlock_peak} max in 1 s)"
+    );
+    assert_eq!(
+        traffic("traffic", "unlock").0,
+        unlocks,
+        "unlock requests in the emulator's log"
     );
     assert!(mkdir_peak <= 4, "{mkdir_peak} mkdir in one second");
     assert!(
@@ -1049,7 +1190,7 @@ fn traffic_while_waiting_5s_is_within_limits() {
         mkdirs >= 10 && unlocks >= 3,
         "it kept trying: {mkdirs} mkdir, {unlocks} unlock"
     );
-    let refreshes = traffic(&log, pid, "refresh").0 + traffic(&log, pid, "rmdir").0;
+    let refreshes = traffic("traffic", "refresh").0 + traffic("traffic", "rmdir").0;
     assert_eq!(
         refreshes, 0,
         "a waiter never refreshes or removes someone else's lock"
@@ -1058,14 +1199,14 @@ fn traffic_while_waiting_5s_is_within_limits() {
 
     // Waiting behind a same-node holder (on the node-local flock): no cluster traffic at all.
     let held = Lock::acquire(&target("traffic2"), &opts(Some(0.0))).unwrap();
+    let strace_out = env().root.join("traffic2.strace");
     let mut c = worker("try");
     c.env("PMX_NAME", "traffic2").env("PMX_TIMEOUT", "2");
-    emulate(&mut c, 120.0, Some(&log));
-    let p = Proc::spawn(c);
-    let pid = p.child.id();
+    let p = Proc::spawn(under_strace(&c, &strace_out).unwrap());
     assert!(p.expect(Duration::from_secs(30)).starts_with("ERR busy"));
+    assert_eq!(p.wait_ok(Duration::from_secs(10)), 1);
     assert_eq!(
-        traffic(&log, pid, "mkdir").0 + traffic(&log, pid, "unlock").0,
+        syscalls(&strace_out, &lock_path("traffic2"), "mkdir").0 + traffic("traffic2", "unlock").0,
         0
     );
     held.release().unwrap();
@@ -1074,34 +1215,32 @@ fn traffic_while_waiting_5s_is_within_limits() {
 // ----------------------------------------------------------------------------------------------
 // Interop with Proxmox's cfs_lock (Perl) and pmxlock (PyPI)
 
-fn perl_loop(name: &str, iters: u32, mark: &Path, hold: f64, ttl: f64) -> Proc {
+fn perl_loop(lockdir: &Path, name: &str, iters: u32, mark: &Path, hold: f64) -> Proc {
     let mut c = Command::new("perl");
     c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pmxcfs/cfs_lock_loop.pl"))
-        .arg(&env().lockdir)
+        .arg(lockdir)
         .arg(name)
         .arg(iters.to_string())
         .arg(mark)
         .arg(hold.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
-    emulate(&mut c, ttl, None);
     Proc::spawn(c)
 }
 
-fn our_loop(name: &str, iters: u32, mark: &Path, ttl: f64) -> Proc {
+fn our_loop(name: &str, iters: u32, mark: &Path) -> Proc {
     let mut c = worker("loop");
     c.env("PMX_NAME", name)
         .env("PMX_ITERS", iters.to_string())
         .env("PMX_MARK", mark);
-    emulate(&mut c, ttl, None);
     Proc::spawn(c)
 }
 
 #[test]
 fn interop_with_cfs_lock_perl_loop() {
     let mark = markdir("perl");
-    let perl = perl_loop("perl", 60, &mark, 0.002, 120.0);
-    let ours: Vec<Proc> = (0..2).map(|_| our_loop("perl", 60, &mark, 120.0)).collect();
+    let perl = perl_loop(&env().lockdir, "perl", 60, &mark, 0.002);
+    let ours: Vec<Proc> = (0..2).map(|_| our_loop("perl", 60, &mark)).collect();
     perl.expect_prefix("IN", Duration::from_secs(60));
     for p in ours {
         p.expect_prefix("DONE", Duration::from_secs(120));
@@ -1115,25 +1254,36 @@ fn interop_with_cfs_lock_perl_loop() {
 
 #[test]
 fn live_cfs_lock_holder_is_not_taken_over_after_our_holder_died() {
+    // An emulator of its own with a TTL of 3 s: long enough that cfs_lock's directory (held
+    // 2 s) does not expire under our waiter's unlock requests, short enough that our dead
+    // holder's expires quickly (3-4 s after its mkdir).
+    let emu = Emu::start("emu-perl-orphan", 3);
+    let ino = |name: &str| {
+        std::fs::symlink_metadata(emu.lockdir.join(name))
+            .ok()
+            .map(|m| m.ino())
+    };
     let mark = markdir("perl-orphan");
     let mut c = worker("hold");
-    c.env("PMX_NAME", "perl-orphan");
-    emulate(&mut c, 1.0, None);
+    c.env("PMX_NAME", "perl-orphan")
+        .env("LOCKFN_PMXCFS_TTL", emu.ttl.to_string())
+        .env("LOCKFN_PMXCFS_DIR", &emu.lockdir);
     let mut holder = Proc::spawn(c);
     let l = holder.expect_prefix("ACQUIRED", Duration::from_secs(30));
     let x: u64 = field(&l, 1).parse().unwrap();
+    let x_dir = ino("perl-orphan").unwrap();
     holder.kill9();
-    // cfs_lock waits, its unlock request expires X after 1 s, it makes Y and holds it 2 s.
-    let perl = perl_loop("perl-orphan", 1, &mark, 2.0, 1.0);
+    // cfs_lock waits, its unlock request expires X after 3 s, it makes Y and holds it 2 s.
+    let perl = perl_loop(&emu.lockdir, "perl-orphan", 1, &mark, 2.0);
     perl.expect_prefix("IN", Duration::from_secs(10));
     let y = ino("perl-orphan").unwrap();
-    assert_ne!(x, y);
+    eprintln!("node numbers: X {x_dir}, Y {y} (the same is allowed: st_ino is no identity)");
     let t_in = Instant::now();
     let mut c = worker("hold");
-    c.env("PMX_NAME", "perl-orphan").env("PMX_MARK", &mark);
-    emulate(&mut c, 120.0, None);
-    // This process does not expire Y itself (120 s), but pmxcfs's TTL here is 1 s.
-    c.env("LOCKFN_PMXCFS_TTL", "1");
+    c.env("PMX_NAME", "perl-orphan")
+        .env("PMX_MARK", &mark)
+        .env("LOCKFN_PMXCFS_TTL", emu.ttl.to_string())
+        .env("LOCKFN_PMXCFS_DIR", &emu.lockdir);
     let ours = Proc::spawn(c);
     let l = ours.expect_prefix("ACQUIRED", Duration::from_secs(10));
     assert!(
@@ -1162,9 +1312,7 @@ fn interop_with_pmxlock() {
         return;
     };
     let mark = markdir("pmxlock");
-    let ours: Vec<Proc> = (0..2)
-        .map(|_| our_loop("pmxlock", 100, &mark, 120.0))
-        .collect();
+    let ours: Vec<Proc> = (0..2).map(|_| our_loop("pmxlock", 100, &mark)).collect();
     let script = format!(
         "set -C; : > {m}/inside || echo pmxlock found someone inside >> {m}/violations; \
          sleep 0.01; rm -f {m}/inside; echo pmxlock >> {m}/count",
@@ -1172,9 +1320,9 @@ fn interop_with_pmxlock() {
     );
     let mut ok = 0;
     for _ in 0..15 {
-        let mut c = pmxlock_cmd(&py, &["-w", "60", "--", "pmxlock", "sh", "-c", &script]);
-        emulate(&mut c, 120.0, None);
-        let st = c.status().unwrap();
+        let st = pmxlock_cmd(&py, &["-w", "60", "--", "pmxlock", "sh", "-c", &script])
+            .status()
+            .unwrap();
         assert!(st.success(), "pmxlock failed: {st:?}");
         ok += 1;
     }

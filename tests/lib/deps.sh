@@ -51,7 +51,9 @@ _deps_apt_update() {
 
 # --- 1. Debian packages -----------------------------------------------------
 LOCKFN_APT_PACKAGES=(zookeeper default-jre-headless bats libffi-platypus-perl python3-venv
-  valgrind strace pkg-config procps util-linux iproute2 curl ca-certificates)
+  valgrind strace pkg-config procps util-linux iproute2 curl ca-certificates
+  # the pmxcfs emulator (tests/pmxcfs/emu.sh): libfuse 2, as pmxcfs; fusermount
+  libfuse-dev fuse)
 
 _deps_apt() {
   local missing=() p status

@@ -5,9 +5,11 @@
 # cluster traffic counted with strace while waiting 5 s, kill -9 takeover, a lost lock, and
 # persistent locks / status / list / gc.
 #
-# A temp dir under /dev/shm (tmpfs: inode numbers only grow, as on pmxcfs) stands in for
-# /etc/pve/priv/lock; every process runs with tests/pmxcfs/pmxemu.so preloaded, which answers
-# unlock requests and refreshes as pmxcfs does (EACCES while young, expiry → ENOENT).
+# The pmxcfs emulator (tests/pmxcfs/pmxemu.c, a FUSE file system behaving like pmxcfs in local
+# mode, started by tests/pmxcfs/emu.sh in a temp dir) stands in for /etc/pve: priv/lock on it
+# answers unlock requests and refreshes as pmxcfs does (EACCES while young, expiry → ENOENT),
+# st_ino is libfuse's node number, times are whole seconds. tests/pmxcfs/behaviour.sh checks
+# the emulator against pmxcfs's documented behaviour first (t_emulator_behaves_like_pmxcfs).
 #
 #   tests/suites/30-pmxcfs.sh        (LOCKFN=path/to/lockfn, LOCKFN_VENV=venv with pmxlock)
 # Prints one line per test and a final `N passed, N failed`; exits non-zero on any failure.
@@ -19,24 +21,32 @@ VENV=${LOCKFN_VENV:-${LOCKFN_TEST_CACHE:-/var/cache/lockfn-tests}/venv}
 PASSED=0 FAILED=0
 
 T=$(mktemp -d /dev/shm/lockfn-pmxcfs-suite.XXXXXX)
+EMU=$ROOT/tests/pmxcfs/emu.sh
 PIDS=()
 cleanup() {
-  local p
+  local p d
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
   wait 2>/dev/null
-  rm -rf "$T"
+  for d in "$T"/emu*; do [[ -d $d ]] && "$EMU" stop "$d"; done
+  rm -rf --one-file-system "$T"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-export LOCKFN_PMXCFS_DIR=$T/pve/priv/lock LOCKFN_PMXLOCK_DIR=$T/flock LOCKFN_RUN_DIR=$T/run
-mkdir -p "$LOCKFN_PMXCFS_DIR" "$LOCKFN_PMXLOCK_DIR" "$LOCKFN_RUN_DIR"
-LD=$LOCKFN_PMXCFS_DIR
-if ! cc -shared -fPIC -O2 -o "$T/pmxemu.so" tests/pmxcfs/pmxemu.c -ldl; then
-  echo "cannot build tests/pmxcfs/pmxemu.c"
+# emu_start DIR TTL: start an emulator (stopped by cleanup, or by itself once this shell is
+# gone), all of them sharing one build of it.
+emu_start() {
+  PMXEMU_TTL=$2 PMXEMU_BIN=$T/bin/pmxemu PMXEMU_WATCH_PID=$$ "$EMU" start "$1"
+}
+if ! "$EMU" build "$T/bin" || ! emu_start "$T/emu" 120; then
+  echo "cannot start the pmxcfs emulator (tests/pmxcfs/emu.sh)"
   echo "0 passed, 1 failed"
   exit 1
 fi
-export LD_PRELOAD=$T/pmxemu.so PMXEMU_DIR=$LD PMXEMU_TTL=120
+LOCKFN_PMXCFS_DIR=$(sed -n 's/^LOCKFN_PMXCFS_DIR=//p' "$T/emu/env")
+export LOCKFN_PMXCFS_DIR LOCKFN_PMXLOCK_DIR=$T/flock LOCKFN_RUN_DIR=$T/run
+mkdir -p "$LOCKFN_PMXLOCK_DIR" "$LOCKFN_RUN_DIR"
+LD=$LOCKFN_PMXCFS_DIR
 
 now() { date +%s.%N; }
 # wait_for SECONDS CMD...: poll CMD every 20 ms, bounded.
@@ -95,7 +105,7 @@ t_run_token_is_the_counter() {
   local out tokfile=$LOCKFN_PMXCFS_DIR/../lockfn/tokens/basic
   out=$("$LOCKFN" run pmxcfs:basic -- sh -c 'echo "$LOCKFN_TOKEN"') || return 1
   [[ $out =~ ^[0-9]+$ ]] || fail "LOCKFN_TOKEN '$out' is not a number" || return 1
-  (( 10#$(cat "$tokfile") == out )) || fail "token file $(cat "$tokfile") != $out" || return 1
+  ((10#$(cat "$tokfile") == out)) || fail "token file $(cat "$tokfile") != $out" || return 1
   local again
   again=$("$LOCKFN" run pmxcfs:basic -- sh -c 'echo "$LOCKFN_TOKEN"') || return 1
   ((again == out + 1)) || fail "token did not grow by one: $out then $again"
@@ -115,11 +125,25 @@ t_busy_messages_and_codes() {
   [[ -d $LD/held ]] || fail "the holder's directory was touched"
 }
 
+t_emulator_behaves_like_pmxcfs() {
+  # Each fact of pmxcfs lockfn relies on, on an emulator of its own with a TTL of 2 s, with a
+  # restart (the same script runs by hand against a real pmxcfs).
+  emu_start "$T/emu-bhv" 2 || fail "emulator did not start" || return 1
+  local out rc=0
+  out=$(RESTART_CMD="PMXEMU_BIN=$T/bin/pmxemu PMXEMU_WATCH_PID=$$ $EMU restart $T/emu-bhv" \
+    FREEZE_CMD="$EMU freeze $T/emu-bhv" THAW_CMD="$EMU thaw $T/emu-bhv" \
+    tests/pmxcfs/behaviour.sh "$T/emu-bhv/mnt" 2 2>&1) || rc=$?
+  "$EMU" stop "$T/emu-bhv"
+  echo "$out" | grep -v '^ok ' | sed 's/^/    /'
+  echo "    $(echo "$out" | grep -c '^ok ') behaviour checks passed"
+  ((rc == 0)) || fail "behaviour.sh: exit $rc"
+}
+
 t_traffic_while_waiting_5s() {
   mkdir "$LD/traffic"
-  # Without the emulator: strace counts system calls, and the emulator answers unlock requests
-  # without making one. On a plain directory an unlock request succeeds (sets the times).
-  env -u LD_PRELOAD strace -f -e trace=mkdir,mkdirat,utimensat,utimes,utime -o "$T/strace.txt" \
+  # strace counts the system calls: an EEXIST mkdir never reaches the file system (the kernel
+  # answers it after a lookup).
+  strace -f -e trace=mkdir,mkdirat,utimensat,utimes,utime -o "$T/strace.txt" \
     "$LOCKFN" run -w 5 pmxcfs:traffic -- true 2>/dev/null
   local mk ul
   mk=$(grep -c "mkdir.*\"$LD/traffic\"" "$T/strace.txt")
@@ -177,25 +201,30 @@ t_interop_cfs_lock_perl() {
 
 t_never_take_over_live_cfs_lock_after_our_death() {
   mark_init
-  # Our holder dies holding incarnation X; cfs_lock's unlock request expires X (TTL 1 s here)
-  # and it holds Y for 2 s: our waiter must wait for it, not take Y over.
-  PMXEMU_TTL=1 LOCKFN_PMXCFS_TTL=1 "$LOCKFN" run pmxcfs:orph -- sleep 100 &
+  # Our holder dies holding incarnation X; cfs_lock's unlock request expires X (on an emulator
+  # of its own with a TTL of 3 s: X goes 3-4 s after its mkdir, Y survives its 2 s) and it
+  # holds Y for 2 s: our waiter must wait for it, not take Y over.
+  emu_start "$T/emu-orph" 3 || fail "emulator did not start" || return 1
+  local ld
+  ld=$(sed -n 's/^LOCKFN_PMXCFS_DIR=//p' "$T/emu-orph/env")
+  # lockfn is told the emulator's TTL (it never assumes one longer than pmxcfs's).
+  LOCKFN_PMXCFS_TTL=3 LOCKFN_PMXCFS_DIR=$ld "$LOCKFN" run pmxcfs:orph -- sleep 100 &
   local holder=$!
   PIDS+=("$holder")
-  wait_for 10 test -d "$LD/orph" || fail "holder did not get in" || return 1
+  wait_for 10 test -d "$ld/orph" || fail "holder did not get in" || return 1
   local x
-  x=$(stat -c %i "$LD/orph")
+  x=$(stat -c %Y "$ld/orph")
   kill -9 $holder
   wait $holder 2>/dev/null
-  PMXEMU_TTL=1 perl tests/pmxcfs/cfs_lock_loop.pl "$LD" orph 1 "$T/mark" 2 > "$T/perl.out" &
+  perl tests/pmxcfs/cfs_lock_loop.pl "$ld" orph 1 "$T/mark" 2 > "$T/perl.out" &
   PIDS+=($!)
   wait_for 10 grep -q '^IN' "$T/perl.out" || fail "cfs_lock did not get in" || return 1
   local y
-  y=$(stat -c %i "$LD/orph")
+  y=$(stat -c %Y "$ld/orph") # the mtime tells incarnations apart (st_ino may be re-used)
   [[ $x != "$y" ]] || fail "same incarnation" || return 1
-  # pmxcfs's TTL is 1 s here: lockfn must be told (it never assumes more than pmxcfs's own).
-  LOCKFN_PMXCFS_TTL=1 "$LOCKFN" run -w 20 pmxcfs:orph -- sh -c "test ! -e $T/mark/inside" || fail "took over the live cfs_lock holder" || return 1
-  wait_for 5 grep -q DONE "$T/perl.out" || fail "cfs_lock did not finish cleanly"
+  LOCKFN_PMXCFS_TTL=3 LOCKFN_PMXCFS_DIR=$ld "$LOCKFN" run -w 20 pmxcfs:orph -- sh -c "test ! -e $T/mark/inside" || fail "took over the live cfs_lock holder" || return 1
+  wait_for 5 grep -q DONE "$T/perl.out" || fail "cfs_lock did not finish cleanly" || return 1
+  "$EMU" stop "$T/emu-orph"
 }
 
 t_never_take_over_live_pmxlock_after_our_death() {
@@ -254,12 +283,11 @@ t_lost_lock_stops_command() {
 }
 
 t_non_root_eperm() {
-  local base=$T/eperm
-  mkdir -p "$base/pve/priv/lock"
-  chmod 0700 "$base/pve/priv"
+  # priv/ is 0700 root:www-data on pmxcfs and on the emulator; its mount point must be
+  # reachable for nobody.
   chmod 0755 "$T"
   local err rc
-  err=$(LOCKFN_PMXCFS_DIR=$base/pve/priv/lock setpriv --reuid nobody --regid nogroup --clear-groups -- \
+  err=$(setpriv --reuid nobody --regid nogroup --clear-groups -- \
     "$LOCKFN" run -n pmxcfs:x -- true 2>&1)
   rc=$?
   [[ $rc == 77 ]] || fail "exit $rc, expected 77: $err" || return 1
@@ -366,7 +394,7 @@ t_cli_release_force_stops_holder() {
   "$LOCKFN" run -n pmxcfs:force -- true || fail "not free after --force"
 }
 
-ALL=(t_run_token_is_the_counter t_busy_messages_and_codes t_traffic_while_waiting_5s
+ALL=(t_emulator_behaves_like_pmxcfs t_run_token_is_the_counter t_busy_messages_and_codes t_traffic_while_waiting_5s
   t_interop_pmxlock t_interop_cfs_lock_perl t_never_take_over_live_cfs_lock_after_our_death
   t_never_take_over_live_pmxlock_after_our_death t_kill9_takeover_within_1s
   t_lost_lock_stops_command t_non_root_eperm t_unavailable

@@ -35,7 +35,8 @@ cleanup() {
     # shellcheck disable=SC2086
     tests/servers/$s >/dev/null 2>&1
   done
-  rm -rf "$T"
+  [[ -d $T/emu ]] && tests/pmxcfs/emu.sh stop "$T/emu"
+  rm -rf --one-file-system "$T"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -107,12 +108,13 @@ case_ sem-kill-holder 90 --fault kill-holder --faults 8 --every 0.4 "sem:faults-
 case_ sem-kill-waiter 90 --fault kill-waiter --faults 8 --every 0.3 "sem:faults-$ID-2" 4 15
 note sem stop-holder n/a "sem has no TTL: a stopped holder keeps the lock (waiters wait)"
 
-# --- pmxcfs (a /dev/shm directory and tests/pmxcfs/pmxemu.so, as in 30-pmxcfs.sh) --------
-export LOCKFN_PMXCFS_DIR=$T/pve/priv/lock LOCKFN_PMXLOCK_DIR=$T/flock LOCKFN_RUN_DIR=$T/run
-mkdir -p "$LOCKFN_PMXCFS_DIR" "$LOCKFN_PMXLOCK_DIR" "$LOCKFN_RUN_DIR"
-if cc -shared -fPIC -O2 -o "$T/pmxemu.so" tests/pmxcfs/pmxemu.c -ldl; then
+# --- pmxcfs (the FUSE emulator, tests/pmxcfs/emu.sh, as in 30-pmxcfs.sh) -------------------
+export LOCKFN_PMXLOCK_DIR=$T/flock LOCKFN_RUN_DIR=$T/run
+mkdir -p "$LOCKFN_PMXLOCK_DIR" "$LOCKFN_RUN_DIR"
+if PMXEMU_TTL=120 PMXEMU_WATCH_PID=$$ tests/pmxcfs/emu.sh start "$T/emu"; then
   (
-    export LD_PRELOAD=$T/pmxemu.so PMXEMU_DIR=$LOCKFN_PMXCFS_DIR PMXEMU_TTL=120
+    LOCKFN_PMXCFS_DIR=$(sed -n 's/^LOCKFN_PMXCFS_DIR=//p' "$T/emu/env")
+    export LOCKFN_PMXCFS_DIR
     case_ pmxcfs-kill-holder 90 --fault kill-holder --faults 8 --every 0.4 pmxcfs:faults-1 4 15
     case_ pmxcfs-kill-waiter 90 --fault kill-waiter --faults 8 --every 0.3 pmxcfs:faults-2 4 15
     # lockfn checks a pmxcfs lock every 5 s: each removal takes about that long to notice.
@@ -121,13 +123,14 @@ if cc -shared -fPIC -O2 -o "$T/pmxemu.so" tests/pmxcfs/pmxemu.c -ldl; then
     printf '%s\n' "${RESULTS[@]}" >"$T/pmxcfs.results"
     echo "$PASSED $FAILED" >"$T/pmxcfs.counts"
   )
-  # The subshell kept LD_PRELOAD away from everything else; take its results back.
+  # The subshell kept the pmxcfs environment away from everything else; take its results back.
   if [[ -f $T/pmxcfs.counts ]]; then
     read -r PASSED FAILED <"$T/pmxcfs.counts"
     mapfile -t RESULTS <"$T/pmxcfs.results"
   fi
+  tests/pmxcfs/emu.sh stop "$T/emu"
 else
-  note pmxcfs all fail "cannot build tests/pmxcfs/pmxemu.c"
+  note pmxcfs all fail "cannot start the pmxcfs emulator (tests/pmxcfs/emu.sh)"
 fi
 note pmxcfs stop-holder n/a "pmxcfs has no TTL we can shorten (fixed 120 s, and only expired on request): a stopped holder keeps the lock"
 
