@@ -835,13 +835,29 @@ fn serve(sh: &Shared, mut s: TcpStream, mut reader: FrameReader) -> String {
 #[allow(clippy::type_complexity)]
 static SESSIONS: Mutex<Option<(u32, HashMap<String, Arc<Session>>)>> = Mutex::new(None);
 
-pub fn session(cfg: &Config) -> io::Result<Arc<Session>> {
-    let key = format!(
+/// Why the session of `cfg` last lost or failed a connection (for messages), if there is one.
+pub fn last_error(cfg: &Config) -> Option<String> {
+    let g = SESSIONS.lock().unwrap_or_else(|e| e.into_inner());
+    let (pid, map) = g.as_ref()?;
+    if *pid != std::process::id() {
+        return None;
+    }
+    let s = map.get(&session_key(cfg))?;
+    let st = lock(&s.sh.st);
+    Some(st.last_error.clone())
+}
+
+fn session_key(cfg: &Config) -> String {
+    format!(
         "{}\u{0}{}\u{0}{}",
         cfg.hosts.join(","),
         cfg.auth.as_deref().unwrap_or(""),
         cfg.timeout.as_millis()
-    );
+    )
+}
+
+pub fn session(cfg: &Config) -> io::Result<Arc<Session>> {
+    let key = session_key(cfg);
     let pid = std::process::id();
     let mut g = SESSIONS.lock().unwrap_or_else(|e| e.into_inner());
     if g.as_ref().is_some_and(|(p, _)| *p != pid) {

@@ -200,8 +200,13 @@ impl Ctx {
             ZkError::ConnectionLoss => Error::new(
                 ErrorKind::Unavailable,
                 format!(
-                    "{}: {what}: lost the connection to ZooKeeper at {}",
-                    self.target, self.hosts
+                    "{}: {what}: lost the connection to ZooKeeper at {}{}",
+                    self.target,
+                    self.hosts,
+                    client::last_error(&self.cfg)
+                        .filter(|e| e.starts_with("connection to"))
+                        .map(|e| format!(" ({})", crate::target::printable_long(&e)))
+                        .unwrap_or_default()
                 ),
             ),
             ZkError::Expired => Error::new(
