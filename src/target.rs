@@ -490,7 +490,9 @@ pub fn is_host_port(hp: &str) -> bool {
         };
         let v6_ok = !v6.is_empty()
             && v6.contains(':')
-            && v6.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.');
+            && v6
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.');
         return v6_ok
             && match after {
                 "" => true,

@@ -707,9 +707,7 @@ impl<'a> Contender<'a> {
             let Some(name) = name else { return };
             match s.delete(&self.full(&name), -1, b) {
                 Ok(()) | Err(ZkError::Api(_)) | Err(ZkError::Expired) => return,
-                Err(ZkError::ConnectionLoss) if !self.cx.past_deadline() => {
-                    self.node = Some(name)
-                }
+                Err(ZkError::ConnectionLoss) if !self.cx.past_deadline() => self.node = Some(name),
                 Err(ZkError::ConnectionLoss | ZkError::Unreachable(_) | ZkError::Timeout) => {
                     self.node = Some(name);
                     break;
