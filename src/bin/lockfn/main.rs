@@ -38,14 +38,18 @@ Targets:
 Exit codes:
   0        success (run: the command's own exit code)
   1        lock busy or timed out (run: -E CODE instead)
-  64       invalid usage, target or option
+  64       invalid usage, target, option or configuration variable (ZKHOSTS,
+           CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN_FILE, LOCKFN_OP_TIMEOUT)
   65       not held (release/update of a lock that is not held)
-  69       lock service unavailable
-  70       internal error
+  69       lock service unavailable (unreachable, silent past the deadline, misbehaving)
+  70       internal error (a bug)
   75       lock lost while held (run: the command was stopped)
   77       permission denied
   126/127  command not executable / not found
-  128+N    ended by signal N (a cancelled wait, or the command's death)";
+  128+N    ended by signal N (a cancelled wait, or the command's death)
+
+Bounds: -w T ends within T + 0.5 s and -n within 2 s whatever a server does; status, list,
+gc, release and update within LOCKFN_OP_TIMEOUT seconds (default 5).";
 
 #[derive(Parser)]
 #[command(
