@@ -239,6 +239,7 @@ pub(crate) fn printable(text: &str) -> String {
 
 /// Longest value shown whole in a message or a human-readable output line; longer ones are
 /// cut with a marker saying how much was left out.
+/// cbindgen:ignore
 pub const MAX_SHOWN: usize = 200;
 
 /// A text made safe for a terminal: control characters (C0, DEL, C1) escaped as `\xNN` /

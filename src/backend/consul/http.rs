@@ -15,8 +15,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest answer body read (a KV listing of about 10,000 locks); checked while reading,
 /// before the memory is taken, so a huge or endless body is an error naming the limit.
+/// cbindgen:ignore
 pub const MAX_BODY: u64 = 4 << 20;
 /// Largest status line plus headers accepted.
+/// cbindgen:ignore
 pub const MAX_HEADER: usize = 64 << 10;
 /// Longest blocking query asked for (Consul caps at 10 min).
 pub const MAX_BLOCK: Duration = Duration::from_secs(300);

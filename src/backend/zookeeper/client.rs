@@ -509,6 +509,7 @@ enum Got {
 
 /// Largest frame accepted from a server, checked on its length prefix before anything is
 /// allocated for it. ZooKeeper's own clients stop at jute.maxbuffer (1 MiB by default).
+/// cbindgen:ignore
 pub const MAX_FRAME: usize = 4 << 20;
 
 impl FrameReader {
