@@ -10,7 +10,8 @@ as a child process and the test asserts:
   - the child's peak RSS (wait4's ru_maxrss) stays under 64 MB;
   - for the redirecting Consul: nothing ever reaches the address redirected to (so no
     X-Consul-Token left for it), and the message names the Location.
-Each run of lockfn is bounded by a hard kill after 20 s (a kill is a failure).
+Each run of lockfn is bounded by a hard kill after 20 s (BADSERVERS_KILL_AFTER; a kill is a
+failure).
 
   badservers.py LOCKFN [CASE...]    run the cases (all by default); exit 0 when all passed
   badservers.py --serve CASE        only serve CASE, print its address, until killed
@@ -265,8 +266,12 @@ CASES = ["zk-silent", "zk-pings", "zk-huge-timeout", "zk-trickle", "zk-garbage",
 UNAVAILABLE = 69
 
 
-def run_child(lockfn, args, env, kill_after=20.0):
+KILL_AFTER = float(os.environ.get("BADSERVERS_KILL_AFTER", "20"))
+
+
+def run_child(lockfn, args, env, kill_after=None):
     """Run lockfn; (exit code or None when killed, seconds, stderr, peak RSS in kB)."""
+    kill_after = KILL_AFTER if kill_after is None else kill_after
     full = dict(os.environ)
     for k in ("ZKHOSTS", "CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE",
               "LOCKFN_ZK_AUTH", "LOCKFN_BACKEND", "LOCKFN_OP_TIMEOUT"):
