@@ -17,7 +17,8 @@ failure).
   badservers.py --serve CASE        only serve CASE, print its address, until killed
 
 Cases: zk-silent zk-pings zk-huge-timeout zk-trickle zk-garbage
-       consul-silent consul-headers consul-trickle consul-redirect consul-huge
+       consul-silent consul-session-then-silent consul-headers consul-trickle
+       consul-redirect consul-huge
 """
 import os
 import socket
@@ -153,6 +154,26 @@ def consul_silent(c):
     hold_open(c)
 
 
+def consul_session_then_silent(c):
+    """Creates sessions, then is silent to everything else (reads, transactions, destroy)."""
+    while True:
+        head = read_head(c)
+        if head.startswith(b"PUT /v1/session/create"):
+            n = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    n = int(line.split(b":")[1])
+            body = head.split(b"\r\n\r\n", 1)[1]
+            if len(body) < n:
+                recv_exact(c, n - len(body))
+            out = b'{"ID":"0d7a4c2e-5b1f-4a3e-9c8d-7f6e5d4c3b2a"}'
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n%s" % (len(out), out))
+        else:
+            hold_open(c)
+            return
+
+
 def consul_headers(c):
     read_head(c)
     c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
@@ -251,6 +272,7 @@ def start(case):
     else:
         handler = {
             "consul-silent": consul_silent,
+            "consul-session-then-silent": consul_session_then_silent,
             "consul-headers": consul_headers,
             "consul-trickle": consul_trickle,
             "consul-huge": consul_huge,
@@ -262,7 +284,7 @@ def start(case):
 
 TOKEN = "tok-5e3c7a1f-9d2b-4c8e-b0a1-issue12"
 CASES = ["zk-silent", "zk-pings", "zk-huge-timeout", "zk-trickle", "zk-garbage",
-         "consul-silent", "consul-headers", "consul-trickle", "consul-redirect", "consul-huge"]
+         "consul-silent", "consul-session-then-silent", "consul-headers", "consul-trickle", "consul-redirect", "consul-huge"]
 UNAVAILABLE = 69
 
 

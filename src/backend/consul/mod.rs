@@ -563,11 +563,20 @@ impl Backend for ConsulBackend {
         // Every request of the acquisition (session set-up, each read and transaction) ends
         // by the wait's hard deadline; the session's clean-up by its cleanup deadline.
         client.set_deadline(wait.hard_deadline());
-        if opts.limit > 1 {
+        let r = if opts.limit > 1 {
             semaphore::acquire(client, target, &key, opts, wait)
         } else {
             mutex::acquire(client, target, &key, opts, wait)
-        }
+        };
+        // Every message names the lock.
+        let name = target.to_string();
+        r.map_err(|e| {
+            if e.message().contains(&name) {
+                e
+            } else {
+                e.with_context(&name)
+            }
+        })
     }
 
     fn status(&self, target: &Target) -> Result<Status> {
