@@ -615,7 +615,7 @@ fn gen_cli_case(r: &mut Rng, n: u64, pid: u32) -> (Vec<String>, bool) {
         Target::parse(&target).map(|t| t.service),
         Ok(Service::Zk | Service::Consul)
     );
-    let mut num = |r: &mut Rng| r.pick(NUMBERS).to_string();
+    let num = |r: &mut Rng| r.pick(NUMBERS).to_string();
     let mut args: Vec<String> = Vec::new();
     match r.below(3) {
         0 | 1 => {
