@@ -810,13 +810,16 @@ impl ZkHeld {
         if let Some(e) = self.local_loss() {
             return Err(e);
         }
+        // At most LOCKFN_OP_TIMEOUT, however long the session timeout (up to an hour).
+        let op = super::op_timeout().unwrap_or(super::DEFAULT_OP_TIMEOUT);
         let budget = if self.ephemeral {
             self.sess
                 .negotiated()
                 .saturating_sub(self.sess.silent_for())
                 .max(Duration::from_millis(10))
+                .min(op)
         } else {
-            self.cx.op_budget()
+            self.cx.op_budget().min(op)
         };
         let n = if watch { Notify::new().ok() } else { None };
         let gen = self.sess.gen();
