@@ -137,11 +137,11 @@ impl From<HolderRecord> for HolderView {
 
 /// The whole of a try-once against a remote service (connect, handshake, every request and
 /// the clean-up of a failed attempt) ends within this. Documented in the README.
-pub const TRY_ONCE_BUDGET: Duration = Duration::from_millis(1500);
+pub const TRY_ONCE_BUDGET: Duration = Duration::from_millis(1200);
 /// A bounded wait's requests may run this far past its deadline (an answer in flight).
-pub const DEADLINE_SLACK: Duration = Duration::from_millis(250);
+pub const DEADLINE_SLACK: Duration = Duration::from_millis(100);
 /// A failed wait's clean-up (delete a contender node, destroy a session) gets this much more.
-pub const CLEANUP_SLACK: Duration = Duration::from_millis(250);
+pub const CLEANUP_SLACK: Duration = Duration::from_millis(150);
 /// Default bound on `status`, `list`, `gc`, `release`, `update` (and a held lock's renewal
 /// or release) against a remote service; `LOCKFN_OP_TIMEOUT` (seconds) changes it.
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(5);

@@ -4,7 +4,7 @@ them (issue 12).
 
 Every fake listens on 127.0.0.1, on a free port the kernel picks. For each fake, lockfn is run
 as a child process and the test asserts:
-  - `run -w 2` ends within 3 s, `run -n` within 2.5 s, `status` (LOCKFN_OP_TIMEOUT=2) within
+  - `run -w 2` ends within 3 s, `run -n` within 2.5 s, `status` (LOCKFN_OP_TIMEOUT=1.5) within
     3 s, each with the documented exit code (69: service unavailable) and a one-line message
     on stderr (no control bytes, not longer than 1000 bytes);
   - the child's peak RSS (wait4's ru_maxrss) stays under 64 MB;
@@ -337,7 +337,7 @@ def check_case(lockfn, case):
     runs = [
         ("run -w 2", ["run", "-w", "2", target, "--", "true"], {}, 3.0),
         ("run -n", ["run", "-n", target, "--", "true"], {}, 2.5),
-        ("status", ["status", target], {"LOCKFN_OP_TIMEOUT": "2"}, 3.0),
+        ("status", ["status", target], {"LOCKFN_OP_TIMEOUT": "1.5"}, 3.0),
     ]
     for name, args, more, bound in runs:
         code, dt, err, rss = run_child(lockfn, args, {**env, **more})

@@ -55,35 +55,35 @@ expect 0 5000 '' "run -c with non-UTF-8 bytes" "$LOCKFN" run -n -c $'test "\xff"
 expect 0 5000 '' "run -w 1e19 on a free lock" "$LOCKFN" run -w 1e19 "sem:$(name big)" -- true
 expect 0 5000 '' "run -w inf on a free lock" "$LOCKFN" run -w inf "sem:$(name inf)" -- true
 expect 0 5000 '' "watch --for 1e19 --count 1" "$LOCKFN" watch --for 1e19 --count 1 "sem:$(name w)"
-expect 64 1000 'grace' "run --grace 1e19 is refused" "$LOCKFN" run --grace 1e19 -n "sem:$(name g)" -- true
-expect 64 1000 'NaN|nan' "run -w nan is refused" "$LOCKFN" run -w nan "sem:$(name n)" -- true
+expect 64 3000 'grace' "run --grace 1e19 is refused" "$LOCKFN" run --grace 1e19 -n "sem:$(name g)" -- true
+expect 64 3000 'NaN|nan' "run -w nan is refused" "$LOCKFN" run -w nan "sem:$(name n)" -- true
 
-# --- configuration errors: 64 at once, naming the variable
+# --- configuration errors: 64 at once (long before the 10 s wait), naming the variable
 printf '\xff\xfe\n' >"$TMP/tok-bad"
 for case in "/nonexistent/token" "$TMP" "$TMP/tok-bad"; do
-  expect 64 1000 'CONSUL_HTTP_TOKEN_FILE' "CONSUL_HTTP_TOKEN_FILE=$case: run -w 3" \
-    env CONSUL_HTTP_TOKEN_FILE="$case" "$LOCKFN" run -w 3 consul:x -- true
-  expect 64 1000 'CONSUL_HTTP_TOKEN_FILE' "CONSUL_HTTP_TOKEN_FILE=$case: status" \
+  expect 64 3000 'CONSUL_HTTP_TOKEN_FILE' "CONSUL_HTTP_TOKEN_FILE=$case: run -w 10" \
+    env CONSUL_HTTP_TOKEN_FILE="$case" "$LOCKFN" run -w 10 consul:x -- true
+  expect 64 3000 'CONSUL_HTTP_TOKEN_FILE' "CONSUL_HTTP_TOKEN_FILE=$case: status" \
     env CONSUL_HTTP_TOKEN_FILE="$case" "$LOCKFN" status consul:x
 done
-expect 64 1000 'CONSUL_HTTP_ADDR' "CONSUL_HTTP_ADDR=http://[::1" \
-  env CONSUL_HTTP_ADDR='http://[::1' "$LOCKFN" run -w 3 consul:x -- true
+expect 64 3000 'CONSUL_HTTP_ADDR' "CONSUL_HTTP_ADDR=http://[::1: run -w 10" \
+  env CONSUL_HTTP_ADDR='http://[::1' "$LOCKFN" run -w 10 consul:x -- true
 for hosts in '::::' 'h:99999' ',,' 'h:0'; do
-  expect 64 1000 'ZKHOSTS' "ZKHOSTS='$hosts': run -w 3" \
-    env ZKHOSTS="$hosts" "$LOCKFN" run -w 3 zk:x -- true
+  expect 64 3000 'ZKHOSTS' "ZKHOSTS='$hosts': run -w 10" \
+    env ZKHOSTS="$hosts" "$LOCKFN" run -w 10 zk:x -- true
 done
 
 # --- control bytes and long values never reach the terminal raw
-expect 64 1000 'ZKHOSTS' "ZKHOSTS with an escape sequence is escaped" \
+expect 64 3000 'ZKHOSTS' "ZKHOSTS with an escape sequence is escaped" \
   env ZKHOSTS=$'x\e]0;pwned\a:2181' "$LOCKFN" status zk:x
 if grep -q $'\e' "$TMP/err"; then bad "ESC on stderr"; else ok "no ESC on stderr"; fi
 long=$(head -c 10000 /dev/zero | tr '\0' a)
-expect 64 1000 'ZKHOSTS' "a 10 kB ZKHOSTS" env ZKHOSTS="$long:1" "$LOCKFN" status zk:x
+expect 64 3000 'ZKHOSTS' "a 10 kB ZKHOSTS" env ZKHOSTS="$long:1" "$LOCKFN" status zk:x
 len=$(wc -c <"$TMP/err")
 if ((len < 1000)); then ok "the 10 kB value is cut ($len bytes of message)"; else
   bad "a $len byte message for a 10 kB value"
 fi
-expect 64 1000 'target' "a target with control bytes" "$LOCKFN" status $'sem:a\e[2Jb'
+expect 64 3000 'target' "a target with control bytes" "$LOCKFN" status $'sem:a\e[2Jb'
 if grep -q $'\e' "$TMP/err"; then bad "ESC on stderr (target)"; else ok "no ESC on stderr (target)"; fi
 T=sem:$(name holder)
 "$LOCKFN" run -n --holder $'evil\e]0;x\a'"$(head -c 1000 /dev/zero | tr '\0' h)" "$T" -- \

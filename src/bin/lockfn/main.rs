@@ -48,7 +48,7 @@ Exit codes:
   126/127  command not executable / not found
   128+N    ended by signal N (a cancelled wait, or the command's death)
 
-Bounds: -w T ends within T + 0.5 s and -n within 2 s whatever a server does; status, list,
+Bounds: -w T ends within T + 0.25 s and -n within 1.5 s whatever a server does; status, list,
 gc, release and update within LOCKFN_OP_TIMEOUT seconds (default 5).";
 
 #[derive(Parser)]
