@@ -2,7 +2,8 @@
 """Misbehaving ZooKeeper and Consul servers, and the checks that lockfn stays bounded against
 them (issue 12).
 
-Every fake listens on 127.0.0.1, on a free port the kernel picks. For each fake, lockfn is run
+Every fake listens on 127.0.0.1, on a free port the kernel picks (a "blackhole" never
+accepts and its queue is full, so connection attempts hang like against a SYN-dropping host). For each fake, lockfn is run
 as a child process and the test asserts:
   - `run -w 2` ends within 3 s, `run -n` within 2.5 s, `status` (LOCKFN_OP_TIMEOUT=1.5) within
     3 s, each with the documented exit code (69: service unavailable) and a one-line message
@@ -16,8 +17,8 @@ failure).
   badservers.py LOCKFN [CASE...]    run the cases (all by default); exit 0 when all passed
   badservers.py --serve CASE        only serve CASE, print its address, until killed
 
-Cases: zk-silent zk-pings zk-huge-timeout zk-trickle zk-garbage
-       consul-silent consul-session-then-silent consul-headers consul-trickle
+Cases: zk-blackhole zk-silent zk-pings zk-huge-timeout zk-trickle zk-garbage
+       consul-blackhole consul-silent consul-session-then-silent consul-headers consul-trickle
        consul-redirect consul-huge
 """
 import os
@@ -249,11 +250,36 @@ def make_redirect(elsewhere):
     return consul_redirect
 
 
+def blackhole():
+    """A port whose SYNs go unanswered: a listener that never accepts, its queue full."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    s.listen(0)
+    port = s.getsockname()[1]
+    fill = []
+    for _ in range(4):
+        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        c.setblocking(False)
+        try:
+            c.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fill.append(c)
+    return s, port, fill
+
+
 def start(case):
     """Start the fake for CASE: (env for lockfn, target, extra) ."""
+    extra = {}
+    if case.endswith("-blackhole"):
+        s, port, fill = blackhole()
+        extra["keep"] = (s, fill)
+        if case.startswith("zk-"):
+            return {"ZKHOSTS": "127.0.0.1:%d" % port}, "zk:bad-%s" % case, extra
+        env = {"CONSUL_HTTP_ADDR": "127.0.0.1:%d" % port, "CONSUL_HTTP_TOKEN": TOKEN}
+        return env, "consul:bad-%s" % case, extra
     s = listener()
     port = s.getsockname()[1]
-    extra = {}
     if case.startswith("zk-"):
         handler = {
             "zk-silent": zk_silent,
@@ -283,7 +309,8 @@ def start(case):
 
 
 TOKEN = "tok-5e3c7a1f-9d2b-4c8e-b0a1-issue12"
-CASES = ["zk-silent", "zk-pings", "zk-huge-timeout", "zk-trickle", "zk-garbage",
+CASES = ["zk-blackhole", "zk-silent", "zk-pings", "zk-huge-timeout", "zk-trickle", "zk-garbage",
+         "consul-blackhole",
          "consul-silent", "consul-session-then-silent", "consul-headers", "consul-trickle", "consul-redirect", "consul-huge"]
 UNAVAILABLE = 69
 

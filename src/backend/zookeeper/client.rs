@@ -227,7 +227,7 @@ impl Session {
                 state_watchers: Vec::new(),
                 last_heard: now,
                 last_sent: now,
-                last_error: "not connected yet".into(),
+                last_error: "no server has answered yet (connecting)".into(),
             }),
             cv: Condvar::new(),
             cfg,
