@@ -170,7 +170,7 @@ impl Target {
             Service::Sem => Location::Sem,
             Service::Pmxcfs => Location::Pmxcfs { dir: pmxcfs_dir() },
             Service::Zk => Location::Zk {
-                hosts: split_hosts(&env_or("ZKHOSTS", DEFAULT_ZKHOSTS)),
+                hosts: zk_hosts_from_env()?,
                 path: format!("/lockfn/{name}"),
                 auth: env_nonempty("LOCKFN_ZK_AUTH"),
             },
@@ -235,6 +235,42 @@ pub(crate) fn printable(text: &str) -> String {
         out.push('…');
     }
     out
+}
+
+/// Longest value shown whole in a message or a human-readable output line; longer ones are
+/// cut with a marker saying how much was left out.
+/// cbindgen:ignore
+pub const MAX_SHOWN: usize = 200;
+
+/// A text made safe for a terminal: control characters (C0, DEL, C1) escaped as `\xNN` /
+/// `\u{NN}`, and cut after `max` bytes with a marker `…[N more bytes]`. Linear in the input.
+pub fn escape_text(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max) + 24);
+    let mut shown = 0usize;
+    for (i, c) in text.char_indices() {
+        if shown >= max {
+            out.push_str(&format!("…[{} more bytes]", text.len() - i));
+            return out;
+        }
+        if c.is_control() {
+            let e = if (c as u32) < 0x80 {
+                format!("\\x{:02x}", c as u32)
+            } else {
+                format!("\\u{{{:x}}}", c as u32)
+            };
+            shown += e.len();
+            out.push_str(&e);
+        } else {
+            shown += c.len_utf8();
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// [`escape_text`] with the usual cut ([`MAX_SHOWN`]) and credentials in URLs hidden.
+pub fn printable_long(text: &str) -> String {
+    escape_text(&redact_userinfo(text), MAX_SHOWN)
 }
 
 fn redact_userinfo(text: &str) -> String {
@@ -388,10 +424,13 @@ fn parse_zk_url(text: &str, rest: &str) -> Result<Target> {
         None => (env_nonempty("LOCKFN_ZK_AUTH"), authority),
     };
     let hosts = if hosts.is_empty() {
-        split_hosts(&env_or("ZKHOSTS", DEFAULT_ZKHOSTS))
+        zk_hosts_from_env()?
     } else {
         split_hosts(hosts)
     };
+    if hosts.is_empty() {
+        return Err(invalid(text, "no ZooKeeper server is named"));
+    }
     for h in &hosts {
         check_host_port(text, h)?;
     }
@@ -434,13 +473,70 @@ fn parse_consul_url(text: &str, rest: &str) -> Result<Target> {
     })
 }
 
+/// Is `hp` a `host`, `host:port`, `[v6]` or `[v6]:port` (port 1–65535)?
+pub fn is_host_port(hp: &str) -> bool {
+    if hp.is_empty()
+        || hp.len() > 300
+        || !hp
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_'))
+    {
+        return false;
+    }
+    let port_ok = |p: &str| p.parse::<u16>().map(|p| p > 0).unwrap_or(false);
+    if let Some(rest) = hp.strip_prefix('[') {
+        // [v6] or [v6]:port: one pair of brackets around hex digits and colons.
+        let Some((v6, after)) = rest.split_once(']') else {
+            return false;
+        };
+        let v6_ok = !v6.is_empty()
+            && v6.contains(':')
+            && v6
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.');
+        return v6_ok
+            && match after {
+                "" => true,
+                a => a.strip_prefix(':').is_some_and(port_ok),
+            };
+    }
+    if hp.contains('[') || hp.contains(']') {
+        return false;
+    }
+    match hp.split_once(':') {
+        Some((h, p)) => !h.is_empty() && !p.contains(':') && port_ok(p),
+        None => true,
+    }
+}
+
+/// `ZKHOSTS` (or the default): `Invalid` naming the variable when malformed.
+fn zk_hosts_from_env() -> Result<Vec<String>> {
+    let raw = env_or("ZKHOSTS", DEFAULT_ZKHOSTS);
+    let hosts = split_hosts(&raw);
+    if hosts.is_empty() || hosts.len() > 64 {
+        return Err(Error::new(
+            ErrorKind::Invalid,
+            format!(
+                "ZKHOSTS='{}' names no server (expected host:port[,host:port...])",
+                printable(&raw)
+            ),
+        ));
+    }
+    if let Some(bad) = hosts.iter().find(|h| !is_host_port(h)) {
+        return Err(Error::new(
+            ErrorKind::Invalid,
+            format!(
+                "ZKHOSTS='{}': '{}' is not a host:port (expected host:port[,host:port...])",
+                printable(&raw),
+                printable(bad)
+            ),
+        ));
+    }
+    Ok(hosts)
+}
+
 fn check_host_port(text: &str, hp: &str) -> Result<()> {
-    let ok = match hp.rsplit_once(':') {
-        Some((h, p)) => !h.is_empty() && p.parse::<u16>().map(|p| p > 0).unwrap_or(false),
-        None => !hp.is_empty(),
-    } && hp
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_'));
+    let ok = is_host_port(hp);
     if ok {
         Ok(())
     } else {

@@ -389,6 +389,7 @@ fn c_entry_points_survive_bad_arguments() {
             f64::NEG_INFINITY,
             -1.0,
             1e300,
+            1e19, // fits a Duration, not the clock: panicked (issue 12)
             -1e-300,
             5e-324,
         ]);
@@ -572,4 +573,203 @@ fn c_entry_points_survive_bad_arguments() {
         codes[LOCK_EINVAL as usize] > 0,
         "no case was rejected as invalid"
     );
+}
+
+/// Numbers as a user may type them: huge, tiny, infinite, NaN, negative, not numbers.
+const NUMBERS: &[&str] = &[
+    "0",
+    "-0",
+    "1",
+    "0.001",
+    "1.5",
+    "-1",
+    "1e19",
+    "1e308",
+    "1e400",
+    "inf",
+    "-inf",
+    "infinity",
+    "nan",
+    "NaN",
+    "18446744073709551616",
+    "4294967296",
+    "-4294967295",
+    "99999999999",
+    "1e-320",
+    "abc",
+    "",
+    " 1",
+    "0x10",
+    "86401",
+    "10",
+];
+
+/// A random command line of lockfn over the numeric options and a target.
+fn gen_cli_case(r: &mut Rng, n: u64, pid: u32) -> (Vec<String>, bool) {
+    let target = match r.below(4) {
+        0 | 1 => format!("sem:fuzzcli-{pid}-{n}"),
+        2 => gen_mutated(r),
+        _ => gen_target(r),
+    }
+    .replace('\0', ""); // an argument cannot hold NUL
+    let remote = matches!(
+        Target::parse(&target).map(|t| t.service),
+        Ok(Service::Zk | Service::Consul)
+    );
+    let num = |r: &mut Rng| r.pick(NUMBERS).to_string();
+    let mut args: Vec<String> = Vec::new();
+    match r.below(3) {
+        0 | 1 => {
+            args.push("run".into());
+            if remote || r.chance(30) {
+                // A remote target's server is a closed port; a wait would be its own timeout.
+                args.push("-n".into());
+            } else {
+                args.push("-w".into());
+                args.push(num(r));
+            }
+            for opt in ["--ttl", "--limit", "--lock-delay", "--grace", "-E"] {
+                if r.chance(30) {
+                    args.push(opt.into());
+                    args.push(num(r));
+                }
+            }
+            args.push(target);
+            args.push("--".into());
+            args.push("true".into());
+        }
+        _ => {
+            args.push("watch".into());
+            for opt in ["--for", "--interval", "--count"] {
+                if r.chance(50) {
+                    args.push(opt.into());
+                    args.push(num(r));
+                }
+            }
+            // Always an end: one printed state.
+            args.push("--count".into());
+            args.push("1".into());
+            args.push(target);
+        }
+    }
+    (args, remote)
+}
+
+/// The CLI over random numeric options (-w, --ttl, --limit, --lock-delay, --grace, -E, watch
+/// --for/--interval/--count) and targets: never a panic (exit 101, "panicked"), never an
+/// internal error (70) for bad input, only documented exit codes, one bounded line of
+/// message, and every run ends (killed after 15 s = a failure). Issue 12: `run -w 1e19` and
+/// `watch --for 1e19` panicked.
+#[test]
+fn cli_numeric_options_and_targets_never_panic() {
+    use std::process::{Command, Stdio};
+    let lockfn = env!("CARGO_BIN_EXE_lockfn");
+    let dir = std::env::temp_dir().join(format!("lockfn-fuzzcli-{}", std::process::id()));
+    for sub in ["lock", "flock", "run"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    let seed = env_u64("FUZZ_SEED", 0x10c4_f00d) ^ 0xc11;
+    let iters = env_u64("FUZZ_ITERS", 20_000) / 50;
+    let limit = Duration::from_secs(env_u64("FUZZ_SECS", 10) * 2);
+    let pid = std::process::id();
+    let mut r = Rng::new(seed);
+    let start = Instant::now();
+    let mut n = 0u64;
+    let mut codes = std::collections::BTreeMap::new();
+    // The fixed cases of the issue first, then random ones.
+    let fixed: Vec<Vec<String>> = [
+        vec!["run", "-w", "1e19", "sem:fuzzcli-fixed-a", "--", "true"],
+        vec!["run", "-w", "inf", "sem:fuzzcli-fixed-b", "--", "true"],
+        vec![
+            "watch",
+            "--for",
+            "1e19",
+            "--count",
+            "1",
+            "sem:fuzzcli-fixed-c",
+        ],
+        vec![
+            "watch",
+            "--interval",
+            "1e19",
+            "--count",
+            "1",
+            "sem:fuzzcli-fixed-d",
+        ],
+        vec![
+            "run",
+            "--grace",
+            "1e19",
+            "-n",
+            "sem:fuzzcli-fixed-e",
+            "--",
+            "true",
+        ],
+    ]
+    .iter()
+    .map(|v| v.iter().map(|s| s.to_string()).collect())
+    .collect();
+    loop {
+        let args = if (n as usize) < fixed.len() {
+            fixed[n as usize].clone()
+        } else if n < iters.max(fixed.len() as u64) && start.elapsed() < limit {
+            gen_cli_case(&mut r, n, pid).0
+        } else {
+            break;
+        };
+        let mut child = Command::new(lockfn)
+            .args(&args)
+            .env("LOCKFN_PMXCFS_DIR", dir.join("lock"))
+            .env("LOCKFN_PMXLOCK_DIR", dir.join("flock"))
+            .env("LOCKFN_RUN_DIR", dir.join("run"))
+            .env("ZKHOSTS", "127.0.0.1:1")
+            .env("CONSUL_HTTP_ADDR", "127.0.0.1:1")
+            .env("LOCKFN_OP_TIMEOUT", "0.5")
+            .env_remove("LOCKFN_BACKEND")
+            .env_remove("CONSUL_HTTP_TOKEN_FILE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn lockfn");
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break Some(s);
+            }
+            if t0.elapsed() > Duration::from_secs(15) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        let Some(status) = status else {
+            panic!("seed {seed:#x} case {n}: lockfn {args:?} did not end within 15 s");
+        };
+        let code = status.code().unwrap_or(-1);
+        *codes.entry(code).or_insert(0u64) += 1;
+        let ctx = format!("seed {seed:#x} case {n}: lockfn {args:?} -> {code}: {err}");
+        assert!(!err.contains("panicked"), "{ctx}");
+        assert!(
+            [0, 1, 2, 64, 65, 69, 75, 77].contains(&code) || (3..=255).contains(&code),
+            "{ctx}"
+        );
+        assert!(code != 70 && code != 101, "{ctx}");
+        for line in err.lines() {
+            assert!(line.len() <= 2100, "a {} byte line: {ctx}", line.len());
+            assert!(!line.chars().any(|c| c.is_control()), "{ctx}");
+        }
+        n += 1;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("CLI: {n} runs, exit codes {codes:?}, seed {seed:#x}");
+    assert!(n >= 50.min(iters), "only {n} cases ran");
+    assert!(codes.contains_key(&0), "nothing succeeded: {codes:?}");
+    assert!(codes.contains_key(&64), "nothing was rejected: {codes:?}");
 }

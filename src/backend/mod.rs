@@ -135,6 +135,42 @@ impl From<HolderRecord> for HolderView {
     }
 }
 
+/// The whole of a try-once against a remote service (connect, handshake, every request and
+/// the clean-up of a failed attempt) ends within this. Documented in the README.
+pub const TRY_ONCE_BUDGET: Duration = Duration::from_millis(1200);
+/// A bounded wait's requests may run this far past its deadline (an answer in flight).
+pub const DEADLINE_SLACK: Duration = Duration::from_millis(100);
+/// A failed wait's clean-up (delete a contender node, destroy a session) gets this much more.
+pub const CLEANUP_SLACK: Duration = Duration::from_millis(150);
+/// Default bound on `status`, `list`, `gc`, `release`, `update` (and a held lock's renewal
+/// or release) against a remote service; `LOCKFN_OP_TIMEOUT` (seconds) changes it.
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The bound on one operation that is not a wait (see [`DEFAULT_OP_TIMEOUT`]):
+/// `LOCKFN_OP_TIMEOUT` seconds, 0.1 to 3600; `Invalid` naming the variable otherwise.
+pub fn op_timeout() -> Result<Duration> {
+    let Some(v) = std::env::var_os("LOCKFN_OP_TIMEOUT").filter(|v| !v.is_empty()) else {
+        return Ok(DEFAULT_OP_TIMEOUT);
+    };
+    let text = v.to_string_lossy();
+    match text.trim().parse::<f64>() {
+        Ok(s) if (0.1..=3600.0).contains(&s) => Ok(Duration::from_secs_f64(s)),
+        _ => Err(Error::new(
+            ErrorKind::Invalid,
+            format!(
+                "LOCKFN_OP_TIMEOUT='{}' is not a number of seconds from 0.1 to 3600",
+                crate::target::printable(&text)
+            ),
+        )),
+    }
+}
+
+/// `now + op_timeout()`: the deadline of one operation that is not a wait.
+pub fn op_deadline() -> Result<Instant> {
+    let t = op_timeout()?;
+    Ok(Instant::now().checked_add(t).unwrap_or_else(Instant::now))
+}
+
 /// How long to wait, and what stops the wait early. Shared by every backend so that timeouts
 /// and cancellation mean the same everywhere.
 #[derive(Debug, Clone)]
@@ -151,7 +187,8 @@ impl Wait {
         let start = Instant::now();
         Wait {
             start,
-            deadline: timeout.map(|t| start + t),
+            // A timeout too long to add to the clock (1e19 s) is no deadline: wait forever.
+            deadline: timeout.and_then(|t| start.checked_add(t)),
             try_once: timeout == Some(Duration::ZERO),
             cancel_fd,
             timeout,
@@ -165,6 +202,24 @@ impl Wait {
 
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
+    }
+
+    /// The hard end of the whole call, server round trips included: for a try-once
+    /// [`TRY_ONCE_BUDGET`] after the start, for a timeout its deadline plus
+    /// [`DEADLINE_SLACK`] (a last answer in flight), for a wait forever None (each request is
+    /// then bounded by its backend's own request timeout).
+    pub fn hard_deadline(&self) -> Option<Instant> {
+        if self.try_once {
+            return self.start.checked_add(TRY_ONCE_BUDGET);
+        }
+        self.deadline.and_then(|d| d.checked_add(DEADLINE_SLACK))
+    }
+
+    /// Until when a failed or cancelled wait may clean up after itself (remove its contender
+    /// node or session): [`CLEANUP_SLACK`] past the hard deadline, at most.
+    pub fn cleanup_deadline(&self) -> Option<Instant> {
+        self.hard_deadline()
+            .and_then(|d| d.checked_add(CLEANUP_SLACK))
     }
 
     /// Time left; None = forever.
@@ -249,7 +304,8 @@ pub fn poll_readable(fd: RawFd, timeout_ms: i32) -> bool {
     loop {
         let left = deadline
             .saturating_duration_since(Instant::now())
-            .as_millis() as i32;
+            .as_millis()
+            .min(i32::MAX as u128) as i32;
         let r = unsafe { libc::poll(&mut p, 1, if timeout_ms < 0 { -1 } else { left }) };
         if r > 0 {
             return p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL)

@@ -101,6 +101,31 @@ sub _name_of {
     return $target;
 }
 
+# ttl and limit go into uint32 fields: a whole number from $min to 4294967295, given as a
+# number or a string of digits; anything else (negative, fraction, NaN, inf, text) dies with
+# LOCK_EINVAL rather than wrapping (ttl => -5 became 4294967291).
+sub _check_count {
+    my ($v, $what, $min) = @_;
+    die Lockfn::Error->new(code => LOCK_EINVAL,
+        message => "$what must be a whole number from $min to 4294967295, not '$v'")
+      if ref($v) || $v !~ /\A\s*\+?[0-9]+\s*\z/ || $v < $min || $v > 4294967295;
+    return 0 + $v;
+}
+
+# timeout: seconds (fractions allowed) >= 0, or -1 (wait forever); NaN, other negatives and
+# text die with LOCK_EINVAL. inf (or anything too long for the clock) waits forever.
+sub _check_timeout {
+    my ($v) = @_;
+    my $num = !ref($v) && $v =~ /\A\s*(?:-1|\+?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|\+?inf(?:inity)?)\s*\z/i;
+    die Lockfn::Error->new(code => LOCK_EINVAL,
+        message => "timeout must be a number of seconds >= 0 or -1 (forever), not '"
+          . (defined $v ? $v : 'undef') . "'")
+      if !$num;
+    my $t = 0 + $v;
+    return -1 if $t > 1e15;    # inf, 1e300: forever (the library says the same)
+    return $t;
+}
+
 sub _check_text {
     my ($text, $what) = @_;
     die Lockfn::Error->new(code => LOCK_EINVAL, message => "$what is undefined")
@@ -165,9 +190,9 @@ sub acquire {
     }
     my $o = Lockfn::Options->new;
     lock_options_init($o);
-    $o->timeout(defined $opt{timeout} ? $opt{timeout} : -1);
-    $o->ttl($opt{ttl} // 0);
-    $o->limit($opt{limit} // 1);
+    $o->timeout(defined $opt{timeout} ? _check_timeout($opt{timeout}) : -1);
+    $o->ttl(defined $opt{ttl} ? _check_count($opt{ttl}, 'ttl', 0) : 0);
+    $o->limit(defined $opt{limit} ? _check_count($opt{limit}, 'limit', 1) : 1);
     my $flags = 0;
     $flags |= LOCK_FLAG_SHARED     if $opt{shared};
     $flags |= LOCK_FLAG_AUTO_RENEW if $opt{auto_renew};

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import os
 import signal
 import threading
@@ -232,6 +233,29 @@ class _SignalWakeup:
                     pass
 
 
+def _is_whole(x) -> bool:
+    """An integer value (an int, or a float without fraction; never NaN, inf or a bool)."""
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, int):
+        return True
+    return isinstance(x, float) and math.isfinite(x) and x == int(x)
+
+
+def _check_timeout(timeout) -> float:
+    """A timeout as threading.Lock takes it: seconds >= 0, or -1 for forever. NaN and other
+    negatives raise ValueError; one too long for the clock (inf, 1e300) means forever."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ValueError(f"timeout must be a number of seconds, not {timeout!r}")
+    if math.isnan(timeout):
+        raise ValueError("timeout must be a number of seconds, not nan")
+    if timeout < 0 and timeout != -1:
+        raise ValueError("timeout value must be a non-negative number or -1")
+    if timeout >= threading.TIMEOUT_MAX:
+        return -1
+    return timeout
+
+
 def _acquire_handle(target: bytes, name: str, opts: _ffi.LockOptions, timeout: float) -> Optional[int]:
     """Acquire through the library; the handle, or None when busy / timed out."""
     lib = _ffi.lib()
@@ -311,15 +335,15 @@ class Lock:
         self.target = target
         self._target = _encode(target, "target")
         self._holder = None if holder is None else _encode(holder, "holder")
-        if ttl is not None and (int(ttl) != ttl or ttl < 0 or ttl > 0xFFFFFFFF):
+        if ttl is not None and (not _is_whole(ttl) or ttl < 0 or ttl > 0xFFFFFFFF):
             raise LockInvalid(f"ttl must be a whole number of seconds >= 0, not {ttl!r}",
                               _ffi.LOCK_EINVAL, target)
-        if int(limit) != limit or limit < 1 or limit > 0xFFFFFFFF:
+        if not _is_whole(limit) or limit < 1 or limit > 0xFFFFFFFF:
             raise LockInvalid(f"limit must be an integer >= 1, not {limit!r}", _ffi.LOCK_EINVAL, target)
         self.ttl = ttl
         self.limit = int(limit)
         self.shared = bool(shared)
-        self.timeout = timeout
+        self.timeout = -1 if timeout is None else _check_timeout(timeout)
         flags = 0
         if shared:
             flags |= _ffi.LOCK_FLAG_SHARED
@@ -369,8 +393,8 @@ class Lock:
             timeout = 0
         elif timeout is None:
             timeout = -1
-        elif timeout < 0 and timeout != -1:
-            raise ValueError("timeout value must be a non-negative number or -1")
+        else:
+            timeout = _check_timeout(timeout)
         self._check_fork()
         start = time.monotonic()
         if timeout < 0:

@@ -189,6 +189,31 @@ def test_bad_options_raise_lockinvalid(sem_target):
         lockfn.Lock(sem_target).acquire(timeout=-5)
 
 
+def test_nan_and_non_numbers_are_rejected_not_tried_once(sem_target):
+    # Issue 12: acquire(timeout=nan) silently tried once.
+    lock = lockfn.Lock(sem_target)
+    for bad in (float("nan"), "3", [1]):
+        with pytest.raises(ValueError):
+            lock.acquire(timeout=bad)
+    with pytest.raises(ValueError):
+        lockfn.Lock(sem_target, timeout=float("nan"))
+    for bad in (float("nan"), float("inf"), 2.5, True):
+        with pytest.raises(lockfn.LockInvalid):
+            lockfn.Lock(sem_target, ttl=bad)
+        with pytest.raises(lockfn.LockInvalid):
+            lockfn.Lock(sem_target, limit=bad)
+    assert not lock.locked()
+
+
+def test_huge_timeouts_mean_forever_without_overflow(sem_target):
+    for t in (float("inf"), 1e19, 1e300):
+        lock = lockfn.Lock(sem_target)
+        assert lock.acquire(timeout=t) is True
+        lock.release()
+    with lockfn.Lock(sem_target, timeout=float("inf")):
+        pass
+
+
 def test_sem_has_no_shared_mode(sem_target):
     with pytest.raises(lockfn.LockInvalid) as ei:
         lockfn.Lock(sem_target, shared=True).acquire(blocking=False)

@@ -9,6 +9,7 @@
 
 use crate::{Error, ErrorKind, Result};
 use std::fmt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8500";
@@ -59,6 +60,42 @@ fn parse_bool(var: &str, v: &str) -> Result<bool> {
     }
 }
 
+/// Largest token file read (a Consul token is a 36-byte UUID).
+const MAX_TOKEN_FILE: u64 = 64 << 10;
+
+/// The token in `CONSUL_HTTP_TOKEN_FILE`, trimmed. Every failure (missing, unreadable, a
+/// directory or device, too big, not UTF-8) is a configuration error naming the variable.
+fn read_token_file(path: &str) -> Result<String> {
+    use std::io::Read;
+    let shown = crate::target::printable(path);
+    let bad = |why: String| invalid(format!("CONSUL_HTTP_TOKEN_FILE={shown}: {why}"));
+    // O_NONBLOCK: a FIFO planted there must not block the open.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| bad(format!("cannot open the Consul token file: {e}")))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| bad(format!("cannot read the Consul token file: {e}")))?;
+    if !meta.is_file() {
+        return Err(bad("the Consul token file is not a regular file".into()));
+    }
+    if meta.len() > MAX_TOKEN_FILE {
+        return Err(bad(format!(
+            "the Consul token file is {} bytes long (at most {MAX_TOKEN_FILE})",
+            meta.len()
+        )));
+    }
+    let mut data = Vec::new();
+    f.take(MAX_TOKEN_FILE + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| bad(format!("cannot read the Consul token file: {e}")))?;
+    let text = String::from_utf8(data)
+        .map_err(|_| bad("the Consul token file is not UTF-8 text".into()))?;
+    Ok(text.trim().to_string())
+}
+
 /// Split an address into (https?, host:port).
 fn split_scheme(var: &str, addr: &str) -> Result<(Option<bool>, String)> {
     let addr = addr.trim().trim_end_matches('/');
@@ -78,11 +115,7 @@ fn split_scheme(var: &str, addr: &str) -> Result<(Option<bool>, String)> {
         }
         None => (None, addr),
     };
-    if rest.is_empty()
-        || !rest
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_'))
-    {
+    if !crate::target::is_host_port(rest) {
         return Err(invalid(format!(
             "{var}: '{}' is not a host:port",
             crate::target::printable(rest)
@@ -123,16 +156,7 @@ impl Config {
         };
         let token = match var("CONSUL_HTTP_TOKEN_FILE") {
             Some(path) => {
-                let data = std::fs::read_to_string(&path).map_err(|e| {
-                    Error::os(
-                        format!(
-                            "cannot read the Consul token file CONSUL_HTTP_TOKEN_FILE={}",
-                            crate::target::printable(&path)
-                        ),
-                        e,
-                    )
-                })?;
-                let t = data.trim().to_string();
+                let t = read_token_file(&path)?;
                 if t.is_empty() {
                     var("CONSUL_HTTP_TOKEN").map(|t| t.trim().to_string())
                 } else {

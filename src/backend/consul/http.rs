@@ -7,14 +7,19 @@ use super::config::Config;
 use crate::backend::Wait;
 use crate::{Error, ErrorKind, Result};
 use serde::Deserialize;
-use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
-/// Bound on one ordinary request (connect + answer).
+/// Bound on one ordinary request (connect + answer), and never past the client's deadline.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Largest answer read (a KV listing of a big prefix).
-const MAX_BODY: u64 = 64 << 20;
+/// Largest answer body read (a KV listing of about 10,000 locks); checked while reading,
+/// before the memory is taken, so a huge or endless body is an error naming the limit.
+/// cbindgen:ignore
+pub const MAX_BODY: u64 = 4 << 20;
+/// Largest status line plus headers accepted.
+/// cbindgen:ignore
+pub const MAX_HEADER: usize = 64 << 10;
 /// Longest blocking query asked for (Consul caps at 10 min).
 pub const MAX_BLOCK: Duration = Duration::from_secs(300);
 
@@ -25,6 +30,8 @@ pub struct Client {
     /// `host:port`, for messages.
     pub addr: String,
     token: Option<String>,
+    /// No request of this client (and its clones) runs past this: the caller's deadline.
+    deadline: Arc<Mutex<Option<Instant>>>,
 }
 
 /// One answer.
@@ -130,6 +137,10 @@ fn new_agent(cfg: &Config) -> Result<ureq::Agent> {
         .http_status_as_error(false)
         .timeout_connect(Some(CONNECT_TIMEOUT))
         .timeout_global(Some(REQUEST_TIMEOUT))
+        // Consul's API never redirects: a 3xx is an error naming its Location, and the token
+        // is never sent to another address.
+        .max_redirects(0)
+        .max_response_header_size(MAX_HEADER)
         .user_agent(format!("lockfn/{}", crate::VERSION))
         .max_idle_connections_per_host(4)
         .tls_config(tls_config(cfg)?);
@@ -238,7 +249,43 @@ impl Client {
             base: cfg.base(),
             addr: cfg.addr.clone(),
             token: cfg.token.clone(),
+            deadline: Arc::new(Mutex::new(None)),
         })
+    }
+
+    /// Bound every later request of this client and its clones by `d` (None: each request
+    /// by [`REQUEST_TIMEOUT`] only).
+    pub fn set_deadline(&self, d: Option<Instant>) {
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = d;
+    }
+
+    /// Bound the requests of the operation starting now by `LOCKFN_OP_TIMEOUT` (a held
+    /// lock's renewal, check or release; status, list, gc).
+    pub fn bound_by_op_timeout(&self) {
+        let t = crate::backend::op_timeout().unwrap_or(crate::backend::DEFAULT_OP_TIMEOUT);
+        self.set_deadline(Instant::now().checked_add(t));
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `max`, cut to what is left before the deadline.
+    pub fn left(&self, max: Duration) -> Duration {
+        match self.deadline() {
+            Some(d) => max.min(d.saturating_duration_since(Instant::now())),
+            None => max,
+        }
+    }
+
+    fn out_of_time(&self) -> Error {
+        Error::new(
+            ErrorKind::Unavailable,
+            format!(
+                "no answer from the Consul agent at {} in time (the deadline passed)",
+                self.addr
+            ),
+        )
     }
 
     /// The same client with a connection pool of its own.
@@ -248,6 +295,7 @@ impl Client {
             base: self.base.clone(),
             addr: self.addr.clone(),
             token: self.token.clone(),
+            deadline: Arc::new(Mutex::new(self.deadline())),
         }
     }
 
@@ -273,6 +321,10 @@ impl Client {
         timeout: Duration,
     ) -> Result<Reply> {
         let url = format!("{}{}", self.base, path);
+        let timeout = self.left(timeout);
+        if timeout < Duration::from_millis(5) {
+            return Err(self.out_of_time());
+        }
         let result = match method {
             Method::Get | Method::Delete => {
                 let mut rb = match method {
@@ -303,8 +355,25 @@ impl Client {
                 }
             }
         };
-        let mut resp = result.map_err(|e| self.transport_error(e))?;
+        let mut resp = result.map_err(|e| self.transport_error(e, timeout))?;
         let status = resp.status().as_u16();
+        if (300..400).contains(&status) {
+            // Not followed (max_redirects 0), so no credential went anywhere else.
+            let location = resp
+                .headers()
+                .get("Location")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default();
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                self.scrub(format!(
+                    "the Consul agent at {} answered HTTP {status}, a redirect to '{}': Consul's \
+                     API never redirects, so it was not followed (check CONSUL_HTTP_ADDR)",
+                    self.addr,
+                    crate::target::printable(&location)
+                )),
+            ));
+        }
         let index = resp
             .headers()
             .get("X-Consul-Index")
@@ -315,7 +384,17 @@ impl Client {
             .with_config()
             .limit(MAX_BODY)
             .read_to_vec()
-            .map_err(|e| self.transport_error(e))?;
+            .map_err(|e| match e {
+                ureq::Error::BodyExceedsLimit(_) => Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "the Consul agent at {} sent an answer larger than the {} MiB limit",
+                        self.addr,
+                        MAX_BODY >> 20
+                    ),
+                ),
+                e => self.transport_error(e, timeout),
+            })?;
         Ok(Reply {
             status,
             index,
@@ -323,18 +402,24 @@ impl Client {
         })
     }
 
-    fn transport_error(&self, e: ureq::Error) -> Error {
+    fn transport_error(&self, e: ureq::Error, timeout: Duration) -> Error {
         let kind = match e {
             ureq::Error::BadUri(_) | ureq::Error::InvalidProxyUrl => ErrorKind::Invalid,
             _ => ErrorKind::Unavailable,
         };
-        Error::new(
-            kind,
-            self.scrub(format!(
-                "cannot reach the Consul agent at {} ({e})",
+        let text = match &e {
+            ureq::Error::Timeout(_) => format!(
+                "no complete answer from the Consul agent at {} within {:.1} s",
+                self.base,
+                timeout.as_secs_f64()
+            ),
+            ureq::Error::LargeResponseHeader(n, limit) => format!(
+                "the Consul agent at {} sent {n} bytes of headers (the limit is {limit})",
                 self.base
-            )),
-        )
+            ),
+            _ => format!("cannot reach the Consul agent at {} ({e})", self.base),
+        };
+        Error::new(kind, self.scrub(crate::target::printable_long(&text)))
     }
 
     /// The error for an answer that is not a success: 403 → Permission with Consul's message,
@@ -378,7 +463,11 @@ impl Client {
         let mut n = 1;
         loop {
             match f() {
-                Err(e) if e.kind() == ErrorKind::Unavailable && n < attempts => {
+                Err(e)
+                    if e.kind() == ErrorKind::Unavailable
+                        && n < attempts
+                        && self.left(delay * 2) >= delay * 2 =>
+                {
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(1));
                     n += 1;
@@ -404,7 +493,8 @@ impl Client {
                     if e.kind() == ErrorKind::Unavailable
                         && n < attempts
                         && !wait.is_try_once()
-                        && !wait.expired() =>
+                        && !wait.expired()
+                        && self.left(delay * 2) >= delay * 2 =>
                 {
                     wait.pause(delay)?;
                     if wait.expired() {

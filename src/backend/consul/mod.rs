@@ -49,7 +49,11 @@ fn locate(target: &Target) -> Result<(Client, String)> {
     match &target.location {
         Location::Consul { addr, key } => {
             let cfg = Config::from_env(addr.as_deref())?;
-            Ok((Client::new(&cfg)?, key.clone()))
+            let client = Client::new(&cfg)?;
+            // status, list, gc, release, update: bounded by LOCKFN_OP_TIMEOUT; an acquisition
+            // sets its wait's own deadline.
+            client.set_deadline(Some(super::op_deadline()?));
+            Ok((client, key.clone()))
         }
         other => Err(Error::new(
             ErrorKind::Invalid,
@@ -95,6 +99,8 @@ pub(super) struct Session {
     body: serde_json::Value,
     last_renew: Instant,
     armed: bool,
+    /// Until when a failed wait may destroy the session again.
+    cleanup_deadline: Option<Instant>,
 }
 
 impl Session {
@@ -131,6 +137,7 @@ impl Session {
             body,
             last_renew: Instant::now(),
             armed: true,
+            cleanup_deadline: wait.cleanup_deadline(),
         })
     }
 
@@ -183,7 +190,9 @@ impl Drop for Session {
     fn drop(&mut self) {
         if self.armed {
             // Cancelled, timed out or failed: leave nothing behind (a semaphore session's
-            // contender key goes with it: behavior delete).
+            // contender key goes with it: behavior delete). Bounded: a session left behind by
+            // a silent agent ends with its TTL.
+            self.client.set_deadline(self.cleanup_deadline);
             let _ = self
                 .client
                 .retry(2, || self.client.session_destroy(&self.id));
@@ -551,11 +560,23 @@ impl Backend for ConsulBackend {
             ));
         }
         let (client, key) = locate(target)?;
-        if opts.limit > 1 {
+        // Every request of the acquisition (session set-up, each read and transaction) ends
+        // by the wait's hard deadline; the session's clean-up by its cleanup deadline.
+        client.set_deadline(wait.hard_deadline());
+        let r = if opts.limit > 1 {
             semaphore::acquire(client, target, &key, opts, wait)
         } else {
             mutex::acquire(client, target, &key, opts, wait)
-        }
+        };
+        // Every message names the lock.
+        let name = target.to_string();
+        r.map_err(|e| {
+            if e.message().contains(&name) {
+                e
+            } else {
+                e.with_context(&name)
+            }
+        })
     }
 
     fn status(&self, target: &Target) -> Result<Status> {

@@ -260,16 +260,19 @@ impl Held for MutexHeld {
     }
 
     fn update(&mut self) -> Result<()> {
+        self.client.bound_by_op_timeout();
         let r = self.renew().and_then(|_| self.verify());
         self.settle(r)
     }
 
     fn check(&mut self) -> Result<()> {
+        self.client.bound_by_op_timeout();
         let r = self.verify();
         self.settle(r)
     }
 
     fn release(&mut self) -> Result<()> {
+        self.client.bound_by_op_timeout();
         let r = self.client.retry(3, || {
             self.client.txn(&[
                 serde_json::json!({"Verb": "check-session", "Key": self.key, "Session": self.session}),

@@ -420,16 +420,19 @@ impl Held for SemHeld {
     }
 
     fn update(&mut self) -> Result<()> {
+        self.client.bound_by_op_timeout();
         let r = self.renew().and_then(|_| self.verify());
         self.settle(r)
     }
 
     fn check(&mut self) -> Result<()> {
+        self.client.bound_by_op_timeout();
         let r = self.verify();
         self.settle(r)
     }
 
     fn release(&mut self) -> Result<()> {
+        self.client.bound_by_op_timeout();
         let was = remove_holders(
             &self.target,
             &self.client,

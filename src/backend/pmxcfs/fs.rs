@@ -39,12 +39,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// A try-once gives pmxcfs this long to answer (a healthy pmxcfs answers in milliseconds).
-pub const TRY_ONCE_BUDGET: Duration = Duration::from_secs(2);
-/// status, list, gc, release, update and a held lock's checks: bounded by this.
-pub const ADMIN_BOUND: Duration = Duration::from_secs(5);
-/// An operation started before a wait's deadline may finish this long after it.
-const GRACE: Duration = Duration::from_millis(500);
 /// A waiting caller looks at its cancel fd this often while an operation is outstanding.
 const CANCEL_POLL: Duration = Duration::from_millis(50);
 
@@ -56,23 +50,29 @@ pub struct Bound {
 }
 
 impl Bound {
-    /// For the operations of an acquisition waiting as `wait` says.
+    /// For the operations of an acquisition waiting as `wait` says: its hard deadline (a
+    /// try-once: the fixed budget; a timeout: just past it; forever: none, but cancellable).
     pub fn for_wait(wait: &Wait) -> Bound {
-        let deadline = if wait.is_try_once() {
-            Some(Instant::now() + TRY_ONCE_BUDGET)
-        } else {
-            wait.deadline().and_then(|d| d.checked_add(GRACE))
-        };
         Bound {
-            deadline,
+            deadline: wait.hard_deadline(),
             cancel_fd: wait.cancel_fd(),
         }
     }
 
-    /// For an administrative call or a held lock's check, renewal or release.
-    pub fn admin() -> Bound {
+    /// For an administrative call or a held lock's check, renewal or release:
+    /// `LOCKFN_OP_TIMEOUT` (5 s by default).
+    pub fn admin() -> Result<Bound> {
+        Ok(Bound {
+            deadline: Some(crate::backend::op_deadline()?),
+            cancel_fd: None,
+        })
+    }
+
+    /// For undoing a failed acquisition: a short slack. An undo that pmxcfs does not answer
+    /// in time completes in its own thread later (fs.rs's operations are whole).
+    pub fn cleanup() -> Bound {
         Bound {
-            deadline: Some(Instant::now() + ADMIN_BOUND),
+            deadline: Instant::now().checked_add(crate::backend::CLEANUP_SLACK),
             cancel_fd: None,
         }
     }

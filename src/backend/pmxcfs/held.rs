@@ -55,7 +55,7 @@ impl PmxcfsHeld {
     /// A local look: is the directory there with the mtime we last set? (A stat may show an
     /// expired directory for about a second more; the refresh is the proof.)
     fn looks_ours(&self) -> Result<()> {
-        match fs::look(&self.target, &self.path, &Bound::admin())? {
+        match fs::look(&self.target, &self.path, &Bound::admin()?)? {
             Some(s) if s.mtime == self.mtime => Ok(()),
             Some(s) => Err(self.lost(&format!(
                 "the directory changed under us (mtime {}, ours {}): it expired and was \
@@ -86,7 +86,7 @@ impl Held for PmxcfsHeld {
             &self.cfg,
             &self.path,
             self.mtime,
-            &Bound::admin(),
+            &Bound::admin()?,
         )? {
             Some(t) => {
                 self.mtime = t;
@@ -132,7 +132,7 @@ impl Held for PmxcfsHeld {
                 &self.cfg,
                 &self.path,
                 mtime,
-                &Bound::admin(),
+                &Bound::admin()?,
                 move || records::remove_if(&dir, &name, |r| r.same_holder(&me)),
             )
         });

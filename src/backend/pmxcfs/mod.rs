@@ -275,7 +275,7 @@ fn settle(
     let me = holder.clone();
     let give_back = |mtime: i64, e: Error| -> Error {
         let (d, n, me) = (dir.to_path_buf(), target.name.clone(), me.clone());
-        let _ = fs::remove_if_ours(target, cfg, &path, mtime, &Bound::admin(), move || {
+        let _ = fs::remove_if_ours(target, cfg, &path, mtime, &Bound::cleanup(), move || {
             records::remove_if(&d, &n, |r| r.same_holder(&me))
         });
         e
@@ -362,7 +362,7 @@ impl super::Backend for PmxcfsBackend {
     fn status(&self, target: &Target) -> Result<Status> {
         let dir = lock_dir(target);
         let cfg = PmxcfsConfig::for_dir(target, &dir)?;
-        let bound = Bound::admin();
+        let bound = Bound::admin()?;
         let path = dir.join(&target.name);
         let mut st = Status::new(target);
         st.limit = Some(1);
@@ -416,7 +416,7 @@ impl super::Backend for PmxcfsBackend {
             prefix,
             &dir,
             "readdir",
-            &Bound::admin(),
+            &Bound::admin()?,
             move || -> std::io::Result<Vec<String>> {
                 Ok(std::fs::read_dir(&d)?
                     .filter_map(|e| e.ok())
@@ -468,7 +468,7 @@ impl super::Backend for PmxcfsBackend {
     fn release_named(&self, target: &Target, force: bool) -> Result<u32> {
         let dir = lock_dir(target);
         let cfg = PmxcfsConfig::for_dir(target, &dir)?;
-        let bound = Bound::admin();
+        let bound = Bound::admin()?;
         fs::check_lock_dir(target, &dir, &bound)?;
         let path = dir.join(&target.name);
         let Some(seen) = fs::look(target, &path, &bound)? else {
@@ -521,7 +521,7 @@ impl super::Backend for PmxcfsBackend {
     fn update_named(&self, target: &Target) -> Result<()> {
         let dir = lock_dir(target);
         let cfg = PmxcfsConfig::for_dir(target, &dir)?;
-        let bound = Bound::admin();
+        let bound = Bound::admin()?;
         fs::check_lock_dir(target, &dir, &bound)?;
         let path = dir.join(&target.name);
         let mut rec = records::read(&dir, &target.name)
@@ -591,7 +591,7 @@ fn check_options(target: &Target, opts: &Options) -> Result<()> {
 /// (with pmxcfs's confirmation) and our stale record. Returns how many items were removed.
 fn gc_one(target: &Target, dir: &Path) -> Result<u32> {
     let cfg = PmxcfsConfig::for_dir(target, dir)?;
-    let bound = Bound::admin();
+    let bound = Bound::admin()?;
     let name = &target.name;
     let Some(rec) = records::read(dir, name) else {
         return Ok(0);
@@ -642,7 +642,7 @@ pub(crate) mod tests {
         let d = tmp("unlock");
         let p = d.join("x");
         let t = Target::parse("pmxcfs:x").unwrap();
-        let b = Bound::admin();
+        let b = Bound::admin().unwrap();
         assert_eq!(
             fs::unlock_request(&t, &p, &b).unwrap(),
             UnlockAnswer::ExpiredAndDeleted

@@ -36,6 +36,9 @@ pub enum ZkError {
     Expired,
     /// No server answered within the budget; the last connection error.
     Unreachable(String),
+    /// Connected, but no answer to the request within the caller's deadline (a server that
+    /// answers pings only, or is silent, or trickles its reply). The request may still apply.
+    Timeout,
 }
 
 /// Process-wide request counters (for tests and `status` details).
@@ -224,7 +227,7 @@ impl Session {
                 state_watchers: Vec::new(),
                 last_heard: now,
                 last_sent: now,
-                last_error: "not connected yet".into(),
+                last_error: "no server has answered yet (connecting)".into(),
             }),
             cv: Condvar::new(),
             cfg,
@@ -313,7 +316,8 @@ impl Session {
         }
     }
 
-    /// Send one request and wait for its answer. `budget` bounds the wait for a connection.
+    /// Send one request and wait for its answer. `budget` bounds the whole call: the wait for
+    /// a connection and the wait for the answer (never longer than twice the session timeout).
     fn call(
         &self,
         op: i32,
@@ -321,9 +325,16 @@ impl Session {
         budget: Duration,
         watch: Option<(WatchKind, &str, &Arc<Notify>)>,
     ) -> Result<Vec<u8>, ZkError> {
+        let deadline = Instant::now().checked_add(budget);
         self.wait_connected(budget)?;
+        let left = deadline.map_or(budget, |d| d.saturating_duration_since(Instant::now()));
+        if left.is_zero() {
+            return Err(ZkError::Timeout);
+        }
         let (tx, rx) = mpsc::channel();
         let reply_bound;
+        let by_deadline;
+        let sent_xid;
         {
             let mut st = lock(&self.sh.st);
             if st.state != State::Connected {
@@ -360,7 +371,10 @@ impl Session {
                 return Err(ZkError::ConnectionLoss);
             }
             st.last_sent = Instant::now();
-            reply_bound = st.negotiated.max(Duration::from_secs(2)) * 2;
+            let session_bound = st.negotiated.max(Duration::from_secs(2)) * 2;
+            by_deadline = left < session_bound;
+            reply_bound = session_bound.min(left);
+            sent_xid = xid;
         }
         C_REQUESTS.fetch_add(1, Ordering::Relaxed);
         let counter = match op {
@@ -375,13 +389,21 @@ impl Session {
             c.fetch_add(1, Ordering::Relaxed);
         }
         // The reader fails every pending request when the connection breaks, so this bound
-        // only guards against a server that keeps the connection but never answers.
+        // only guards against a server that keeps the connection but never answers (or
+        // answers pings only), and keeps the caller's deadline.
         match rx.recv_timeout(reply_bound) {
             Ok(Ok((0, body))) => Ok(body),
             Ok(Ok((proto::ERR_SESSION_EXPIRED, _))) => Err(ZkError::Expired),
             Ok(Ok((err, _))) => Err(ZkError::Api(err)),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(ZkError::ConnectionLoss),
+            Err(_) => {
+                lock(&self.sh.st).pending.remove(&sent_xid);
+                if by_deadline {
+                    Err(ZkError::Timeout)
+                } else {
+                    Err(ZkError::ConnectionLoss)
+                }
+            }
         }
     }
 
@@ -485,27 +507,44 @@ enum Got {
     Idle,
 }
 
-const MAX_FRAME: usize = 64 << 20;
+/// Largest frame accepted from a server, checked on its length prefix before anything is
+/// allocated for it. ZooKeeper's own clients stop at jute.maxbuffer (1 MiB by default).
+/// cbindgen:ignore
+pub const MAX_FRAME: usize = 4 << 20;
 
 impl FrameReader {
+    /// A complete frame in the buffer, if any (an error for a length out of bounds).
+    fn take(&mut self) -> io::Result<Option<Vec<u8>>> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let n = i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+        if n < 0 || n as usize > MAX_FRAME {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the server sent a frame of {n} bytes (the limit is {} MiB): not ZooKeeper,                      or a broken server",
+                    MAX_FRAME >> 20
+                ),
+            ));
+        }
+        let n = n as usize;
+        if self.buf.len() < 4 + n {
+            return Ok(None);
+        }
+        let frame = self.buf[4..4 + n].to_vec();
+        self.buf.drain(..4 + n);
+        Ok(Some(frame))
+    }
+
+    /// The next frame, or `Idle` after one read that did not complete one (so a caller
+    /// checks its deadline and pings even while a server trickles a frame byte by byte).
     fn next(&mut self, s: &mut TcpStream) -> io::Result<Got> {
+        if let Some(f) = self.take()? {
+            return Ok(Got::Frame(f));
+        }
+        let mut tmp = [0u8; 16384];
         loop {
-            if self.buf.len() >= 4 {
-                let n = i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
-                if n < 0 || n as usize > MAX_FRAME {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "bad frame length",
-                    ));
-                }
-                let n = n as usize;
-                if self.buf.len() >= 4 + n {
-                    let frame = self.buf[4..4 + n].to_vec();
-                    self.buf.drain(..4 + n);
-                    return Ok(Got::Frame(frame));
-                }
-            }
-            let mut tmp = [0u8; 16384];
             match s.read(&mut tmp) {
                 Ok(0) => {
                     return Err(io::Error::new(
@@ -513,7 +552,13 @@ impl FrameReader {
                         "the server closed the connection",
                     ))
                 }
-                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&tmp[..n]);
+                    return Ok(match self.take()? {
+                        Some(f) => Got::Frame(f),
+                        None => Got::Idle,
+                    });
+                }
                 Err(e)
                     if e.kind() == io::ErrorKind::WouldBlock
                         || e.kind() == io::ErrorKind::TimedOut =>
@@ -548,8 +593,13 @@ fn run(sh: Arc<Shared>) {
         match connect(&sh, &host) {
             Ok((stream, reader)) => {
                 failures_in_row = 0;
+                let since = Instant::now();
                 let why = serve(&sh, stream, reader);
                 disconnected(&sh, &format!("connection to {host} lost: {why}"));
+                if since.elapsed() < Duration::from_secs(1) {
+                    // A server that drops us right after the handshake: no busy reconnect loop.
+                    std::thread::sleep(Duration::from_millis(200));
+                }
             }
             Err(ConnectErr::Expired) => {
                 let mut st = lock(&sh.st);
@@ -645,7 +695,9 @@ fn connect(sh: &Shared, host: &str) -> Result<(TcpStream, FrameReader), ConnectE
             ConnectErr::Io("the server refused the session".into())
         });
     }
-    let negotiated = Duration::from_millis(neg as u64);
+    // Never more than we asked for: a server negotiating a longer session (up to 24 days)
+    // must not stretch our waits, pings or loss detection.
+    let negotiated = Duration::from_millis(neg as u64).min(timeout);
     if let Some(auth) = &sh.cfg.auth {
         let mut a = W::new();
         a.i32(proto::XID_AUTH)
@@ -658,7 +710,8 @@ fn connect(sh: &Shared, host: &str) -> Result<(TcpStream, FrameReader), ConnectE
     let ping = (negotiated / 3).max(Duration::from_millis(50));
     s.set_read_timeout(Some(ping.min(Duration::from_millis(500))))
         .map_err(io_err)?;
-    s.set_write_timeout(Some(negotiated / 2)).map_err(io_err)?;
+    s.set_write_timeout(Some((negotiated / 2).max(Duration::from_millis(100))))
+        .map_err(io_err)?;
     let writer = s.try_clone().map_err(io_err)?;
     let mut st = lock(&sh.st);
     if st.session_id != sid {
@@ -784,13 +837,29 @@ fn serve(sh: &Shared, mut s: TcpStream, mut reader: FrameReader) -> String {
 pub(crate) static SESSIONS: Mutex<SessionTable> = Mutex::new(None);
 pub(crate) type SessionTable = Option<(u32, HashMap<String, Arc<Session>>)>;
 
-pub fn session(cfg: &Config) -> io::Result<Arc<Session>> {
-    let key = format!(
+/// Why the session of `cfg` last lost or failed a connection (for messages), if there is one.
+pub fn last_error(cfg: &Config) -> Option<String> {
+    let g = SESSIONS.lock().unwrap_or_else(|e| e.into_inner());
+    let (pid, map) = g.as_ref()?;
+    if *pid != std::process::id() {
+        return None;
+    }
+    let s = map.get(&session_key(cfg))?;
+    let st = lock(&s.sh.st);
+    Some(st.last_error.clone())
+}
+
+fn session_key(cfg: &Config) -> String {
+    format!(
         "{}\u{0}{}\u{0}{}",
         cfg.hosts.join(","),
         cfg.auth.as_deref().unwrap_or(""),
         cfg.timeout.as_millis()
-    );
+    )
+}
+
+pub fn session(cfg: &Config) -> io::Result<Arc<Session>> {
+    let key = session_key(cfg);
     let pid = std::process::id();
     let mut g = SESSIONS.lock().unwrap_or_else(|e| e.into_inner());
     if g.as_ref().is_some_and(|(p, _)| *p != pid) {

@@ -42,7 +42,7 @@ use crate::{Error, ErrorKind, Location, Options, Result, Service, Target};
 use client::{Notify, Session, State, ZkError};
 use proto::{Acl, Stat};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct ZkBackend;
 
@@ -65,6 +65,9 @@ struct Ctx {
     user: Option<String>,
     cfg: client::Config,
     acl: Vec<Acl>,
+    /// No request of this context runs past this (the caller's deadline: a wait's hard
+    /// deadline, or `LOCKFN_OP_TIMEOUT` for status, list, gc, release, update).
+    deadline: std::cell::Cell<Option<Instant>>,
 }
 
 impl Ctx {
@@ -103,7 +106,25 @@ impl Ctx {
                 timeout,
             },
             acl,
+            deadline: std::cell::Cell::new(Some(super::op_deadline()?)),
         })
+    }
+
+    /// Bound every later request of this context by `d` (None: by the request's own bound).
+    fn set_deadline(&self, d: Option<Instant>) {
+        self.deadline.set(d);
+    }
+
+    /// `max`, cut to what is left before the deadline.
+    fn left(&self, max: Duration) -> Duration {
+        match self.deadline.get() {
+            Some(d) => max.min(d.saturating_duration_since(Instant::now())),
+            None => max,
+        }
+    }
+
+    fn past_deadline(&self) -> bool {
+        self.deadline.get().is_some_and(|d| Instant::now() >= d)
     }
 
     fn session(&self) -> Result<Arc<Session>> {
@@ -118,13 +139,14 @@ impl Ctx {
         })
     }
 
-    /// A connected session, or `Unavailable` naming the hosts after `budget`.
+    /// A connected session, or `Unavailable` naming the hosts after `budget` (at most until
+    /// the deadline).
     fn connected(&self, budget: Duration) -> Result<Arc<Session>> {
         for _ in 0..3 {
             let s = self.session()?;
-            match s.wait_connected(budget) {
+            match s.wait_connected(self.left(budget)) {
                 Ok(()) => {
-                    s.reap_orphans(Duration::from_millis(500));
+                    s.reap_orphans(self.left(Duration::from_millis(500)));
                     return Ok(s);
                 }
                 Err(ZkError::Expired) => continue, // a fresh one is made next round
@@ -134,9 +156,10 @@ impl Ctx {
         Err(self.err("connecting", ZkError::Expired))
     }
 
-    /// Requests wait at most this long for a connection once the session is up.
+    /// One request waits at most this long (for a connection and its answer), and never past
+    /// the deadline.
     fn op_budget(&self) -> Duration {
-        self.cfg.timeout.max(Duration::from_secs(2))
+        self.left(self.cfg.timeout.max(Duration::from_secs(2)))
     }
 
     fn err(&self, what: &str, e: ZkError) -> Error {
@@ -179,14 +202,27 @@ impl Ctx {
             ZkError::ConnectionLoss => Error::new(
                 ErrorKind::Unavailable,
                 format!(
-                    "{}: {what}: lost the connection to ZooKeeper at {}",
-                    self.target, self.hosts
+                    "{}: {what}: lost the connection to ZooKeeper at {}{}",
+                    self.target,
+                    self.hosts,
+                    client::last_error(&self.cfg)
+                        .filter(|e| e.starts_with("connection to"))
+                        .map(|e| format!(" ({})", crate::target::printable_long(&e)))
+                        .unwrap_or_default()
                 ),
             ),
             ZkError::Expired => Error::new(
                 ErrorKind::Unavailable,
                 format!(
                     "{}: {what}: the ZooKeeper session expired (servers {})",
+                    self.target, self.hosts
+                ),
+            ),
+            ZkError::Timeout => Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "{}: {what}: no answer from ZooKeeper at {} in time (the connection is up \
+                     but the request was not answered before the deadline)",
                     self.target, self.hosts
                 ),
             ),
@@ -208,8 +244,7 @@ impl Ctx {
         path: &str,
         data: &[u8],
     ) -> std::result::Result<(), ZkError> {
-        let b = self.op_budget();
-        if s.exists(path, None, b)?.is_some() {
+        if s.exists(path, None, self.op_budget())?.is_some() {
             return Ok(());
         }
         let mut cur = String::new();
@@ -223,11 +258,11 @@ impl Ctx {
             } else {
                 (Acl::open(), &b""[..])
             };
-            match s.create(&cur, d, &acl, proto::MODE_PERSISTENT, b) {
+            match s.create(&cur, d, &acl, proto::MODE_PERSISTENT, self.op_budget()) {
                 Ok(_) | Err(ZkError::Api(proto::ERR_NODE_EXISTS)) => {}
                 Err(ZkError::Api(proto::ERR_NO_AUTH)) if !last => {
                     // A parent we may not create in: fine if it exists.
-                    if s.exists(&cur, None, b)?.is_none() {
+                    if s.exists(&cur, None, self.op_budget())?.is_none() {
                         return Err(ZkError::Api(proto::ERR_NO_AUTH));
                     }
                 }
@@ -427,7 +462,12 @@ struct Contender<'a> {
     node: Option<String>,
     stat: Option<Stat>,
     create_tried: bool,
+    /// Connection losses seen: a try-once gives up after [`TRY_ONCE_LOSSES`].
+    losses: u32,
 }
+
+/// A try-once retries a dropped connection this often at most (within its time budget).
+const TRY_ONCE_LOSSES: u32 = 2;
 
 impl<'a> Contender<'a> {
     fn new(cx: &'a Ctx, path: &str, kind: Kind, data: Vec<u8>, persistent: bool) -> Contender<'a> {
@@ -445,6 +485,7 @@ impl<'a> Contender<'a> {
             node: None,
             stat: None,
             create_tried: false,
+            losses: 0,
         }
     }
 
@@ -475,11 +516,13 @@ impl<'a> Contender<'a> {
                 Ok(Step::Done(g)) => return Ok(g),
                 Ok(Step::Retry) => continue,
                 Err(Fail(e)) => {
+                    self.cx.set_deadline(wait.cleanup_deadline());
                     self.cleanup(sess);
                     return Err(e);
                 }
             }
         }
+        self.cx.set_deadline(wait.cleanup_deadline());
         self.cleanup(sess);
         Err(Error::new(
             ErrorKind::Internal,
@@ -488,10 +531,19 @@ impl<'a> Contender<'a> {
     }
 
     /// Map a request error: retry on connection loss/expiry, fail otherwise.
-    fn on_err<T>(&self, what: &str, e: ZkError, wait: &Wait) -> std::result::Result<Step<T>, Fail> {
+    fn on_err<T>(
+        &mut self,
+        what: &str,
+        e: ZkError,
+        wait: &Wait,
+    ) -> std::result::Result<Step<T>, Fail> {
         match e {
             ZkError::ConnectionLoss | ZkError::Expired => {
-                if wait.expired() && !wait.is_try_once() {
+                self.losses += 1;
+                let out_of_time = self.cx.past_deadline()
+                    || (wait.expired() && !wait.is_try_once())
+                    || (wait.is_try_once() && self.losses > TRY_ONCE_LOSSES);
+                if out_of_time {
                     return Err(Fail(self.cx.err(what, e)));
                 }
                 Ok(Step::Retry)
@@ -507,11 +559,10 @@ impl<'a> Contender<'a> {
         target: &Target,
         notify: &Arc<Notify>,
     ) -> std::result::Result<Step<Got>, Fail> {
-        let b = self.cx.op_budget();
         // 0. Try-once: when a contender we exclude is already there, we cannot be first;
         // say so without creating (and deleting) a node of our own.
         if wait.is_try_once() && self.node.is_none() && !self.create_tried {
-            match s.get_children(&self.path, None, b) {
+            match s.get_children(&self.path, None, self.cx.op_budget()) {
                 Ok(children) => {
                     if children
                         .iter()
@@ -552,7 +603,7 @@ impl<'a> Contender<'a> {
                     &self.data,
                     &self.cx.acl,
                     self.mode,
-                    b,
+                    self.cx.op_budget(),
                 ) {
                     Ok((p, stat)) => {
                         let name = p.rsplit('/').next().unwrap_or_default().to_string();
@@ -574,7 +625,7 @@ impl<'a> Contender<'a> {
             return Ok(Step::Retry);
         };
         // 2. Are we first (among those we exclude)?
-        let children = match s.get_children(&self.path, None, b) {
+        let children = match s.get_children(&self.path, None, self.cx.op_budget()) {
             Ok(c) => c,
             Err(ZkError::Api(proto::ERR_NO_NODE)) => {
                 self.node = None;
@@ -590,7 +641,7 @@ impl<'a> Contender<'a> {
         let Some(pred) = predecessor(&children, &node, self.kind) else {
             let stat = match self.stat.clone() {
                 Some(st) => st,
-                None => match s.exists(&self.full(&node), None, b) {
+                None => match s.exists(&self.full(&node), None, self.cx.op_budget()) {
                     Ok(Some(st)) => st,
                     Ok(None) => {
                         self.node = None;
@@ -617,7 +668,7 @@ impl<'a> Contender<'a> {
         }
         // 3. Watch only the predecessor, and wait.
         notify.drain();
-        match s.exists(&self.full(pred), Some(notify), b) {
+        match s.exists(&self.full(pred), Some(notify), self.cx.op_budget()) {
             Ok(None) => return Ok(Step::Retry),
             Ok(Some(_)) => {}
             Err(e) => return self.on_err("watching our predecessor", e, wait),
@@ -644,13 +695,13 @@ impl<'a> Contender<'a> {
     fn cleanup(&mut self, s: &Session) {
         // Short: when no server answers, the node is left for the next chance (or for the
         // session's expiry) rather than holding up the caller's error.
-        let b = Duration::from_secs(2).min(self.cx.op_budget());
         for _ in 0..3 {
+            let b = self.cx.left(Duration::from_secs(2));
             let name = match self.node.take() {
                 Some(n) => Some(n),
                 None if self.create_tried => match self.find_node(s) {
                     Ok(n) => n,
-                    Err(ZkError::ConnectionLoss) => continue,
+                    Err(ZkError::ConnectionLoss) if !self.cx.past_deadline() => continue,
                     Err(_) => None,
                 },
                 None => None,
@@ -658,8 +709,8 @@ impl<'a> Contender<'a> {
             let Some(name) = name else { return };
             match s.delete(&self.full(&name), -1, b) {
                 Ok(()) | Err(ZkError::Api(_)) | Err(ZkError::Expired) => return,
-                Err(ZkError::ConnectionLoss) => self.node = Some(name),
-                Err(ZkError::Unreachable(_)) => {
+                Err(ZkError::ConnectionLoss) if !self.cx.past_deadline() => self.node = Some(name),
+                Err(ZkError::ConnectionLoss | ZkError::Unreachable(_) | ZkError::Timeout) => {
                     self.node = Some(name);
                     break;
                 }
@@ -761,13 +812,16 @@ impl ZkHeld {
         if let Some(e) = self.local_loss() {
             return Err(e);
         }
+        // At most LOCKFN_OP_TIMEOUT, however long the session timeout (up to an hour).
+        let op = super::op_timeout().unwrap_or(super::DEFAULT_OP_TIMEOUT);
         let budget = if self.ephemeral {
             self.sess
                 .negotiated()
                 .saturating_sub(self.sess.silent_for())
                 .max(Duration::from_millis(10))
+                .min(op)
         } else {
-            self.cx.op_budget()
+            self.cx.op_budget().min(op)
         };
         let n = if watch { Notify::new().ok() } else { None };
         let gen = self.sess.gen();
@@ -848,11 +902,11 @@ impl Held for ZkHeld {
 
     fn release(&mut self) -> Result<()> {
         self.own = None;
+        self.cx.set_deadline(Some(super::op_deadline()?));
         let lost = self.local_loss();
-        let b = self.cx.op_budget();
         let mut last = None;
         for _ in 0..3 {
-            match self.sess.delete(&self.node, -1, b) {
+            match self.sess.delete(&self.node, -1, self.cx.op_budget()) {
                 Ok(()) => return lost.map_or(Ok(()), Err),
                 Err(ZkError::Api(proto::ERR_NO_NODE)) | Err(ZkError::Expired) => {
                     return Err(lost.unwrap_or_else(|| self.lost("the node was already gone")))
@@ -939,9 +993,13 @@ impl ZkBackend {
                 return Err(cx.err("recording the persistent lock's holder", e));
             }
         }
+        // A held lock's requests are bounded per operation (release sets its own deadline;
+        // renewals are bounded by the session timeout).
+        let held_cx = Ctx::new(target, Some(cx.cfg.timeout))?;
+        held_cx.set_deadline(None);
         Ok(Box::new(ZkHeld {
             target: target.clone(),
-            cx: Ctx::new(target, Some(cx.cfg.timeout))?,
+            cx: held_cx,
             session_id: sess.session_id(),
             sess,
             node: got.node,
@@ -963,7 +1021,6 @@ impl ZkBackend {
         let limit = opts.limit;
         let mut record = HolderRecord::for_self(opts.holder.as_deref());
         record.persist = opts.persist;
-        let b = cx.op_budget();
         // The semaphore node stores max_leases (kazoo's check).
         let mut rounds = 0;
         loop {
@@ -982,7 +1039,7 @@ impl ZkBackend {
                     limit.to_string().as_bytes(),
                     &cx.acl,
                     proto::MODE_PERSISTENT,
-                    b,
+                    cx.op_budget(),
                 ) {
                     Ok(_) => Ok(()),
                     Err(ZkError::Api(proto::ERR_NODE_EXISTS)) => Ok(()),
@@ -993,14 +1050,14 @@ impl ZkBackend {
                 Ok(()) => break,
                 Err(ZkError::ConnectionLoss) if rounds < 5 => continue,
                 Err(ZkError::Expired) if rounds < 5 => {
-                    sess = cx.connected(b)?;
+                    sess = cx.connected(cx.op_budget())?;
                     continue;
                 }
                 Err(e) => return Err(cx.err("creating the semaphore node", e)),
             }
         }
         let (data, _) = sess
-            .get_data(&cx.path, None, b)
+            .get_data(&cx.path, None, cx.op_budget())
             .map_err(|e| cx.err("reading the semaphore's max_leases", e))?;
         match std::str::from_utf8(&data)
             .ok()
@@ -1018,7 +1075,7 @@ impl ZkBackend {
             }
             Some(_) => {}
             None => {
-                sess.set_data(&cx.path, limit.to_string().as_bytes(), b)
+                sess.set_data(&cx.path, limit.to_string().as_bytes(), cx.op_budget())
                     .map_err(|e| cx.err("storing the semaphore's max_leases", e))?;
             }
         }
@@ -1038,7 +1095,7 @@ impl ZkBackend {
                 Notify::new().map_err(|e| Error::new(ErrorKind::Internal, format!("pipe: {e}")))?;
             sess.watch_state(&notify);
             for _ in 0..MAX_ROUNDS {
-                match sess.exists(&lease, None, b) {
+                match sess.exists(&lease, None, cx.op_budget()) {
                     Ok(Some(stat)) => {
                         return Ok(Got {
                             node: lease.clone(),
@@ -1050,13 +1107,13 @@ impl ZkBackend {
                     Err(e) => return Err(cx.err("checking our lease", e)),
                 }
                 notify.drain();
-                let children = match sess.get_children(&cx.path, Some(&notify), b) {
+                let children = match sess.get_children(&cx.path, Some(&notify), cx.op_budget()) {
                     Ok(c) => c,
                     Err(ZkError::ConnectionLoss) => continue,
                     Err(e) => return Err(cx.err("listing leases", e)),
                 };
                 if children.len() < limit as usize {
-                    match sess.create(&lease, &data, &cx.acl, mode, b) {
+                    match sess.create(&lease, &data, &cx.acl, mode, cx.op_budget()) {
                         Ok((_, stat)) => {
                             return Ok(Got {
                                 node: lease.clone(),
@@ -1084,15 +1141,18 @@ impl ZkBackend {
         })();
         // Always give the sub-lock back; a failed wait leaves no lease behind (a create
         // that lost its connection may have made one).
-        let short = Duration::from_secs(2).min(b);
-        if let Err(ZkError::ConnectionLoss | ZkError::Unreachable(_)) =
+        if result.is_err() {
+            cx.set_deadline(wait.cleanup_deadline());
+        }
+        let short = cx.left(Duration::from_secs(2));
+        if let Err(ZkError::ConnectionLoss | ZkError::Unreachable(_) | ZkError::Timeout) =
             sess.delete(&sub_got.node, -1, short)
         {
             sess.add_orphan(sub_got.node.clone());
         }
         if result.is_err() {
-            if let Err(ZkError::ConnectionLoss | ZkError::Unreachable(_)) =
-                sess.delete(&lease, -1, short)
+            if let Err(ZkError::ConnectionLoss | ZkError::Unreachable(_) | ZkError::Timeout) =
+                sess.delete(&lease, -1, cx.left(Duration::from_secs(2)))
             {
                 sess.add_orphan(lease.clone());
             }
@@ -1103,7 +1163,6 @@ impl ZkBackend {
 
     /// Every lock node under `root` (itself included), by absolute path, with its children.
     fn walk(s: &Session, cx: &Ctx, root: &str) -> Result<Vec<(String, Vec<String>)>> {
-        let b = cx.op_budget();
         let mut out = Vec::new();
         let mut stack = vec![root.to_string()];
         let mut visited = 0;
@@ -1112,7 +1171,7 @@ impl ZkBackend {
             if visited > MAX_WALK {
                 break;
             }
-            let children = match s.get_children(&p, None, b) {
+            let children = match s.get_children(&p, None, cx.op_budget()) {
                 Ok(c) => c,
                 Err(ZkError::Api(proto::ERR_NO_NODE)) => continue,
                 Err(e) => return Err(cx.err("listing locks", e)),
@@ -1144,11 +1203,10 @@ impl ZkBackend {
         path: &str,
         children: Option<Vec<String>>,
     ) -> Result<Status> {
-        let b = cx.op_budget();
         let mut st = Status::new(target);
         let children = match children {
             Some(c) => c,
-            None => match s.get_children(path, None, b) {
+            None => match s.get_children(path, None, cx.op_budget()) {
                 Ok(c) => c,
                 Err(ZkError::Api(proto::ERR_NO_NODE)) => return Ok(st),
                 Err(e) => return Err(cx.err("reading the lock", e)),
@@ -1160,7 +1218,7 @@ impl ZkBackend {
         let limit = if leases.is_empty() && !contenders(&children).is_empty() {
             None
         } else {
-            s.get_data(path, None, b)
+            s.get_data(path, None, cx.op_budget())
                 .ok()
                 .and_then(|(d, _)| String::from_utf8_lossy(&d).trim().parse::<i64>().ok())
         };
@@ -1171,7 +1229,7 @@ impl ZkBackend {
             }
             st.details.insert("kind".into(), "semaphore".into());
             let waiting = s
-                .get_children(&format!("{path}{SEM_LOCK_SUFFIX}"), None, b)
+                .get_children(&format!("{path}{SEM_LOCK_SUFFIX}"), None, cx.op_budget())
                 .map(|c| contenders(&c).len())
                 .unwrap_or(0);
             st.details.insert("waiting".into(), waiting.into());
@@ -1189,7 +1247,7 @@ impl ZkBackend {
         let mut nodes = Vec::new();
         for h in holders {
             let full = format!("{path}/{h}");
-            let Ok((data, stat)) = s.get_data(&full, None, b) else {
+            let Ok((data, stat)) = s.get_data(&full, None, cx.op_budget()) else {
                 continue;
             };
             st.held = true;
@@ -1238,6 +1296,9 @@ impl ZkBackend {
 impl super::Backend for ZkBackend {
     fn acquire(&self, target: &Target, opts: &Options, wait: &Wait) -> Result<Box<dyn Held>> {
         let cx = Ctx::new(target, opts.ttl)?;
+        // Every request of the acquisition (connect, handshake, each round trip) ends by the
+        // wait's hard deadline; clean-up of a failed wait by its cleanup deadline.
+        cx.set_deadline(wait.hard_deadline());
         if opts.limit > 1 {
             self.acquire_semaphore(&cx, target, opts, wait)
         } else {
@@ -1302,7 +1363,6 @@ impl super::Backend for ZkBackend {
     fn gc(&self, scope: &GcScope) -> Result<u32> {
         let (_, cx) = Self::default_ctx()?;
         let s = cx.connected(cx.cfg.timeout)?;
-        let b = cx.op_budget();
         let dir = scope.prefix.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
         let root = if dir.is_empty() {
             "/lockfn".to_string()
@@ -1317,7 +1377,7 @@ impl super::Backend for ZkBackend {
             }
             for c in children {
                 let full = format!("{path}/{c}");
-                let Ok((data, stat)) = s.get_data(&full, None, b) else {
+                let Ok((data, stat)) = s.get_data(&full, None, cx.op_budget()) else {
                     continue;
                 };
                 if stat.ephemeral_owner != 0 {
@@ -1327,7 +1387,7 @@ impl super::Backend for ZkBackend {
                     continue; // not ours (lockpick, kazoo): nothing to prove
                 };
                 if r.liveness() == Liveness::Dead && (!r.persist || waiting) {
-                    match s.delete(&full, stat.version, b) {
+                    match s.delete(&full, stat.version, cx.op_budget()) {
                         Ok(()) => removed += 1,
                         Err(ZkError::Api(_)) => {}
                         Err(e) => return Err(cx.err("removing a dead holder's node", e)),
@@ -1341,7 +1401,6 @@ impl super::Backend for ZkBackend {
     fn release_named(&self, target: &Target, force: bool) -> Result<u32> {
         let cx = Ctx::new(target, None)?;
         let s = cx.connected(cx.cfg.timeout)?;
-        let b = cx.op_budget();
         let st = Self::status_of(&s, &cx, target, &cx.path, None)?;
         let nodes: Vec<String> = st
             .details
@@ -1357,13 +1416,13 @@ impl super::Backend for ZkBackend {
         let mut released = 0;
         for n in nodes {
             let full = format!("{}/{n}", cx.path);
-            let Ok((data, stat)) = s.get_data(&full, None, b) else {
+            let Ok((data, stat)) = s.get_data(&full, None, cx.op_budget()) else {
                 continue;
             };
             let ours = stat.ephemeral_owner == 0
                 && parse_record(&data).is_some_and(|(r, _)| r.persist && r.host == me);
             if force || ours {
-                match s.delete(&full, -1, b) {
+                match s.delete(&full, -1, cx.op_budget()) {
                     Ok(()) => released += 1,
                     Err(ZkError::Api(proto::ERR_NO_NODE)) => {}
                     Err(e) => return Err(cx.err("releasing", e)),

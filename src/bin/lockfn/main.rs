@@ -1,8 +1,12 @@
 //! `lockfn`: the command line, a thin shell around the Rust API (lockfn::Lock and friends).
 
 mod exit;
+mod lines;
+mod output;
 mod run;
 mod signals;
+
+use output::say;
 
 use clap::{Args, Parser, Subcommand};
 use lockfn::{ErrorKind, Lock, Options, Status, Target};
@@ -17,7 +21,7 @@ static VERBOSITY: AtomicU8 = AtomicU8::new(0);
 macro_rules! log {
     ($level:expr, $($arg:tt)*) => {
         if crate::VERBOSITY.load(std::sync::atomic::Ordering::Relaxed) >= $level {
-            eprintln!("lockfn: {}", format!($($arg)*));
+            eprintln!("lockfn: {}", crate::output::line(&format!($($arg)*)));
         }
     };
 }
@@ -34,14 +38,18 @@ Targets:
 Exit codes:
   0        success (run: the command's own exit code)
   1        lock busy or timed out (run: -E CODE instead)
-  64       invalid usage, target or option
+  64       invalid usage, target, option or configuration variable (ZKHOSTS,
+           CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN_FILE, LOCKFN_OP_TIMEOUT)
   65       not held (release/update of a lock that is not held)
-  69       lock service unavailable
-  70       internal error
+  69       lock service unavailable (unreachable, silent past the deadline, misbehaving)
+  70       internal error (a bug)
   75       lock lost while held (run: the command was stopped)
   77       permission denied
   126/127  command not executable / not found
-  128+N    ended by signal N (a cancelled wait, or the command's death)";
+  128+N    ended by signal N (a cancelled wait, or the command's death)
+
+Bounds: -w T ends within T + 0.25 s and -n within 1.5 s whatever a server does; status, list,
+gc, release and update within LOCKFN_OP_TIMEOUT seconds (default 5).";
 
 #[derive(Parser)]
 #[command(
@@ -284,7 +292,7 @@ fn main() -> ExitCode {
     ExitCode::from(match r {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("lockfn: {e}");
+            say!("lockfn: {e}");
             exit::for_error(&e, 1)
         }
     })
@@ -298,7 +306,7 @@ fn parse_target(t: &str) -> Result<Target, lockfn::Error> {
 
 fn print_json(v: &impl serde::Serialize) {
     let mut out = std::io::stdout().lock();
-    let _ = serde_json::to_writer(&mut out, v);
+    let _ = out.write_all(output::json(v).as_bytes());
     let _ = out.write_all(b"\n");
     let _ = out.flush();
 }
@@ -336,7 +344,7 @@ pub fn acquire_cancellable(target: &Target, opts: &mut Options) -> Result<Acquir
                 .first()
                 .map(|r| r.signo)
                 .unwrap_or(libc::SIGTERM);
-            eprintln!(
+            say!(
                 "lockfn: waiting for {target} canceled by {}",
                 signals::name(sig)
             );
@@ -362,7 +370,8 @@ fn hold(a: HoldArgs) -> CmdResult {
     print_json(&acquired_json(&lock));
     let sigfd = signals::pipe().map_err(internal)?;
     let stdin = 0;
-    let mut line = Vec::new();
+    let mut reader = lines::LineReader::new(lines::MAX_REQUEST);
+    let mut requests = Vec::new();
     // Renewals and checks when due (deadlines kept by the lock): no rate of input lines or
     // signals postpones them.
     let mut next_due = lock.next_due();
@@ -405,15 +414,25 @@ fn hold(a: HoldArgs) -> CmdResult {
             }
         }
         if fds[0].revents != 0 {
-            let mut buf = [0u8; 256];
+            let mut buf = [0u8; 65536];
             let r = unsafe { libc::read(stdin, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
             if r <= 0 {
                 log!(1, "stdin closed, releasing {target}");
                 return finish_release(lock);
             }
-            line.extend_from_slice(&buf[..r as usize]);
-            while let Some(pos) = line.iter().position(|&b| b == b'\n') {
-                let cmd: Vec<u8> = line.drain(..=pos).collect();
+            reader.push(&buf[..r as usize], &mut requests);
+            for req in requests.drain(..) {
+                let cmd = match req {
+                    lines::Line::Text(t) => t,
+                    lines::Line::TooLong(n) => {
+                        say!(
+                            "lockfn: hold: ignoring a request line of {n}+ bytes (requests are \
+                             at most {} bytes: update, release)",
+                            lines::MAX_REQUEST
+                        );
+                        continue;
+                    }
+                };
                 match String::from_utf8_lossy(&cmd).trim() {
                     "update" => match lock.update() {
                         Ok(()) => {
@@ -428,7 +447,10 @@ fn hold(a: HoldArgs) -> CmdResult {
                         return r.map(|_| 0);
                     }
                     "" => {}
-                    other => eprintln!("lockfn: hold: unknown request '{other}' (update, release)"),
+                    other => say!(
+                        "lockfn: hold: unknown request '{}' (update, release)",
+                        output::value(other)
+                    ),
                 }
             }
         }
@@ -494,7 +516,7 @@ fn release(a: ReleaseArgs) -> CmdResult {
             ));
         }
         for k in keys {
-            println!("released {k}");
+            println!("released {}", output::value(&k));
         }
         return Ok(0);
     }
@@ -512,9 +534,9 @@ fn update(a: TargetArg) -> CmdResult {
 
 fn describe(st: &Status) -> String {
     if !st.held {
-        return format!("{}: free", st.target);
+        return format!("{}: free", output::value(&st.target));
     }
-    let mut s = format!("{}: held", st.target);
+    let mut s = format!("{}: held", output::value(&st.target));
     if let (Some(limit), Some(avail)) = (st.limit, st.available) {
         if limit > 1 {
             s.push_str(&format!(
@@ -537,7 +559,7 @@ fn describe(st: &Status) -> String {
         s.push_str(&format!(
             "\n  pid {} on {} ({}), token {}, {}{}{}",
             r.pid,
-            r.host,
+            output::value(&r.host),
             serde_json::to_value(h.state)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
@@ -548,12 +570,16 @@ fn describe(st: &Status) -> String {
             if r.holder.is_empty() {
                 String::new()
             } else {
-                format!(": {}", r.holder)
+                format!(": {}", output::value(&r.holder))
             }
         ));
     }
     for (k, v) in &st.details {
-        s.push_str(&format!("\n  {k}: {v}"));
+        s.push_str(&format!(
+            "\n  {}: {}",
+            output::value(k),
+            output::value(&v.to_string())
+        ));
     }
     s
 }
@@ -601,7 +627,14 @@ fn watch(a: WatchArgs) -> CmdResult {
     }
     let interval = Options::timeout_secs(a.interval)?.unwrap_or(Duration::from_millis(500));
     let end = match a.duration {
-        Some(d) => Some(std::time::Instant::now() + Options::timeout_secs(d)?.unwrap_or_default()),
+        Some(d) if d.is_nan() || d < 0.0 => {
+            return Err(lockfn::Error::new(
+                ErrorKind::Invalid,
+                format!("--for {d}: must be 0 or more seconds"),
+            ))
+        }
+        // Too far to add to the clock (1e19, inf): no end.
+        Some(d) => Options::timeout_secs(d)?.and_then(|d| std::time::Instant::now().checked_add(d)),
         None => None,
     };
     let sigfd = signals::pipe().map_err(internal)?;
@@ -642,7 +675,7 @@ fn watch(a: WatchArgs) -> CmdResult {
             }
             wait = wait.min(left);
         }
-        if lockfn::backend::poll_readable(sigfd, wait.as_millis() as i32) {
+        if lockfn::backend::poll_readable(sigfd, wait.as_millis().min(i32::MAX as u128) as i32) {
             return Ok(0);
         }
     }

@@ -2,9 +2,11 @@
 //! a parent-death signal (SIGKILL) so it dies with a SIGKILLed `lockfn run`, and it is stopped
 //! (TERM, then KILL after a grace) when the lock is lost.
 
-use crate::{acquire_cancellable, exit, log, signals, Acquired, LockArgs};
+use crate::{acquire_cancellable, exit, log, say, signals, Acquired, LockArgs};
 use clap::{Args, ValueEnum};
 use lockfn::{ErrorKind, Lock, Options, Target};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -21,6 +23,9 @@ Examples:
   lockfn run -n sem:backup -- /usr/local/bin/backup.sh
   lockfn run -w 30 -E 7 pmxcfs:vm-100 -- qm migrate 100 node2
   lockfn run consul://127.0.0.1:8500/svc/.lock -- ./leader-job";
+
+/// Longest --grace (a day): a stop that waits longer is no stop.
+const MAX_GRACE: f64 = 86400.0;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum OnLost {
@@ -61,31 +66,37 @@ pub struct RunArgs {
         value_name = "STRING",
         conflicts_with = "command"
     )]
-    shell_command: Option<String>,
+    shell_command: Option<OsString>,
     /// The lock, e.g. sem:backup (sem: = named after the command line)
     target: String,
     /// The command and its arguments (after --)
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,
-        value_name = "COMMAND"
+        value_name = "COMMAND",
+        value_parser = clap::builder::OsStringValueParser::new()
     )]
-    command: Vec<String>,
+    command: Vec<OsString>,
 }
 
 /// A stable name for a command line: the same on every run and host (what lockex does).
-pub fn name_for_command(argv: &[String]) -> String {
+pub fn name_for_command(argv: &[OsString]) -> String {
     // FNV-1a, 64 bit: stable across Rust versions, unlike std's hasher.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for (i, arg) in argv.iter().enumerate() {
         if i > 0 {
             h = h.wrapping_mul(0x0100_0000_01b3); // a NUL byte between arguments
         }
-        for b in arg.bytes() {
+        for &b in arg.as_bytes() {
             h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
         }
     }
     format!("cmd-{h:016x}")
+}
+
+/// A command word for a message (any bytes; escaped when printed).
+fn shown(arg: &OsStr) -> std::borrow::Cow<'_, str> {
+    arg.to_string_lossy()
 }
 
 fn hook(what: &str, cmd: &str, target: &Target) {
@@ -96,14 +107,14 @@ fn hook(what: &str, cmd: &str, target: &Target) {
         .env("LOCKFN_TARGET", target.canonical())
         .status()
     {
-        Ok(s) if !s.success() => eprintln!("lockfn: {what} hook exited with {s}"),
-        Err(e) => eprintln!("lockfn: {what} hook could not run: {e}"),
+        Ok(s) if !s.success() => say!("lockfn: {what} hook exited with {s}"),
+        Err(e) => say!("lockfn: {what} hook could not run: {e}"),
         _ => {}
     }
 }
 
 pub fn run(a: RunArgs) -> crate::CmdResult {
-    let argv: Vec<String> = match &a.shell_command {
+    let argv: Vec<OsString> = match &a.shell_command {
         Some(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
         None => a.command.clone(),
     };
@@ -119,6 +130,12 @@ pub fn run(a: RunArgs) -> crate::CmdResult {
         log!(1, "lock named after the command line: {target}");
     }
     let mut opts = a.lock.options()?;
+    if !(0.0..=MAX_GRACE).contains(&a.grace) {
+        return Err(lockfn::Error::new(
+            ErrorKind::Invalid,
+            format!("--grace {}: must be 0 to {MAX_GRACE} seconds", a.grace),
+        ));
+    }
     let grace = Options::timeout_secs(a.grace)?.unwrap_or(Duration::from_secs(5));
     if let Some(cmd) = &a.on_before_lock {
         hook("on-before-lock", cmd, &target);
@@ -132,7 +149,7 @@ pub fn run(a: RunArgs) -> crate::CmdResult {
             Err(e) if e.kind() == ErrorKind::Busy => {
                 hook("on-already-locked", cmd, &target);
                 if opts.timeout == Some(Duration::ZERO) {
-                    eprintln!("lockfn: {e}");
+                    say!("lockfn: {e}");
                     return Ok(a.conflict_exit_code);
                 }
             }
@@ -143,7 +160,7 @@ pub fn run(a: RunArgs) -> crate::CmdResult {
         Ok(Acquired::Lock(l)) => l,
         Ok(Acquired::Canceled(code)) => return Ok(code),
         Err(e) if e.kind() == ErrorKind::Busy => {
-            eprintln!("lockfn: {e}");
+            say!("lockfn: {e}");
             return Ok(a.conflict_exit_code);
         }
         Err(e) => return Err(e),
@@ -151,7 +168,7 @@ pub fn run(a: RunArgs) -> crate::CmdResult {
     supervise(lock, &argv, &a, grace)
 }
 
-fn spawn(argv: &[String], lock: &Lock) -> std::io::Result<Child> {
+fn spawn(argv: &[OsString], lock: &Lock) -> std::io::Result<Child> {
     let parent = std::process::id() as libc::pid_t;
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
@@ -173,7 +190,7 @@ fn spawn(argv: &[String], lock: &Lock) -> std::io::Result<Child> {
     cmd.spawn()
 }
 
-fn supervise(lock: Lock, argv: &[String], a: &RunArgs, grace: Duration) -> crate::CmdResult {
+fn supervise(lock: Lock, argv: &[OsString], a: &RunArgs, grace: Duration) -> crate::CmdResult {
     let sigfd = signals::pipe().map_err(crate::internal)?;
     signals::catch(&[
         libc::SIGCHLD,
@@ -195,13 +212,18 @@ fn supervise(lock: Lock, argv: &[String], a: &RunArgs, grace: Duration) -> crate
             } else {
                 exit::NOT_EXECUTABLE
             };
-            eprintln!("lockfn: cannot run {}: {e}", argv[0]);
+            say!("lockfn: cannot run {}: {e}", shown(&argv[0]));
             let _ = lock.release();
             return Ok(code);
         }
     };
     let pid = child.id() as libc::pid_t;
-    log!(1, "running {} (pid {pid}) under {}", argv[0], lock.target());
+    log!(
+        1,
+        "running {} (pid {pid}) under {}",
+        shown(&argv[0]),
+        lock.target()
+    );
     let mut watching = true;
     let mut kill_at: Option<Instant> = None;
     let mut lost = false;
@@ -219,13 +241,13 @@ fn supervise(lock: Lock, argv: &[String], a: &RunArgs, grace: Duration) -> crate
                     watching = false;
                     match a.on_lost {
                         OnLost::Stop => {
-                            eprintln!("lockfn: {e}; stopping the command (SIGTERM)");
+                            say!("lockfn: {e}; stopping the command (SIGTERM)");
                             lost = true;
                             unsafe { libc::kill(pid, libc::SIGTERM) };
                             kill_at = Some(Instant::now() + grace);
                         }
                         OnLost::Ignore => {
-                            eprintln!("lockfn: {e}; the command keeps running (--on-lost ignore)")
+                            say!("lockfn: {e}; the command keeps running (--on-lost ignore)")
                         }
                     }
                 }
@@ -237,7 +259,7 @@ fn supervise(lock: Lock, argv: &[String], a: &RunArgs, grace: Duration) -> crate
         }
         if let Some(k) = kill_at {
             if Instant::now() >= k {
-                eprintln!("lockfn: command did not stop within the grace period; SIGKILL");
+                say!("lockfn: command did not stop within the grace period; SIGKILL");
                 unsafe { libc::kill(pid, libc::SIGKILL) };
                 kill_at = None;
             }
@@ -266,10 +288,10 @@ fn supervise(lock: Lock, argv: &[String], a: &RunArgs, grace: Duration) -> crate
     match lock.release() {
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::Lost && !lost => {
-            eprintln!("lockfn: warning: {e} (detected at release; the command had finished)")
+            say!("lockfn: warning: {e} (detected at release; the command had finished)")
         }
         Err(e) if e.kind() == ErrorKind::Lost => {}
-        Err(e) => eprintln!("lockfn: warning: releasing {}: {e}", argv[0]),
+        Err(e) => say!("lockfn: warning: releasing {}: {e}", shown(&argv[0])),
     }
     Ok(if lost { exit::LOST } else { code })
 }
