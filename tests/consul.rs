@@ -378,7 +378,9 @@ fn cancel_stops_waiting_and_leaves_nothing() {
         let (e, _) = waiter.join().unwrap();
         assert_eq!(e.kind(), ErrorKind::Canceled, "{e}");
         assert!(
-            t_cancel.elapsed() < Duration::from_millis(500),
+            // A bound on bad behaviour (a wait that ignores its cancel fd), not a speed
+            // figure: generous for a loaded 2-CPU machine.
+            t_cancel.elapsed() < Duration::from_secs(2),
             "{:?}",
             t_cancel.elapsed()
         );
@@ -872,7 +874,8 @@ fn figures_uncontended_cycle_and_handoff() {
     }
     let per = start.elapsed() / n;
     eprintln!("consul uncontended acquire+release: {per:?} per cycle (4 HTTP requests)");
-    assert!(per < Duration::from_millis(200), "{per:?}");
+    // Speed is measured in benches/; this only catches a cycle gone pathological.
+    assert!(per < Duration::from_secs(1), "{per:?}");
     // Handoff: from the start of the holder's release to the waiter holding.
     let mut total = Duration::ZERO;
     let rounds = 20;
