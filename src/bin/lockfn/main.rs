@@ -3,6 +3,9 @@
 mod exit;
 mod run;
 mod signals;
+// lockfn(1) and the bash completion from the clap definitions (doc/); tests only.
+#[cfg(test)]
+mod docgen;
 
 use clap::{Args, Parser, Subcommand};
 use lockfn::{ErrorKind, Lock, Options, Status, Target};
