@@ -349,11 +349,11 @@ host_cycle() {
         -o DPkg::Lock::Timeout=120 "${MAIN_DEBS[@]}" >"$WORK/host-install.log" 2>&1 ||
         { tail -n 20 "$WORK/host-install.log"; return 1; }
     for p in "${PKGS[@]}"; do dpkg -L "$p"; done | sort -u >"$WORK/host-files"
-    bash -s "$NAME" "$VERSION" "$MA" <<<"$INSIDE_SCRIPT" || return 1
+    env -i PATH=/usr/bin:/bin LANG=C.UTF-8 bash -s "$NAME" "$VERSION" "$MA" <<<"$INSIDE_SCRIPT" || return 1
     DEBIAN_FRONTEND=noninteractive timeout 300 apt-get purge -y -q -o DPkg::Lock::Timeout=120 \
         "${PKGS[@]}" >"$WORK/host-purge.log" 2>&1 || { tail -n 20 "$WORK/host-purge.log"; return 1; }
     HOST_INSTALLED=0
-    bash -s "$WORK/host-files" <<<"$GONE_SCRIPT"
+    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin bash -s "$WORK/host-files" <<<"$GONE_SCRIPT"
 }
 check "Debian 12 (this host): apt-get install ./*.deb, examples from the installed files, purge, nothing left" host_cycle
 
@@ -390,7 +390,7 @@ trixie_root() {
         timeout 900 debootstrap --variant=minbase trixie "$b" "$(mirror)" >"$WORK/debootstrap.log" 2>&1 ||
             { tail -n 20 "$WORK/debootstrap.log"; return 1; }
         cp /etc/resolv.conf "$b/etc/resolv.conf"
-        in_root "$b" sh -c "apt-get update -q && apt-get install -y -q --no-install-recommends $TRIXIE_PKGS && apt-get clean" \
+        in_root "$b" sh -c "apt-get update -q && apt-get install -y -q --no-install-recommends $TRIXIE_PKGS && apt-get clean && rm -rf /var/lib/apt/lists/*" \
             >"$WORK/trixie-apt.log" 2>&1 || { tail -n 20 "$WORK/trixie-apt.log"; return 1; }
         mkdir -p "$CACHE"
         tar -C "$b" --numeric-owner -cf "$TRIXIE_TAR.tmp" . && mv "$TRIXIE_TAR.tmp" "$TRIXIE_TAR" || return 1

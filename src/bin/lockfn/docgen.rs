@@ -10,18 +10,33 @@
 use clap::CommandFactory;
 use std::path::PathBuf;
 
-/// Text for roff's no-fill mode: every line as written (help texts are laid out by hand).
-fn nofill(text: &str) -> String {
-    let mut out = String::from(".nf\n");
+/// A help text as written: indented lines (tables, examples) kept as they are (no-fill), prose
+/// lines filled, blank lines as paragraph breaks.
+fn help_text(text: &str) -> String {
+    let mut out = String::new();
+    let mut nofill = false;
     for line in text.lines() {
-        let esc = line.replace('\\', "\\e").replace('-', "\\-");
-        if esc.starts_with('.') || esc.starts_with('\'') {
-            out.push_str("\\&");
+        let indented = line.starts_with(' ');
+        if line.trim().is_empty() {
+            if nofill {
+                out.push_str(".fi\n");
+                nofill = false;
+            }
+            out.push_str(".PP\n");
+            continue;
         }
-        out.push_str(&esc);
-        out.push('\n');
+        if indented && !nofill {
+            out.push_str(".nf\n");
+            nofill = true;
+        } else if !indented && nofill {
+            out.push_str(".fi\n");
+            nofill = false;
+        }
+        out.push_str(&para(line));
     }
-    out.push_str(".fi\n");
+    if nofill {
+        out.push_str(".fi\n");
+    }
     out
 }
 
@@ -46,15 +61,30 @@ fn render(f: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) -> String {
 }
 
 const ENVIRONMENT: &[(&str, &str)] = &[
-    ("LOCKFN_BACKEND", "the service of a bare NAME target: sem, pmxcfs, zk or consul"),
-    ("LOCKFN_PMXCFS_DIR", "the pmxcfs lock directory (default /etc/pve/priv/lock)"),
-    ("ZKHOSTS", "ZooKeeper hosts of zk:NAME targets (default 127.0.0.1:2181)"),
-    ("LOCKFN_ZK_AUTH", "user:password for ZooKeeper digest authentication"),
+    (
+        "LOCKFN_BACKEND",
+        "the service of a bare NAME target: sem, pmxcfs, zk or consul",
+    ),
+    (
+        "LOCKFN_PMXCFS_DIR",
+        "the pmxcfs lock directory (default /etc/pve/priv/lock)",
+    ),
+    (
+        "ZKHOSTS",
+        "ZooKeeper hosts of zk:NAME targets (default 127.0.0.1:2181)",
+    ),
+    (
+        "LOCKFN_ZK_AUTH",
+        "user:password for ZooKeeper digest authentication",
+    ),
     (
         "CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE",
         "the Consul agent and its ACL token, as Consul's own tools read them",
     ),
-    ("LOCKFN_TOKEN, LOCKFN_TARGET", "set by lockfn run for the command: the fencing token and the target"),
+    (
+        "LOCKFN_TOKEN, LOCKFN_TARGET",
+        "set by lockfn run for the command: the fencing token and the target",
+    ),
 ];
 
 /// lockfn(1): one page with every subcommand, so that `man lockfn` answers everything.
@@ -71,7 +101,7 @@ fn man_page() -> String {
     page.push_str(&render(|w| man.render_title(w)));
     page.push_str(&render(|w| man.render_name_section(w)));
     page.push_str(&render(|w| man.render_synopsis_section(w)));
-    page.push_str(&render(|w| man.render_description_section(w)));
+    page.push_str(".SH DESCRIPTION\n");
     page.push_str(&para(
         "Run things that must not run twice at once. A TARGET string names a lock on one \
          of four services (see TARGETS); every subcommand below takes one. Results go to \
@@ -91,17 +121,22 @@ fn man_page() -> String {
         page.push_str(&options.replace(".SH OPTIONS\n", ".PP\n"));
         if let Some(after) = sub.get_after_long_help().or_else(|| sub.get_after_help()) {
             page.push_str(".PP\n");
-            page.push_str(&nofill(&after.to_string()));
+            page.push_str(&help_text(&after.to_string()));
         }
     }
     // The top-level after-help is "Targets:" then "Exit codes:": two sections of the page.
-    let after = cmd.get_after_help().map(|s| s.to_string()).unwrap_or_default();
+    let after = cmd
+        .get_after_help()
+        .map(|s| s.to_string())
+        .unwrap_or_default();
     let (targets, codes) = after.split_once("\nExit codes:\n").unwrap_or((&after, ""));
     page.push_str(".SH TARGETS\n");
-    page.push_str(&nofill(targets.trim_start_matches("Targets:\n").trim_end()));
+    page.push_str(&help_text(
+        targets.trim_start_matches("Targets:\n").trim_end(),
+    ));
     if !codes.is_empty() {
         page.push_str(".SH \"EXIT STATUS\"\n");
-        page.push_str(&nofill(codes.trim_end()));
+        page.push_str(&help_text(codes.trim_end()));
     }
     page.push_str(".SH ENVIRONMENT\n");
     for (name, text) in ENVIRONMENT {
