@@ -123,6 +123,7 @@ install: build
 	$(STRIP) --remove-section=.comment --remove-section=.note $(DESTDIR)$(BINDIR)/lockfn
 	$(call inst,0755,shell/lockfn.sh,$(BINDIR)/lockfn.sh)
 	$(call inst,0644,doc/lockfn.1,$(MANDIR)/man1/lockfn.1)
+	$(call link,lockfn.1,$(MANDIR)/man1/lockfn.sh.1)
 	$(call inst,0644,doc/lockfn.bash-completion,$(BASHCOMPDIR)/lockfn)
 	$(call inst,0644,bindings/perl/lib/Lockfn.pm,$(PERLDIR)/Lockfn.pm)
 	pod2man --section=3pm --center="lockfn" --release="lockfn $(VERSION)" \
@@ -172,7 +173,7 @@ uninstall:
 	        $(DESTDIR)$(LIBDIR)/liblockfn.so.$(VERSION) $(DESTDIR)$(LIBDIR)/liblockfn.a \
 	        $(DESTDIR)$(INCLUDEDIR)/lockfn.h $(DESTDIR)$(PKGCONFIGDIR)/lockfn.pc \
 	        $(DESTDIR)$(BINDIR)/lockfn $(DESTDIR)$(BINDIR)/lockfn.sh $(DESTDIR)$(DATADIR)/lockfn.sh \
-	        $(DESTDIR)$(MANDIR)/man1/lockfn.1 $(DESTDIR)$(BASHCOMPDIR)/lockfn \
+	        $(DESTDIR)$(MANDIR)/man1/lockfn.1 $(DESTDIR)$(MANDIR)/man1/lockfn.sh.1 $(DESTDIR)$(BASHCOMPDIR)/lockfn \
 	        $(DESTDIR)$(PERLDIR)/Lockfn.pm $(DESTDIR)$(MANDIR)/man3/Lockfn.3pm; \
 	    rm -rf $(DESTDIR)$(PYTHONDIR)/lockfn $(DESTDIR)$(PYDIST); \
 	fi; rmdir "$(DESTDIR)$(DATADIR)" 2>/dev/null || true
