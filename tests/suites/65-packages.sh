@@ -276,7 +276,7 @@ cd "$W"
 export PATH=/usr/bin:/bin HOME=$W
 unset LOCKFN_LIBRARY LD_LIBRARY_PATH PYTHONPATH PERL5LIB LOCKFN_BIN
 
-/sbin/ldconfig -p | grep -q "liblockfn.so.0 .*=> /usr/lib/$MA/liblockfn.so.0" || bad "ldconfig cache lacks liblockfn.so.0"
+/sbin/ldconfig -p | grep -qE "liblockfn.so.0 .*=> (/usr)?/lib/$MA/liblockfn.so.0" || bad "ldconfig cache lacks liblockfn.so.0"
 EX=/usr/share/doc
 # C, dynamic, against the installed header and .pc
 flags=$(pkg-config --cflags --libs lockfn) || bad "pkg-config lockfn"
