@@ -139,6 +139,24 @@ make_install_stripped() {
 }
 check "make install DESTDIR=…: stripped .so, .a and CLI; lockfn.sh in bin; man page, completion" make_install_stripped
 
+# Python and Perl from the stage, the library nowhere the loader looks: the error says what to do.
+load_errors_hint() {
+    local D=$WORK/stage out
+    if /sbin/ldconfig -p | grep -q liblockfn.so.0; then
+        fail "liblockfn.so.0 is installed on this system ($(/sbin/ldconfig -p | grep liblockfn.so.0)): cannot test the load error" || return 1
+    fi
+    out=$(env -i PATH=/usr/bin:/bin PYTHONPATH="$(echo "$D"/usr/local/lib/python3*/dist-packages)" \
+        python3 -c 'import lockfn; lockfn.Lock("sem:x").acquire()' 2>&1)
+    echo "    python: $(tail -n 1 <<<"$out")"
+    [[ $out == *"OSError: lockfn: cannot load liblockfn"*"run ldconfig or set LOCKFN_LIBRARY"* ]] ||
+        fail "Python's load error lacks the hint" || return 1
+    [[ $(grep -o 'liblockfn.so.0: cannot open' <<<"$out" | wc -l) == 1 ]] || fail "Python names a candidate twice" || return 1
+    out=$(env -i PATH=/usr/bin:/bin perl -I"$(echo "$D"/usr/local/share/perl/*)" -MLockfn -e 'Lockfn->acquire("sem:x")' 2>&1)
+    echo "    perl: $out"
+    [[ $out == *"cannot load liblockfn"*"run ldconfig or set LOCKFN_LIBRARY"* ]] || fail "Perl's load error lacks the hint"
+}
+check "Python and Perl load errors say: run ldconfig or set LOCKFN_LIBRARY" load_errors_hint
+
 make_install_debug() {
     local D=$WORK/stage f id n=0
     make --no-print-directory install-debug PREFIX=/usr/local DESTDIR="$D" >"$WORK/install-debug.log" 2>&1 ||
