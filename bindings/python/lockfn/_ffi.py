@@ -106,7 +106,8 @@ def lib() -> ctypes.CDLL:
                 try:
                     loaded = ctypes.CDLL(cand)
                 except OSError as e:
-                    errors.append(f"{cand}: {e}")
+                    # dlerror() usually starts with the name already
+                    errors.append(str(e) if str(e).startswith(cand) else f"{cand}: {e}")
                     continue
                 _declare(loaded)
                 _lib = loaded
