@@ -53,7 +53,7 @@ _deps_apt_update() {
 LOCKFN_APT_PACKAGES=(zookeeper default-jre-headless bats libffi-platypus-perl python3-venv
   valgrind strace pkg-config procps util-linux iproute2 curl ca-certificates
   # tests/suites/65-packages.sh: make deb, lintian, a Debian 13 root, man -l
-  debhelper dh-python lintian debootstrap binutils man-db)
+  build-essential debhelper dh-python lintian debootstrap binutils man-db)
 
 _deps_apt() {
   local missing=() p status
