@@ -51,9 +51,9 @@ _deps_apt_update() {
 
 # --- 1. Debian packages -----------------------------------------------------
 LOCKFN_APT_PACKAGES=(zookeeper default-jre-headless bats libffi-platypus-perl python3-venv
-  valgrind strace pkg-config procps util-linux iproute2 curl ca-certificates
-  # tests/suites/65-packages.sh: make deb, lintian, a Debian 13 root, man -l
-  build-essential debhelper dh-python lintian debootstrap binutils man-db)
+  valgrind strace pkg-config procps util-linux iproute2 curl ca-certificates)
+# tests/suites/65-packages.sh: make deb, lintian, a Debian 13 root, man -l
+LOCKFN_APT_PACKAGES+=(build-essential debhelper dh-python lintian debootstrap binutils man-db)
 
 _deps_apt() {
   local missing=() p status
