@@ -52,8 +52,6 @@ _deps_apt_update() {
 # --- 1. Debian packages -----------------------------------------------------
 LOCKFN_APT_PACKAGES=(zookeeper default-jre-headless bats libffi-platypus-perl python3-venv
   valgrind strace pkg-config procps util-linux iproute2 curl ca-certificates)
-# tests/suites/65-packages.sh: make deb, lintian, a Debian 13 root, man -l
-LOCKFN_APT_PACKAGES+=(build-essential debhelper dh-python lintian debootstrap binutils man-db)
 
 _deps_apt() {
   local missing=() p status
@@ -69,6 +67,9 @@ _deps_apt() {
   _deps_apt_update || return 1
   _deps_run apt 900 apt-get install -y -q --no-install-recommends "${missing[@]}" || return 1
 }
+
+# tests/suites/65-packages.sh: make deb, lintian, a Debian 13 root, man -l
+LOCKFN_APT_PACKAGES+=(build-essential debhelper dh-python lintian debootstrap binutils man-db)
 
 # --- 2. consul from Debian 11 (bullseye), downloaded and extracted, never installed ---
 LOCKFN_BULLSEYE_SOURCES=/etc/apt/sources.list.d/lockfn-bullseye.sources
