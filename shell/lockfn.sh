@@ -1,7 +1,9 @@
+#!/bin/bash
 # shellcheck shell=bash
 # lockfn.sh — locks for bash scripts (bash >= 4.3), on top of `lockfn hold`.
 #
-#   source /usr/share/lockfn/lockfn.sh
+#   source lockfn.sh      # installed beside lockfn (e.g. /usr/bin), as gettext.sh is:
+#                         # bash's `source` finds it on PATH
 #
 #   lock_acquire TARGET [-w SECS] [-n] [--shared] [--limit N] [--ttl S] [--holder TEXT]
 #       Take the lock and keep it until lock_release TARGET or until this shell exits (also
@@ -41,6 +43,11 @@ if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 3))); 
     echo "lockfn.sh: bash >= 4.3 is needed, this is $BASH_VERSION" >&2
     # shellcheck disable=SC2317
     return 64 2>/dev/null || exit 64
+fi
+
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    echo "lockfn.sh is a library for bash scripts: use \`source lockfn.sh\` (see lockfn(1))" >&2
+    exit 64
 fi
 
 # target -> "PID WRITE_FD READ_FD"

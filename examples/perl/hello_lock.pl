@@ -1,5 +1,6 @@
 #!/usr/bin/perl
-# Take a lock, show who holds it, release it:  perl hello_lock.pl pmxcfs:hello
+# Take a lock, show who holds it, release it:  perl hello_lock.pl sem:hello
+# (or pmxcfs:hello on a Proxmox node, zk:hello, consul:hello)
 use strict;
 use warnings;
 use Lockfn;

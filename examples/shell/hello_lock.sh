@@ -1,8 +1,9 @@
 #!/bin/bash
 # Take a lock, show who holds it, release it:  bash hello_lock.sh sem:hello
 set -euo pipefail
+# lockfn.sh is installed beside lockfn, so bash finds it on PATH (as gettext.sh)
 # shellcheck source=/dev/null
-source "${LOCKFN_SH:-/usr/share/lockfn/lockfn.sh}"
+source lockfn.sh
 
 target=${1:-sem:hello}
 lock_acquire "$target" -w 10 --holder hello_lock.sh   # 1 if still busy after 10 s

@@ -70,6 +70,9 @@ _deps_apt() {
   _deps_run apt 900 apt-get install -y -q --no-install-recommends "${missing[@]}" || return 1
 }
 
+# tests/suites/65-packages.sh: make deb, lintian, a Debian 13 root, man -l
+LOCKFN_APT_PACKAGES+=(build-essential debhelper dh-python lintian debootstrap binutils man-db)
+
 # --- 2. consul from Debian 11 (bullseye), downloaded and extracted, never installed ---
 LOCKFN_BULLSEYE_SOURCES=/etc/apt/sources.list.d/lockfn-bullseye.sources
 LOCKFN_BULLSEYE_PIN=/etc/apt/preferences.d/lockfn-bullseye

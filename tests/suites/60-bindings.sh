@@ -74,7 +74,7 @@ PYDIR=$DEST/usr/lib/python3/dist-packages
 installed_layout() {
     local f ok=0
     for f in "$LIBDIR/liblockfn.so.0.1.0" "$LIBDIR/liblockfn.a" "$LIBDIR/pkgconfig/lockfn.pc" \
-        "$DEST/usr/include/lockfn.h" "$DEST/usr/bin/lockfn" "$DEST/usr/share/lockfn/lockfn.sh" \
+        "$DEST/usr/include/lockfn.h" "$DEST/usr/bin/lockfn" "$DEST/usr/bin/lockfn.sh" \
         "$PERLDIR/Lockfn.pm" "$PYDIR/lockfn/__init__.py" "$PYDIR/lockfn/_ffi.py"; do
         [[ -f $f ]] || { echo "missing: $f"; ok=1; }
     done
@@ -157,7 +157,7 @@ shell_sourced() {
         lockfn status --json "$2" | grep -o "\"holder\":\"sourced lockfn.sh\""
         lock_release "$2"
         with_lock "$2" sh -c "echo with_lock \$LOCKFN_TARGET"
-        command -v lockfn' _ "$DEST/usr/share/lockfn/lockfn.sh" "sem:$NAME-sh") || return 1
+        command -v lockfn' _ lockfn.sh "sem:$NAME-sh") || return 1
     echo "$out"
     [[ $out == *'"holder":"sourced lockfn.sh"'* && $out == *"with_lock sem:$NAME-sh"* && $out == *"$DEST/usr/bin/lockfn" ]]
 }
@@ -174,7 +174,7 @@ examples_run() {
         run_installed "$WORK/hello_lock" "$t" >/dev/null || { echo "C example failed on $t"; rc=1; }
         run_installed env PYTHONPATH="$PYDIR" /usr/bin/python3 "$ROOT/examples/python/hello_lock.py" "$t" || rc=1
         run_installed perl -I"$PERLDIR" "$ROOT/examples/perl/hello_lock.pl" "$t" || rc=1
-        run_installed env LOCKFN_SH="$DEST/usr/share/lockfn/lockfn.sh" bash "$ROOT/examples/shell/hello_lock.sh" "$t" || rc=1
+        run_installed bash "$ROOT/examples/shell/hello_lock.sh" "$t" || rc=1
     done
     return $rc
 }

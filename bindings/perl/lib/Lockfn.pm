@@ -59,6 +59,16 @@ my $ffi;
 sub _ffi {
     return $ffi if $ffi;
     my $lib = _library();
+    # dlopen first: FFI::Platypus would only report a missing symbol, not why.
+    require FFI::Platypus::DL;
+    my $h = FFI::Platypus::DL::dlopen($lib, FFI::Platypus::DL::RTLD_PLATYPUS_DEFAULT());
+    if (!$h) {
+        my $why = FFI::Platypus::DL::dlerror() // 'unknown error';
+        die "lockfn: cannot load LOCKFN_LIBRARY ($why)\n" if $ENV{LOCKFN_LIBRARY};
+        die "lockfn: cannot load liblockfn ($why): install it (liblockfn0, or `make install`);"
+          . " after `make install`, run ldconfig or set LOCKFN_LIBRARY to the library's path\n";
+    }
+    FFI::Platypus::DL::dlclose($h);
     my $f = FFI::Platypus->new(api => 1);
     $f->lib($lib);
     $f->type('record(Lockfn::Options)*' => 'lock_options_p');
@@ -77,9 +87,10 @@ sub _ffi {
     );
     for my $name (sort keys %sig) {
         my $fn = eval { $f->function($name => @{ $sig{$name} }) };
-        die "lockfn: cannot load liblockfn ($lib): "
+        die "lockfn: $lib is not a usable liblockfn: "
           . ($@ =~ s/ at .*//sr)
-          . " (install it or set LOCKFN_LIBRARY to its path)\n"
+          . " (install liblockfn $VERSION; after `make install`, run ldconfig or set"
+          . " LOCKFN_LIBRARY to the library's path)\n"
           if !$fn;
         $f->attach($name => @{ $sig{$name} });
     }
@@ -165,9 +176,16 @@ Errors die with a C<Lockfn::Error> object: C<< $err->code >> (one of the C<LOCK_
 constants), C<< $err->message >>, C<< $err->target >>; it stringifies to the message and a
 newline, so C<die $@> and C<print $@> read well.
 
-Perl defers its signal handlers ("safe signals") while a C function runs: a C<$SIG{INT}>
-handler runs when the wait ends. Without a handler, Ctrl-C ends the process as usual and the
-library recovers the dead holder's lock.
+Perl defers its signal handlers ("safe signals") while a C function runs. So while the
+program has a C<$SIG{INT}>, C<TERM>, C<HUP>, C<QUIT>, C<ALRM>, C<USR1>, C<USR2> or C<CHLD>
+handler, C<acquire> waits in slices of C<$Lockfn::SLICE> seconds (0.1) and a handler runs
+(and may C<die>) promptly; the lock is never left taken by a wait that a handler ended.
+Without a handler, Ctrl-C ends the process as usual and the library recovers the dead
+holder's lock.
+
+If the library cannot be loaded, C<acquire> dies with "cannot load liblockfn": after
+C<make install> run C<ldconfig> (as root) or set C<LOCKFN_LIBRARY> to its path; the Debian
+package liblockfn0 needs neither.
 
 =head1 METHODS
 
@@ -409,5 +427,9 @@ package Lockfn::Error {
 =head1 SEE ALSO
 
 L<lockfn(1)>, F<lockfn.h>, the Python package C<lockfn>, F<lockfn.sh>.
+
+=head1 LICENSE
+
+MIT OR Apache-2.0, at your option (F<LICENSE-MIT>, F<LICENSE-APACHE>).
 
 =cut

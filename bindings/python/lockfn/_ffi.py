@@ -61,7 +61,7 @@ def _candidates() -> list:
             found.append(path)
     found.append(SONAME)
     alt = ctypes.util.find_library("lockfn")
-    if alt:
+    if alt and alt not in found:
         found.append(alt)
     return found
 
@@ -106,16 +106,20 @@ def lib() -> ctypes.CDLL:
                 try:
                     loaded = ctypes.CDLL(cand)
                 except OSError as e:
-                    errors.append(f"{cand}: {e}")
+                    # dlerror() usually starts with the name already
+                    errors.append(str(e) if str(e).startswith(cand) else f"{cand}: {e}")
                     continue
                 _declare(loaded)
                 _lib = loaded
                 break
             else:
+                if os.environ.get("LOCKFN_LIBRARY"):
+                    raise OSError(f"lockfn: cannot load LOCKFN_LIBRARY ({errors[0]})")
                 raise OSError(
                     "lockfn: cannot load liblockfn ("
                     + "; ".join(errors)
-                    + "); install it or set LOCKFN_LIBRARY to its path"
+                    + "): install it (liblockfn0, or `make install`); after `make install`,"
+                    + " run ldconfig or set LOCKFN_LIBRARY to the library's path"
                 )
     return _lib
 

@@ -5,6 +5,9 @@ mod lines;
 mod output;
 mod run;
 mod signals;
+// lockfn(1) and the bash completion from the clap definitions (doc/); tests only.
+#[cfg(test)]
+mod docgen;
 
 use output::say;
 
