@@ -343,7 +343,9 @@ t_cli_sigint_cancels_wait() {
   local holder=$!
   PIDS+=("$holder")
   wait_for 10 test -d "$LD/int" || fail "holder did not get in" || return 1
-  "$LOCKFN" -v run pmxcfs:int -- touch "$T/ran" 2>"$T/waiter.log" &
+  # As from a terminal's Ctrl-C: a background job of a non-interactive shell starts with
+  # SIGINT ignored, which lockfn respects (as flock(1) does), so give it the default back.
+  env --default-signal=INT "$LOCKFN" -v run pmxcfs:int -- touch "$T/ran" 2>"$T/waiter.log" &
   local waiter=$!
   PIDS+=("$waiter")
   wait_for 10 waiting_on_flock "$waiter" || fail "waiter did not start waiting" || return 1
@@ -353,7 +355,8 @@ t_cli_sigint_cancels_wait() {
   wait "$waiter" || st=$?
   took=$(awk -v a="$(now)" -v b="$t0" 'BEGIN { printf "%.3f", a - b }')
   [[ $st == 130 ]] || fail "exit $st, expected 130" || return 1
-  awk -v t="$took" 'BEGIN { exit !(t < 0.5) }' || fail "cancel took $took s" || return 1
+  # A bound on bad behaviour (a wait that goes on), generous for a loaded machine.
+  awk -v t="$took" 'BEGIN { exit !(t < 2) }' || fail "cancel took $took s" || return 1
   [[ ! -e $T/ran ]] || fail "the command ran" || return 1
   kill -TERM "$holder"
   wait "$holder" 2>/dev/null
