@@ -29,19 +29,6 @@ fn program() -> PathBuf {
     .clone()
 }
 
-fn server(var: &str) -> bool {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => true,
-        _ => {
-            if std::env::var("LOCKFN_TEST_REQUIRE_SERVERS").as_deref() == Ok("1") {
-                panic!("{var} is not set but LOCKFN_TEST_REQUIRE_SERVERS=1");
-            }
-            eprintln!("skipped: {var} is not set");
-            false
-        }
-    }
-}
-
 fn run(prefix: &str) {
     run_with(prefix, &[]);
 }
@@ -93,14 +80,14 @@ fn fork_from_a_threaded_program_sem() {
 
 #[test]
 fn fork_from_a_threaded_program_zk() {
-    if server("ZKHOSTS") {
+    if common::server("ZKHOSTS") {
         run(&prefix("zk"));
     }
 }
 
 #[test]
 fn fork_from_a_threaded_program_consul() {
-    if server("CONSUL_HTTP_ADDR") {
+    if common::server("CONSUL_HTTP_ADDR") {
         run(&prefix("consul"));
     }
 }

@@ -660,7 +660,11 @@ fn try_once_and_timeout_against_same_node_holder() {
     let e = Lock::acquire(&t, &opts(Some(0.0))).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Busy);
     // Try-once never waits (a bound on bad behaviour; speed is measured in benches/).
-    assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
     assert!(
         e.message()
             .starts_with("cfs-lock 'busy-node' error: lock is busy"),

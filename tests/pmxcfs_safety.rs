@@ -18,6 +18,10 @@
 //! ctl.sh start|restart|freeze|thaw controls a `pmxcfs -l` on /etc/pve; the TTL is then
 //! pmxcfs's own 120 s, so each expiry case takes about two minutes.
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{await_until, emu_sh, now_secs, require};
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -41,20 +45,6 @@ fn real_ctl() -> Option<PathBuf> {
     std::env::var_os("PMXCFS_REAL_CTL")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-}
-
-fn emu_sh() -> PathBuf {
-    std::env::var_os("PMXEMU_SH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pmxcfs/emu.sh"))
-}
-
-fn require(what: &str) -> bool {
-    if std::env::var("LOCKFN_TEST_REQUIRE_SERVERS").as_deref() == Ok("1") {
-        panic!("{what} is required (LOCKFN_TEST_REQUIRE_SERVERS=1) but missing");
-    }
-    eprintln!("SKIP: {what} is missing");
-    false
 }
 
 /// One emulator (or the real pmxcfs) and the node-local directories of one "node", for one
@@ -183,20 +173,6 @@ impl Drop for Emu {
     }
 }
 
-/// Poll `f` every 10 ms until it holds or `t` passes (for states no event announces).
-fn await_until(t: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + t;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn utime(path: &Path, t: i64) -> std::io::Result<()> {
     let c = CString::new(path.as_os_str().as_bytes()).unwrap();
     let ts = libc::timespec {
@@ -235,13 +211,6 @@ fn stat(path: &Path) -> Option<(u64, i64)> {
     std::fs::symlink_metadata(path)
         .ok()
         .map(|m| (m.ino(), m.mtime()))
-}
-
-fn now_secs() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
 }
 
 fn kill(child: &mut Child, sig: i32) -> ExitStatus {

@@ -18,19 +18,6 @@ use std::time::{Duration, Instant};
 
 const LOCKFN: &str = env!("CARGO_BIN_EXE_lockfn");
 
-fn server(var: &str) -> bool {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => true,
-        _ => {
-            if std::env::var("LOCKFN_TEST_REQUIRE_SERVERS").as_deref() == Ok("1") {
-                panic!("{var} is not set but LOCKFN_TEST_REQUIRE_SERVERS=1");
-            }
-            eprintln!("skipped: {var} is not set");
-            false
-        }
-    }
-}
-
 struct Dir(PathBuf);
 
 impl Dir {
@@ -257,7 +244,7 @@ fn signal_storm_sem() {
 
 #[test]
 fn signal_storm_zk() {
-    if !server("ZKHOSTS") {
+    if !common::server("ZKHOSTS") {
         return;
     }
     // Session timeout 10 s: renewal (verification) every 3.3 s; 8 s is more than two.
@@ -272,7 +259,7 @@ fn signal_storm_zk() {
 
 #[test]
 fn signal_storm_consul() {
-    if !server("CONSUL_HTTP_ADDR") {
+    if !common::server("CONSUL_HTTP_ADDR") {
         return;
     }
     // TTL 10 s: renewal every 5 s; Consul ends an unrenewed session after 2 x TTL, so 22 s

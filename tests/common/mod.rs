@@ -47,6 +47,12 @@ pub fn await_until(t: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Is the server named by `var` (ZKHOSTS, CONSUL_HTTP_ADDR) there? If not: skip, or fail when
+/// the run promised its servers.
+pub fn server(var: &str) -> bool {
+    env_var(var).is_some() || require(var)
+}
+
 /// A non-empty environment variable.
 pub fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
