@@ -585,13 +585,19 @@ pub fn status(target: &Target) -> Result<Status> {
 /// Every lock under `prefix` (e.g. `sem:` for all, `zk:jobs/` for a subtree).
 pub fn list(prefix: &str) -> Result<Vec<Status>> {
     fork::ensure_handlers();
-    let t = Target::parse_allow_empty(prefix).or_else(|_| {
-        // A prefix may end in a partial name that is not a valid lock name itself ("sem:ba").
-        Target::parse_allow_empty(&format!(
-            "{}:",
-            prefix.split(':').next().unwrap_or_default()
-        ))
-    })?;
+    let t = if prefix.starts_with("zk://") || prefix.starts_with("consul://") {
+        // A URL names a subtree, with or without a trailing `/`; one that does not parse is
+        // an error (falling back to the service's default tree would list the wrong thing).
+        Target::parse_allow_empty(prefix.trim_end_matches('/'))?
+    } else {
+        Target::parse_allow_empty(prefix).or_else(|_| {
+            // A prefix may end in a partial name that is not a valid lock name ("sem:ba").
+            Target::parse_allow_empty(&format!(
+                "{}:",
+                prefix.split(':').next().unwrap_or_default()
+            ))
+        })?
+    };
     let mut all = backend::for_service(t.service).list(&t)?;
     let want = prefix.split_once(':').map(|(_, n)| n).unwrap_or(prefix);
     if !t.explicit && !want.is_empty() {

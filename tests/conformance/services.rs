@@ -89,8 +89,8 @@ impl Svc {
         Some(Svc {
             service: "zk",
             prefix: format!("zk://{hosts}/lockfn-conf/"),
-            // A zk:// URL lists the subtree of its path.
-            list_prefix: format!("zk://{hosts}/lockfn-conf"),
+            // A zk:// URL lists the subtree of its path (a trailing `/` or not).
+            list_prefix: format!("zk://{hosts}/lockfn-conf/"),
             limit: true,
             shared: true,
             // The session of a killed holder ends after its timeout (4 s asked).
