@@ -335,6 +335,16 @@ locked $T" ]
   free "$T"
 }
 
+@test "hold: a release line followed at once by the end of input is answered" {
+  # The end of stdin raises SIGHUP; the request that came before it is read first.
+  for i in 1 2 3 4 5 6 7 8 9 10; do
+    out=$(printf 'release\n' | "$LOCKFN" hold "$T")
+    echo "$out" | tail -n 1 | grep -q '"released":true'
+  done
+  run "$LOCKFN" status --json "$T"
+  [ "$(echo "$output" | json 'j["available"]')" = 1 ]
+}
+
 @test "hold: a wait ends when stdin closes (the shell died), taking nothing" {
   "$LOCKFN" run "$T" -- sleep 100 &
   holder=$!

@@ -405,17 +405,8 @@ fn hold(a: HoldArgs) -> CmdResult {
         if n < 0 {
             continue; // EINTR: the signal is in the pipe
         }
-        if fds[1].revents != 0 {
-            let sigs = signals::drain(sigfd);
-            if !sigs.is_empty() {
-                log!(
-                    1,
-                    "{} received, releasing {target}",
-                    signals::name(sigs[0].signo)
-                );
-                return finish_release(lock);
-            }
-        }
+        // Input first: a "release" line that arrived just before stdin closed (which raises
+        // SIGHUP) is answered, not lost to the hang-up.
         if fds[0].revents != 0 {
             let mut buf = [0u8; 65536];
             let r = unsafe { libc::read(stdin, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
@@ -455,6 +446,17 @@ fn hold(a: HoldArgs) -> CmdResult {
                         output::value(other)
                     ),
                 }
+            }
+        }
+        if fds[1].revents != 0 {
+            let sigs = signals::drain(sigfd);
+            if !sigs.is_empty() {
+                log!(
+                    1,
+                    "{} received, releasing {target}",
+                    signals::name(sigs[0].signo)
+                );
+                return finish_release(lock);
             }
         }
     }
