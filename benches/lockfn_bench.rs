@@ -67,7 +67,7 @@ fn cycle(target: &str, n: u64) {
 }
 
 fn zk_requests() -> u64 {
-    lockfn::backend::zookeeper::counters().requests
+    lockfn::testing::counters().requests
 }
 
 fn worker(target: &str, shm: &str) {

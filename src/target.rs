@@ -1,4 +1,6 @@
-//! Target parsing and validation: one string names a lock.
+//! Target text: one string names a lock. This module only splits the scheme from the rest
+//! and holds the result; each backend parses and validates what follows its scheme
+//! ([`crate::backend::Backend::locate`]) and reads its own configuration.
 //!
 //! | text | service |
 //! |---|---|
@@ -6,122 +8,81 @@
 //! | `pmxcfs:NAME` | directory `NAME` under `LOCKFN_PMXCFS_DIR` (default `/etc/pve/priv/lock`) |
 //! | `zk:NAME`, `zk://[user:pass@]h1:p1,h2:p2/PATH` | ZooKeeper node `/lockfn/NAME`, or exactly PATH |
 //! | `consul:NAME`, `consul://host:port/KEY` | Consul key `lockfn/NAME`, or exactly KEY |
-//! | `NAME` | `LOCKFN_BACKEND`, else pmxcfs where /etc/pve is mounted by pmxcfs, else sem |
+//! | `NAME` | `LOCKFN_BACKEND`, else the first service that claims bare names here (pmxcfs where /etc/pve is mounted by pmxcfs), else sem |
 //!
 //! Validation is strict so that no name can escape its directory or key prefix.
 
+use crate::service::Service;
 use crate::{Error, ErrorKind, Result};
+use std::any::Any;
 use std::fmt;
-use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Longest lock name, in bytes.
 pub const MAX_NAME: usize = 200;
 /// Longest explicit ZooKeeper path or Consul key (`zk://…/PATH`, `consul://…/KEY`), in bytes.
 pub const MAX_PATH: usize = 1000;
 
-pub const DEFAULT_PMXCFS_DIR: &str = "/etc/pve/priv/lock";
-pub const DEFAULT_ZKHOSTS: &str = "127.0.0.1:2181";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Service {
-    Sem,
-    Pmxcfs,
-    Zk,
-    Consul,
-}
-
-impl Service {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Service::Sem => "sem",
-            Service::Pmxcfs => "pmxcfs",
-            Service::Zk => "zk",
-            Service::Consul => "consul",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Service> {
-        match s {
-            "sem" => Some(Service::Sem),
-            "pmxcfs" => Some(Service::Pmxcfs),
-            "zk" | "zookeeper" => Some(Service::Zk),
-            "consul" => Some(Service::Consul),
-            _ => None,
-        }
-    }
-
-    pub fn all() -> [Service; 4] {
-        [Service::Sem, Service::Pmxcfs, Service::Zk, Service::Consul]
-    }
-
-    fn allows_slash(self) -> bool {
-        matches!(self, Service::Zk | Service::Consul)
-    }
-}
-
-impl fmt::Display for Service {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Where the lock lives, per service.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Location {
-    Sem,
-    Pmxcfs {
-        /// The `priv/lock` directory (from `LOCKFN_PMXCFS_DIR` or the default).
-        dir: PathBuf,
-    },
-    Zk {
-        /// `host:port` entries, never empty.
-        hosts: Vec<String>,
-        /// Absolute node path of the lock, e.g. `/lockfn/NAME`.
-        path: String,
-        /// Digest credentials `user:password` from the URL or `LOCKFN_ZK_AUTH`.
-        auth: Option<String>,
-    },
-    Consul {
-        /// Agent address from the URL (`host:port`, optional scheme), else None: the backend
-        /// reads `CONSUL_HTTP_ADDR`.
-        addr: Option<String>,
-        /// The KV key, e.g. `lockfn/NAME`.
-        key: String,
-    },
-}
-
-// Credentials never show up in Debug output (logs, panics, errors).
-impl fmt::Debug for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Location::Sem => f.write_str("Sem"),
-            Location::Pmxcfs { dir } => write!(f, "Pmxcfs {{ dir: {dir:?} }}"),
-            Location::Zk { hosts, path, auth } => write!(
-                f,
-                "Zk {{ hosts: {hosts:?}, path: {path:?}, auth: {} }}",
-                if auth.is_some() { "<set>" } else { "None" }
-            ),
-            Location::Consul { addr, key } => {
-                write!(f, "Consul {{ addr: {addr:?}, key: {key:?} }}")
-            }
-        }
-    }
-}
-
-/// A parsed, validated lock target.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub service: Service,
-    /// The lock name (for URL forms: the path or key without the leading `/`). Empty only
-    /// when parsed with [`Target::parse_allow_empty`] and not yet named.
+/// Where a lock lives, as its backend parsed it: what [`crate::backend::Backend::locate`]
+/// returns. `place` is the backend's own type (read back with [`Target::place`]).
+pub(crate) struct Located {
+    /// The lock name (for URL forms: the path or key without the leading `/`).
     pub name: String,
-    pub location: Location,
-    /// True when the target was written as a URL (`zk://`, `consul://`): the path is exact.
-    pub explicit: bool,
+    /// Written as a URL (`zk://`, `consul://`): the path is exact.
+    pub url: bool,
+    /// The text `status` and errors show, without credentials.
+    pub canonical: String,
+    /// Where the lock lives in the service (a path, a node, a key), for people and tests.
+    pub resource: String,
+    pub place: Arc<dyn Any + Send + Sync>,
 }
+
+impl Located {
+    /// The usual form `scheme:NAME` (not a URL).
+    pub fn named(
+        scheme: &str,
+        name: &str,
+        resource: String,
+        place: impl Any + Send + Sync,
+    ) -> Located {
+        Located {
+            name: name.to_string(),
+            url: false,
+            canonical: format!("{scheme}:{name}"),
+            resource,
+            place: Arc::new(place),
+        }
+    }
+}
+
+/// A parsed, validated lock target. Opaque: made by [`Target::parse`], read through its
+/// methods; what a service needs to find the lock is private to that service.
+#[derive(Clone)]
+pub struct Target {
+    service: Service,
+    name: String,
+    url: bool,
+    canonical: String,
+    resource: String,
+    place: Arc<dyn Any + Send + Sync>,
+}
+
+// Only the canonical text: a backend's place may hold credentials.
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Target({:?})", self.canonical)
+    }
+}
+
+impl PartialEq for Target {
+    fn eq(&self, other: &Target) -> bool {
+        self.service == other.service && self.canonical == other.canonical
+    }
+}
+impl Eq for Target {}
 
 impl Target {
-    /// Parse and validate a target; environment defaults are read now.
+    /// Parse and validate a target; the service's configuration (environment) is read now.
     pub fn parse(text: &str) -> Result<Target> {
         let t = Self::parse_allow_empty(text)?;
         if t.name.is_empty() {
@@ -137,86 +98,107 @@ impl Target {
             return Err(invalid(text, "the target is empty"));
         }
         check_chars(text, text)?;
-        if let Some(rest) = text.strip_prefix("zk://") {
-            return parse_zk_url(text, rest);
-        }
-        if let Some(rest) = text.strip_prefix("consul://") {
-            return parse_consul_url(text, rest);
+        if let Some((scheme, rest)) = text.split_once("://") {
+            let service =
+                Service::parse(scheme).ok_or_else(|| invalid(text, &unknown_service(scheme)))?;
+            let located = service.backend().locate_url(text, rest)?;
+            return Ok(Target::from_located(service, located));
         }
         let (service, name) = match text.split_once(':') {
             Some((scheme, name)) => match Service::parse(scheme) {
                 Some(s) => (s, name),
-                None => {
-                    return Err(invalid(
-                        text,
-                        &format!(
-                            "unknown service '{}' (expected sem:, pmxcfs:, zk:, consul:, \
-                             zk://, consul://, or a bare name)",
-                            printable(scheme)
-                        ),
-                    ))
-                }
+                None => return Err(invalid(text, &unknown_service(scheme))),
             },
-            None => (default_service(text)?, text),
+            None => (
+                Service::default_here().map_err(|why| invalid(text, &why))?,
+                text,
+            ),
         };
-        Self::build(text, service, name)
+        Self::locate(text, service, name)
     }
 
-    fn build(text: &str, service: Service, name: &str) -> Result<Target> {
+    fn locate(text: &str, service: Service, name: &str) -> Result<Target> {
         if !name.is_empty() {
-            validate_name(text, name, service.allows_slash(), MAX_NAME)?;
+            let max = MAX_NAME;
+            validate_name(text, name, service.backend().allows_slash(), max)?;
         }
-        let location = match service {
-            Service::Sem => Location::Sem,
-            Service::Pmxcfs => Location::Pmxcfs { dir: pmxcfs_dir() },
-            Service::Zk => Location::Zk {
-                hosts: zk_hosts_from_env()?,
-                path: format!("/lockfn/{name}"),
-                auth: env_nonempty("LOCKFN_ZK_AUTH"),
-            },
-            Service::Consul => Location::Consul {
-                addr: None,
-                key: format!("lockfn/{name}"),
-            },
-        };
-        Ok(Target {
+        let located = service.backend().locate(text, name)?;
+        Ok(Target::from_located(service, located))
+    }
+
+    pub(crate) fn from_located(service: Service, l: Located) -> Target {
+        Target {
             service,
-            name: name.to_string(),
-            location,
-            explicit: false,
-        })
+            name: l.name,
+            url: l.url,
+            canonical: l.canonical,
+            resource: l.resource,
+            place: l.place,
+        }
     }
 
     /// A copy of a target with an empty name given `name` (the CLI's command-line hash).
     pub fn with_name(&self, name: &str) -> Result<Target> {
         let text = format!("{}:{}", self.service, name);
-        Self::build(&text, self.service, name)
+        Self::locate(&text, self.service, name)
+    }
+
+    /// The service that holds this lock.
+    pub fn service(&self) -> Service {
+        self.service
+    }
+
+    /// The lock name (for URL forms: the path or key without the leading `/`). Empty only
+    /// when parsed with [`Target::parse_allow_empty`] and not yet named.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// True when the target was written as a URL (`zk://`, `consul://`): the path is exact.
+    pub fn is_url(&self) -> bool {
+        self.url
+    }
+
+    /// Where the lock lives in its service: a file, a directory, a node path, a key.
+    pub fn resource(&self) -> &str {
+        &self.resource
     }
 
     /// The canonical text of this target, without credentials: what `status` and errors show,
     /// and the key of the in-process table of held locks.
     pub fn canonical(&self) -> String {
-        match &self.location {
-            Location::Zk { hosts, path, .. } if self.explicit => {
-                format!("zk://{}{}", hosts.join(","), path)
-            }
-            Location::Consul {
-                addr: Some(addr),
-                key,
-            } => format!("consul://{addr}/{key}"),
-            Location::Consul { addr: None, key } if self.explicit => format!("consul:///{key}"),
-            _ => format!("{}:{}", self.service, self.name),
-        }
+        self.canonical.clone()
+    }
+
+    /// The backend's own description of where the lock lives; `Internal` if `T` is not it
+    /// (a target of another service reached the wrong backend).
+    pub(crate) fn place<T: Any>(&self) -> Result<&T> {
+        self.place.downcast_ref::<T>().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Internal,
+                format!("{self} reached the wrong service"),
+            )
+        })
     }
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.canonical())
+        f.write_str(&self.canonical)
     }
 }
 
-fn invalid(text: &str, why: &str) -> Error {
+fn unknown_service(scheme: &str) -> String {
+    let schemes: Vec<String> = Service::all().map(|s| format!("{s}:")).collect();
+    format!(
+        "unknown service '{}' (expected {}, a URL such as zk:// or consul://, or a bare name)",
+        printable(scheme),
+        schemes.join(", ")
+    )
+}
+
+/// An `Invalid` error about a target text (the text shown safely).
+pub(crate) fn invalid(text: &str, why: &str) -> Error {
     Error::new(
         ErrorKind::Invalid,
         format!("invalid target '{}': {why}", printable(text)),
@@ -349,130 +331,6 @@ pub fn validate_name(orig: &str, name: &str, allow_slash: bool, max: usize) -> R
     Ok(())
 }
 
-fn env_nonempty(var: &str) -> Option<String> {
-    std::env::var(var).ok().filter(|v| !v.is_empty())
-}
-
-fn env_or(var: &str, default: &str) -> String {
-    env_nonempty(var).unwrap_or_else(|| default.to_string())
-}
-
-fn split_hosts(s: &str) -> Vec<String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|h| !h.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
-/// The pmxcfs lock directory: `LOCKFN_PMXCFS_DIR` or `/etc/pve/priv/lock`.
-pub fn pmxcfs_dir() -> PathBuf {
-    PathBuf::from(env_or("LOCKFN_PMXCFS_DIR", DEFAULT_PMXCFS_DIR))
-}
-
-/// The service of a bare NAME: `LOCKFN_BACKEND`, else pmxcfs on a Proxmox node, else sem.
-fn default_service(text: &str) -> Result<Service> {
-    if let Some(b) = env_nonempty("LOCKFN_BACKEND") {
-        return Service::parse(b.trim_end_matches(':')).ok_or_else(|| {
-            invalid(
-                text,
-                &format!(
-                    "LOCKFN_BACKEND='{}' is not one of sem, pmxcfs, zk, consul",
-                    printable(&b)
-                ),
-            )
-        });
-    }
-    Ok(if pve_is_mounted() {
-        Service::Pmxcfs
-    } else {
-        Service::Sem
-    })
-}
-
-/// Is `/etc/pve` a pmxcfs (FUSE) mount? Read from /proc/self/mountinfo, no blocking stat.
-fn pve_is_mounted() -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|m| {
-            m.lines().any(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                f.get(4) == Some(&"/etc/pve") && l.contains(" - fuse")
-            })
-        })
-        .unwrap_or(false)
-}
-
-fn split_authority<'a>(text: &str, rest: &'a str) -> Result<(&'a str, &'a str)> {
-    let slash = rest.find('/').ok_or_else(|| {
-        invalid(
-            text,
-            "a URL target needs a path after the hosts, e.g. zk://host:2181/locks/name",
-        )
-    })?;
-    Ok((&rest[..slash], &rest[slash + 1..]))
-}
-
-fn parse_zk_url(text: &str, rest: &str) -> Result<Target> {
-    let (authority, path) = split_authority(text, rest)?;
-    let (auth, hosts) = match authority.rsplit_once('@') {
-        Some((cred, hosts)) => {
-            if !cred.contains(':') {
-                return Err(invalid(text, "credentials must be user:password@"));
-            }
-            (Some(cred.to_string()), hosts)
-        }
-        None => (env_nonempty("LOCKFN_ZK_AUTH"), authority),
-    };
-    let hosts = if hosts.is_empty() {
-        zk_hosts_from_env()?
-    } else {
-        split_hosts(hosts)
-    };
-    if hosts.is_empty() {
-        return Err(invalid(text, "no ZooKeeper server is named"));
-    }
-    for h in &hosts {
-        check_host_port(text, h)?;
-    }
-    validate_name(text, path, true, MAX_PATH)?;
-    Ok(Target {
-        service: Service::Zk,
-        name: path.to_string(),
-        location: Location::Zk {
-            hosts,
-            path: format!("/{path}"),
-            auth,
-        },
-        explicit: true,
-    })
-}
-
-fn parse_consul_url(text: &str, rest: &str) -> Result<Target> {
-    let (authority, key) = split_authority(text, rest)?;
-    if authority.contains('@') {
-        return Err(invalid(
-            text,
-            "credentials do not belong in a consul:// URL: use CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE",
-        ));
-    }
-    let addr = if authority.is_empty() {
-        None
-    } else {
-        check_host_port(text, authority)?;
-        Some(authority.to_string())
-    };
-    validate_name(text, key, true, MAX_PATH)?;
-    Ok(Target {
-        service: Service::Consul,
-        name: key.to_string(),
-        location: Location::Consul {
-            addr,
-            key: key.to_string(),
-        },
-        explicit: true,
-    })
-}
-
 /// Is `hp` a `host`, `host:port`, `[v6]` or `[v6]:port` (port 1–65535)?
 pub fn is_host_port(hp: &str) -> bool {
     if hp.is_empty()
@@ -509,33 +367,33 @@ pub fn is_host_port(hp: &str) -> bool {
     }
 }
 
-/// `ZKHOSTS` (or the default): `Invalid` naming the variable when malformed.
-fn zk_hosts_from_env() -> Result<Vec<String>> {
-    let raw = env_or("ZKHOSTS", DEFAULT_ZKHOSTS);
-    let hosts = split_hosts(&raw);
-    if hosts.is_empty() || hosts.len() > 64 {
-        return Err(Error::new(
-            ErrorKind::Invalid,
-            format!(
-                "ZKHOSTS='{}' names no server (expected host:port[,host:port...])",
-                printable(&raw)
-            ),
-        ));
-    }
-    if let Some(bad) = hosts.iter().find(|h| !is_host_port(h)) {
-        return Err(Error::new(
-            ErrorKind::Invalid,
-            format!(
-                "ZKHOSTS='{}': '{}' is not a host:port (expected host:port[,host:port...])",
-                printable(&raw),
-                printable(bad)
-            ),
-        ));
-    }
-    Ok(hosts)
+/// Split the rest of a `scheme://AUTHORITY/PATH` URL into authority and path.
+pub(crate) fn split_authority<'a>(text: &str, rest: &'a str) -> Result<(&'a str, &'a str)> {
+    let slash = rest.find('/').ok_or_else(|| {
+        invalid(
+            text,
+            "a URL target needs a path after the hosts, e.g. zk://host:2181/locks/name",
+        )
+    })?;
+    Ok((&rest[..slash], &rest[slash + 1..]))
 }
 
-fn check_host_port(text: &str, hp: &str) -> Result<()> {
+/// Split `h1:p1,h2:p2` (spaces and empty entries ignored).
+pub(crate) fn split_hosts(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A non-empty environment variable.
+pub(crate) fn env_nonempty(var: &str) -> Option<String> {
+    std::env::var(var).ok().filter(|v| !v.is_empty())
+}
+
+/// `Invalid` unless `hp` is a host:port (see [`is_host_port`]).
+pub(crate) fn check_host_port(text: &str, hp: &str) -> Result<()> {
     let ok = is_host_port(hp);
     if ok {
         Ok(())
@@ -558,33 +416,22 @@ mod tests {
     #[test]
     fn parses_each_service() {
         let t = Target::parse("sem:backup").unwrap();
-        assert_eq!((t.service, t.name.as_str()), (Service::Sem, "backup"));
+        assert_eq!((t.service().as_str(), t.name()), ("sem", "backup"));
+        assert_eq!(t.resource(), "/dev/shm/sem.backup");
         let t = Target::parse("pmxcfs:vm-100").unwrap();
-        assert_eq!(t.service, Service::Pmxcfs);
+        assert_eq!(t.service().as_str(), "pmxcfs");
         let t = Target::parse("zk:a/b").unwrap();
-        match t.location {
-            Location::Zk { path, .. } => assert_eq!(path, "/lockfn/a/b"),
-            _ => panic!(),
-        }
+        assert_eq!(t.resource(), "/lockfn/a/b");
+        let t = Target::parse("zookeeper:a").unwrap();
+        assert_eq!(t.canonical(), "zk:a");
         let t = Target::parse("zk://u:secret@h1:2181,h2:2182/locks/x").unwrap();
-        match &t.location {
-            Location::Zk { hosts, path, auth } => {
-                assert_eq!(hosts, &vec!["h1:2181".to_string(), "h2:2182".to_string()]);
-                assert_eq!(path, "/locks/x");
-                assert_eq!(auth.as_deref(), Some("u:secret"));
-            }
-            _ => panic!(),
-        }
+        assert_eq!(t.resource(), "/locks/x");
+        assert!(t.is_url());
         assert!(!format!("{t:?}").contains("secret"));
         assert!(!t.canonical().contains("secret"));
+        assert_eq!(t.canonical(), "zk://h1:2181,h2:2182/locks/x");
         let t = Target::parse("consul://127.0.0.1:8500/svc/.lock").unwrap();
-        match &t.location {
-            Location::Consul { addr, key } => {
-                assert_eq!(addr.as_deref(), Some("127.0.0.1:8500"));
-                assert_eq!(key, "svc/.lock");
-            }
-            _ => panic!(),
-        }
+        assert_eq!(t.resource(), "svc/.lock");
         assert_eq!(t.canonical(), "consul://127.0.0.1:8500/svc/.lock");
     }
 
@@ -604,6 +451,8 @@ mod tests {
             "",
             "sem:",
             "nosuch:x",
+            "nosuch://h/x",
+            "sem://h/x",
             "zk://h:99999/x",
             "zk://h:1",
         ] {
@@ -626,7 +475,7 @@ mod tests {
     #[test]
     fn empty_name_only_when_allowed() {
         let t = Target::parse_allow_empty("sem:").unwrap();
-        assert!(t.name.is_empty());
+        assert!(t.name().is_empty());
         let named = t.with_name("cmd-abc").unwrap();
         assert_eq!(named.canonical(), "sem:cmd-abc");
     }

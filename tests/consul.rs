@@ -559,8 +559,14 @@ fn force_release_and_release_matching() {
         .map(|n| Lock::acquire(&target(&addr, &format!("{base}/{n}")), &opts(Some(5.0))).unwrap())
         .collect();
     let got =
-        lockfn::backend::consul::release_matching(Some(&addr), &format!("{base}/x.*")).unwrap();
-    assert_eq!(got, vec![format!("{base}/x1"), format!("{base}/x2")]);
+        lockfn::release_matching(&format!("consul://{addr}/"), &format!("{base}/x.*")).unwrap();
+    assert_eq!(
+        got,
+        vec![
+            format!("consul://{addr}/{base}/x1"),
+            format!("consul://{addr}/{base}/x2")
+        ]
+    );
     assert!(kv(&addr, &format!("{base}/y1")).is_some());
     for l in ls {
         let _ = l.release();

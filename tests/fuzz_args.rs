@@ -21,7 +21,8 @@
 //! server) are only parsed, never contacted.
 
 use lockfn::ffi::*;
-use lockfn::target::{Location, Service, Target, MAX_NAME, MAX_PATH};
+use lockfn::target::{MAX_NAME, MAX_PATH};
+use lockfn::{Service, Target};
 use std::ffi::{c_char, c_int, c_uint, CStr, CString};
 use std::time::{Duration, Instant};
 
@@ -202,46 +203,42 @@ fn check_target(text: &str) -> Result<(), String> {
     if text.bytes().any(|b| b == 0 || b.is_ascii_control()) {
         return Err("control bytes accepted".into());
     }
-    let max = if t.explicit { MAX_PATH } else { MAX_NAME };
-    if t.name.len() > max {
-        return Err(format!("name of {} bytes accepted", t.name.len()));
+    let max = if t.is_url() { MAX_PATH } else { MAX_NAME };
+    if t.name().len() > max {
+        return Err(format!("name of {} bytes accepted", t.name().len()));
     }
-    match &t.location {
-        Location::Sem => {
-            name_ok(&t.name, false)?;
-            if t.service != Service::Sem {
-                return Err("sem location for another service".into());
+    let res = t.resource();
+    match t.service().as_str() {
+        "sem" => {
+            name_ok(t.name(), false)?;
+            if res != format!("/dev/shm/sem.{}", t.name()) {
+                return Err(format!("sem resource {res}"));
             }
         }
-        Location::Pmxcfs { dir } => {
-            name_ok(&t.name, false)?;
-            let p = dir.join(&t.name);
+        "pmxcfs" => {
+            name_ok(t.name(), false)?;
+            let dir = std::path::PathBuf::from(std::env::var("LOCKFN_PMXCFS_DIR").unwrap());
+            let p = std::path::Path::new(res);
             if p.parent() != Some(dir.as_path()) {
-                return Err(format!(
-                    "pmxcfs path {} escapes {}",
-                    p.display(),
-                    dir.display()
-                ));
+                return Err(format!("pmxcfs path {res} escapes {}", dir.display()));
             }
         }
-        Location::Zk { hosts, path, .. } => {
-            if hosts.is_empty() || hosts.iter().any(|h| h.is_empty()) {
-                return Err(format!("zk hosts {hosts:?}"));
-            }
-            let rest = path
+        "zk" => {
+            let rest = res
                 .strip_prefix('/')
-                .ok_or_else(|| format!("zk path {path:?} is not absolute"))?;
+                .ok_or_else(|| format!("zk path {res:?} is not absolute"))?;
             name_ok(rest, true)?;
-            if !t.explicit && !path.starts_with("/lockfn/") {
-                return Err(format!("zk:NAME outside /lockfn/: {path}"));
+            if !t.is_url() && !res.starts_with("/lockfn/") {
+                return Err(format!("zk:NAME outside /lockfn/: {res}"));
             }
         }
-        Location::Consul { key, .. } => {
-            name_ok(key, true)?;
-            if !t.explicit && !key.starts_with("lockfn/") {
-                return Err(format!("consul:NAME outside lockfn/: {key}"));
+        "consul" => {
+            name_ok(res, true)?;
+            if !t.is_url() && !res.starts_with("lockfn/") {
+                return Err(format!("consul:NAME outside lockfn/: {res}"));
             }
         }
+        other => return Err(format!("unknown service {other}")),
     }
     let canon = t.canonical();
     if text.contains("secret@") && canon.contains("secret") {
@@ -250,13 +247,13 @@ fn check_target(text: &str) -> Result<(), String> {
     // The canonical text names the same lock (explicit URLs with credentials lose them).
     match Target::parse(&canon) {
         Ok(again) => {
-            if again.service != t.service || again.name != t.name {
+            if again.service() != t.service() || again.name() != t.name() {
                 return Err(format!(
                     "canonical {canon:?} parses to another lock: {again:?}"
                 ));
             }
         }
-        Err(e) if !t.explicit => {
+        Err(e) if !t.is_url() => {
             return Err(format!("canonical {canon:?} does not parse: {e}"));
         }
         Err(_) => {}
@@ -363,11 +360,10 @@ fn c_entry_points_survive_bad_arguments() {
             _ => gen_target(&mut r),
         };
         let parsed = Target::parse(&text);
-        let remote = matches!(
-            parsed.as_ref().map(|t| t.service),
-            Ok(Service::Zk | Service::Consul)
-        );
-        if remote && parsed.as_ref().is_ok_and(|t| t.explicit) {
+        let remote = parsed
+            .as_ref()
+            .is_ok_and(|t| matches!(t.service().as_str(), "zk" | "consul"));
+        if remote && parsed.as_ref().is_ok_and(|t| t.is_url()) {
             // A URL names its own server, maybe not on loopback (a mutation of 127.0.0.1 is
             // 27.0.0.1): parsed above, never contacted.
             n += 1;
@@ -511,8 +507,12 @@ fn c_entry_points_survive_bad_arguments() {
             _ => gen_target(&mut r),
         };
         // gc of a remote service has no timeout: it would wait for the closed port.
-        let scope_service = scope_text.split(':').next().and_then(Service::parse);
-        let remote_scope = matches!(scope_service, Some(Service::Zk | Service::Consul));
+        let scope_service = scope_text
+            .split(':')
+            .next()
+            .and_then(Service::parse)
+            .map(Service::as_str);
+        let remote_scope = matches!(scope_service, Some("zk" | "consul"));
         let scope = c_string(&mut r, &scope_text);
         let mut removed: c_uint = 77;
         let rp: *mut c_uint = if r.chance(50) {
@@ -522,8 +522,8 @@ fn c_entry_points_survive_bad_arguments() {
         };
         // Never a whole local service (that would gc other tests' dead holders): our prefixes.
         let ours = match scope_service {
-            Some(Service::Sem) => scope_text.starts_with(&format!("sem:fuzz-{pid}")),
-            Some(Service::Pmxcfs) => scope_text.starts_with("pmxcfs:fuzz-"),
+            Some("sem") => scope_text.starts_with(&format!("sem:fuzz-{pid}")),
+            Some("pmxcfs") => scope_text.starts_with("pmxcfs:fuzz-"),
             _ => !scope_text.is_empty(),
         };
         if ours && !remote_scope {
@@ -612,10 +612,8 @@ fn gen_cli_case(r: &mut Rng, n: u64, pid: u32) -> (Vec<String>, bool) {
         _ => gen_target(r),
     }
     .replace('\0', ""); // an argument cannot hold NUL
-    let remote = matches!(
-        Target::parse(&target).map(|t| t.service),
-        Ok(Service::Zk | Service::Consul)
-    );
+    let remote =
+        Target::parse(&target).is_ok_and(|t| matches!(t.service().as_str(), "zk" | "consul"));
     let num = |r: &mut Rng| r.pick(NUMBERS).to_string();
     let mut args: Vec<String> = Vec::new();
     match r.below(3) {

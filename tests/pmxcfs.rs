@@ -8,7 +8,7 @@
 //! Child processes are this test binary re-run in worker mode (`worker_main`, driven by
 //! PMX_WORKER), so they use the library exactly as a user program does.
 
-use lockfn::{ErrorKind, Location, Lock, Options, Target};
+use lockfn::{ErrorKind, Lock, Options, Target};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -800,21 +800,33 @@ fn unavailable_when_pmxcfs_is_down() {
     let base = env().root.join("down");
     // pmxcfs down: /etc/pve is an empty directory.
     std::fs::create_dir_all(base.join("pve")).unwrap();
-    let mut t = target("down");
-    t.location = Location::Pmxcfs {
-        dir: base.join("pve/priv/lock"),
+    // A target reads its pmxcfs directory when it is made: another directory is another
+    // process environment (the CLI here).
+    let lockdir = base.join("pve/priv/lock");
+    let run = |cmd: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_lockfn"))
+            .args(["run", "-n", "pmxcfs:down", "--"])
+            .args(cmd)
+            .env("LOCKFN_PMXCFS_DIR", &lockdir)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
-    let e = Lock::acquire(&t, &opts(Some(0.0))).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    let (code, err) = run(&["true"]);
+    assert_eq!(code, Some(69), "unavailable: {err}");
     assert!(
-        e.message().contains("not online") && e.message().contains("is empty"),
-        "{e}"
+        err.contains("not online") && err.contains("is empty"),
+        "{err}"
     );
     // priv exists but no lock/ yet: created, as cfs_lock does (mkdir $lockdir).
     std::fs::create_dir_all(base.join("pve/priv")).unwrap();
-    let l = Lock::acquire(&t, &opts(Some(0.0))).unwrap();
-    assert!(base.join("pve/priv/lock/down").is_dir());
-    l.release().unwrap();
+    let held = lockdir.join("down");
+    let (code, err) = run(&["test", "-d", held.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "held while the command ran: {err}");
+    assert!(!held.exists());
 }
 
 #[test]

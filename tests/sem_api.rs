@@ -14,7 +14,7 @@ fn try_once() -> Options {
 }
 
 fn cleanup(t: &Target) {
-    let _ = lockfn::gc(&format!("sem:{}", t.name));
+    let _ = lockfn::gc(&format!("sem:{}", t.name()));
 }
 
 #[test]
@@ -269,12 +269,12 @@ fn files_kept_open_between_acquisitions_are_not_reused_after_gc_removed_them() {
     let token = first.token();
     first.release().unwrap();
     // Idle: gc removes the record file and the semaphore this process still has open.
-    assert!(lockfn::gc(&format!("sem:{}", t.name)).unwrap() >= 1);
-    assert!(!std::path::Path::new(&format!("/dev/shm/sem.{}", t.name)).exists());
+    assert!(lockfn::gc(&format!("sem:{}", t.name())).unwrap() >= 1);
+    assert!(!std::path::Path::new(&format!("/dev/shm/sem.{}", t.name())).exists());
     let held = Lock::acquire(&t, &try_once()).unwrap();
     assert!(held.token() > token);
     // The lock is held on the semaphore that exists now: a new opener is excluded.
-    assert!(std::path::Path::new(&format!("/dev/shm/sem.{}", t.name)).exists());
+    assert!(std::path::Path::new(&format!("/dev/shm/sem.{}", t.name())).exists());
     assert_eq!(
         Lock::acquire(&t, &try_once()).unwrap_err().kind(),
         ErrorKind::Busy
@@ -294,7 +294,7 @@ fn threads_of_one_process_exclude_each_other_while_gc_runs() {
     let done = Arc::new(AtomicBool::new(false));
     // gc keeps removing the lock's files whenever they are idle, under the threads' feet.
     let gc = {
-        let (done, prefix) = (done.clone(), format!("sem:{}", t.name));
+        let (done, prefix) = (done.clone(), format!("sem:{}", t.name()));
         std::thread::spawn(move || {
             let mut removed = 0;
             while !done.load(Ordering::SeqCst) {
@@ -348,7 +348,7 @@ fn a_semaphore_replaced_under_its_users_is_noticed() {
     // file without the semaphore its users have open.
     let t = target("replaced");
     let unlink = || {
-        let c = std::ffi::CString::new(format!("/{}", t.name)).unwrap();
+        let c = std::ffi::CString::new(format!("/{}", t.name())).unwrap();
         assert_eq!(unsafe { libc::sem_unlink(c.as_ptr()) }, 0);
     };
     Lock::acquire(&t, &try_once()).unwrap().release().unwrap();

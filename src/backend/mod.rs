@@ -6,18 +6,71 @@
 //! on top of these two traits, so a new service only implements them.
 
 use crate::holder::{HolderRecord, Liveness};
-use crate::{Error, ErrorKind, Options, Result, Service, Target};
+use crate::target::Located;
+use crate::{Error, ErrorKind, Options, Result, Target};
 use serde::Serialize;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-pub mod consul;
-pub mod pmxcfs;
-pub mod sem;
-pub mod zookeeper;
+pub(crate) mod consul;
+pub(crate) mod pmxcfs;
+pub(crate) mod sem;
+pub(crate) mod zookeeper;
 
-/// A lock service.
+/// Does a service take bare names (`NAME` without a scheme) when `LOCKFN_BACKEND` is unset?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BareNames {
+    /// Never.
+    No,
+    /// On this host, before any [`BareNames::Always`] service (pmxcfs on a Proxmox node).
+    Here,
+    /// Wherever no service claims them first (sem: the embedded default).
+    Always,
+}
+
+/// A lock service. A new one implements this trait in its own folder under `src/backend/`
+/// and adds one line to the registry in `src/service.rs`; nothing else names it.
 pub trait Backend: Sync {
+    /// The scheme of its targets: `sem` in `sem:NAME`.
+    fn scheme(&self) -> &'static str;
+
+    /// Other spellings of the scheme (`zookeeper` for `zk`).
+    fn aliases(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// May lock names hold `/` (a hierarchy)?
+    fn allows_slash(&self) -> bool {
+        false
+    }
+
+    /// Whether bare names are this service's (see [`BareNames`]).
+    fn bare_names(&self) -> BareNames {
+        BareNames::No
+    }
+
+    /// Whether the service lives on this host only: `lockfn gc` without a scope cleans it.
+    fn is_local(&self) -> bool {
+        false
+    }
+
+    /// Where `scheme:NAME` lives: `name` is already checked against
+    /// [`crate::target::validate_name`] (or empty, for the CLI's `sem:`). The service's
+    /// configuration (environment, defaults) is read here, once per target.
+    fn locate(&self, text: &str, name: &str) -> Result<Located>;
+
+    /// Where `scheme://REST` lives (`text` is the whole target, for messages).
+    fn locate_url(&self, text: &str, _rest: &str) -> Result<Located> {
+        Err(crate::target::invalid(
+            text,
+            &format!(
+                "{}: has no URL form (write {}:NAME)",
+                self.scheme(),
+                self.scheme()
+            ),
+        ))
+    }
+
     /// Take the lock named by `target`, waiting as `wait` says. Returns `Busy` when the wait
     /// ends without the lock, `Canceled` when the cancel fd became readable.
     fn acquire(&self, target: &Target, opts: &Options, wait: &Wait) -> Result<Box<dyn Held>>;
@@ -38,6 +91,20 @@ pub trait Backend: Sync {
 
     /// Renew a persistent lock by name (`lockfn update`).
     fn update_named(&self, target: &Target) -> Result<()>;
+
+    /// Operator release by regular expression over the locks under `within` (whose name may
+    /// be empty): every held lock that matches is released as with `force`. Returns the
+    /// released targets' canonical texts, sorted.
+    fn release_matching(&self, within: &Target, _pattern: &str) -> Result<Vec<String>> {
+        Err(Error::new(
+            ErrorKind::Invalid,
+            format!(
+                "{}: release --match is not supported by {}",
+                within,
+                self.scheme()
+            ),
+        ))
+    }
 }
 
 /// A held lock. Dropping it must NOT release the lock (a forked child drops the parent's
@@ -71,20 +138,9 @@ pub trait Held: Send {
     }
 }
 
-/// The backend serving a service.
-pub fn for_service(service: Service) -> &'static dyn Backend {
-    match service {
-        Service::Sem => &sem::SemBackend,
-        Service::Pmxcfs => &pmxcfs::PmxcfsBackend,
-        Service::Zk => &zookeeper::ZkBackend,
-        Service::Consul => &consul::ConsulBackend,
-    }
-}
-
-/// What `gc` may touch: one service, optionally only names starting with `prefix`.
+/// What `gc` may touch (in the backend it is given to): only names starting with `prefix`.
 #[derive(Debug, Clone)]
 pub struct GcScope {
-    pub service: Service,
     pub prefix: String,
 }
 
@@ -110,7 +166,7 @@ impl Status {
     pub fn new(target: &Target) -> Status {
         Status {
             target: target.canonical(),
-            service: target.service.as_str(),
+            service: target.service().as_str(),
             held: false,
             limit: None,
             available: None,

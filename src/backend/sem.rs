@@ -24,6 +24,7 @@
 
 use super::{GcScope, Held, HolderView, Status, Wait};
 use crate::holder::{own_process, HolderRecord, Liveness, LivenessWatch};
+use crate::target::Located;
 use crate::{Error, ErrorKind, Options, Result, Target};
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
@@ -582,7 +583,7 @@ impl SemBackend {
             let Some(doc) = records.read(Some(len))?.0 else {
                 return Ok(Recovery::Done);
             };
-            if sem_replaced(&target.name, sem_ino) {
+            if sem_replaced(target.name(), sem_ino) {
                 return Ok(Recovery::Stale);
             }
             let any_dead = doc
@@ -608,6 +609,27 @@ impl SemBackend {
 }
 
 impl super::Backend for SemBackend {
+    fn scheme(&self) -> &'static str {
+        "sem"
+    }
+
+    fn bare_names(&self) -> super::BareNames {
+        super::BareNames::Always
+    }
+
+    fn is_local(&self) -> bool {
+        true
+    }
+
+    fn locate(&self, _text: &str, name: &str) -> Result<Located> {
+        Ok(Located::named(
+            "sem",
+            name,
+            sem_path(name).display().to_string(),
+            (),
+        ))
+    }
+
     fn acquire(&self, target: &Target, opts: &Options, wait: &Wait) -> Result<Box<dyn Held>> {
         if opts.shared {
             return Err(Error::new(
@@ -630,7 +652,7 @@ impl super::Backend for SemBackend {
                 ),
             ));
         }
-        let name = &target.name;
+        let name = target.name();
         let lock_err = |e| os_err(target, "cannot lock the holder records", e);
         let own = own_process();
         let mut watch = LivenessWatch::new();
@@ -736,12 +758,12 @@ impl super::Backend for SemBackend {
 
     fn status(&self, target: &Target) -> Result<Status> {
         let mut st = Status::new(target);
-        let sem = match Sem::open_existing(&target.name) {
+        let sem = match Sem::open_existing(target.name()) {
             Ok(s) => Some(s),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
             Err(e) => return Err(os_err(target, "cannot open the semaphore", e)),
         };
-        let doc = match Records::open(&target.name, 0o600, false) {
+        let doc = match Records::open(target.name(), 0o600, false) {
             Ok(r) => {
                 let _g = r
                     .flock(libc::LOCK_SH)
@@ -782,7 +804,7 @@ impl super::Backend for SemBackend {
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().into_string().ok())
             .filter_map(|n| n.strip_prefix(RECORD_PREFIX).map(str::to_string))
-            .filter(|n| n.starts_with(&prefix.name))
+            .filter(|n| n.starts_with(prefix.name()))
             .collect();
         names.sort();
         for name in names {
@@ -855,7 +877,7 @@ impl super::Backend for SemBackend {
     }
 
     fn release_named(&self, target: &Target, force: bool) -> Result<u32> {
-        let name = &target.name;
+        let name = target.name();
         let sem = Sem::open_existing(name).map_err(|e| {
             if e.raw_os_error() == Some(libc::ENOENT) {
                 Error::new(
@@ -948,7 +970,7 @@ impl SemHeld {
         Box::new(SemHeld {
             target: target.clone(),
             opened: Some(Opened {
-                name: target.name.clone(),
+                name: target.name().to_string(),
                 pid,
                 sem,
                 sem_ino,
@@ -1004,7 +1026,7 @@ impl Held for SemHeld {
                 .0
                 .is_some_and(|d| d.holders.iter().any(|h| self.ours(h))),
             None => false,
-        } && !sem_replaced(&self.target.name, opened.sem_ino);
+        } && !sem_replaced(self.target.name(), opened.sem_ino);
         if present {
             Ok(())
         } else {

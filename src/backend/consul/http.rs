@@ -46,7 +46,6 @@ pub struct Reply {
 pub enum Method {
     Get,
     Put,
-    Delete,
 }
 
 /// A KV entry as Consul returns it.
@@ -84,19 +83,10 @@ impl KvEntry {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
 pub struct SessionInfo {
-    #[serde(rename = "ID", default)]
-    pub id: String,
     #[serde(default)]
     pub name: String,
     #[serde(default)]
     pub node: String,
-    #[serde(rename = "TTL", default)]
-    pub ttl: String,
-    #[serde(default)]
-    pub behavior: String,
-    /// Nanoseconds.
-    #[serde(default)]
-    pub lock_delay: u64,
 }
 
 /// The outcome of a transaction.
@@ -326,7 +316,7 @@ impl Client {
             return Err(self.out_of_time());
         }
         let result = match method {
-            Method::Get | Method::Delete => {
+            Method::Get => {
                 let mut rb = match method {
                     Method::Get => self.agent.get(&url),
                     _ => self.agent.delete(&url),

@@ -17,13 +17,17 @@
 pub mod config;
 pub mod http;
 mod mutex;
+mod place;
 mod semaphore;
 
 use self::config::Config;
 use self::http::{Client, KvEntry, Txn, MAX_BLOCK};
 use super::{Backend, GcScope, Held, HolderView, Status, Wait};
 use crate::holder::{HolderRecord, Liveness};
-use crate::{Error, ErrorKind, Location, Options, Result, Service, Target};
+use crate::target::Located;
+use crate::{Error, ErrorKind, Options, Result, Target};
+use place::Place;
+pub(crate) use place::KEY_PREFIX;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -39,27 +43,18 @@ pub const MAX_TTL: Duration = Duration::from_secs(86400);
 pub const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
 /// How often a held lock wants `check()` (a loss seen within ~1 s); `update()` renews at TTL/2.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// Where `consul:NAME` keys live.
-pub const KEY_PREFIX: &str = "lockfn/";
 
 pub struct ConsulBackend;
 
 /// The client and key of a consul target.
 fn locate(target: &Target) -> Result<(Client, String)> {
-    match &target.location {
-        Location::Consul { addr, key } => {
-            let cfg = Config::from_env(addr.as_deref())?;
-            let client = Client::new(&cfg)?;
-            // status, list, gc, release, update: bounded by LOCKFN_OP_TIMEOUT; an acquisition
-            // sets its wait's own deadline.
-            client.set_deadline(Some(super::op_deadline()?));
-            Ok((client, key.clone()))
-        }
-        other => Err(Error::new(
-            ErrorKind::Invalid,
-            format!("{target} is not a consul target ({other:?})"),
-        )),
-    }
+    let Place { addr, key } = target.place::<Place>()?;
+    let cfg = Config::from_env(addr.as_deref())?;
+    let client = Client::new(&cfg)?;
+    // status, list, gc, release, update: bounded by LOCKFN_OP_TIMEOUT; an acquisition
+    // sets its wait's own deadline.
+    client.set_deadline(Some(super::op_deadline()?));
+    Ok((client, key.clone()))
 }
 
 /// The session TTL asked for: None (no TTL) only for a persistent lock without explicit ttl.
@@ -115,7 +110,7 @@ impl Session {
         let delay = lock_delay(target, opts)?;
         let mut body = serde_json::json!({
             "Name": format!("lockfn {} (pid {} on {})",
-                match &target.location { Location::Consul { key, .. } => key.as_str(), _ => "" },
+                target.resource(),
                 std::process::id(), crate::holder::hostname()),
             "Behavior": behavior,
         });
@@ -459,32 +454,9 @@ fn status_of(client: &Client, target: &Target, key: &str) -> Result<Status> {
 /// A target for `key` in the form of `like` (same address; `consul:NAME` when the key is
 /// under `lockfn/` and `like` was not a URL).
 fn target_for(like: &Target, key: &str) -> Option<Target> {
-    let addr = match &like.location {
-        Location::Consul { addr, .. } => addr.clone(),
-        _ => return None,
-    };
-    if like.explicit {
-        Some(Target {
-            service: Service::Consul,
-            name: key.to_string(),
-            location: Location::Consul {
-                addr,
-                key: key.to_string(),
-            },
-            explicit: true,
-        })
-    } else {
-        let name = key.strip_prefix(KEY_PREFIX)?;
-        Some(Target {
-            service: Service::Consul,
-            name: name.to_string(),
-            location: Location::Consul {
-                addr,
-                key: key.to_string(),
-            },
-            explicit: false,
-        })
-    }
+    let place = like.place::<Place>().ok()?;
+    let located = place.sibling(like.is_url(), key)?;
+    Some(Target::from_located(like.service(), located))
 }
 
 /// Semaphore prefixes in a listing: keys `P/.lock` with the semaphore flags.
@@ -549,6 +521,26 @@ fn release_sem_slots(
 }
 
 impl Backend for ConsulBackend {
+    fn scheme(&self) -> &'static str {
+        "consul"
+    }
+
+    fn allows_slash(&self) -> bool {
+        true
+    }
+
+    fn locate(&self, _text: &str, name: &str) -> Result<Located> {
+        Ok(Place::named(name))
+    }
+
+    fn locate_url(&self, text: &str, rest: &str) -> Result<Located> {
+        Place::from_url(text, rest)
+    }
+
+    fn release_matching(&self, within: &Target, pattern: &str) -> Result<Vec<String>> {
+        release_matching(within, pattern)
+    }
+
     fn acquire(&self, target: &Target, opts: &Options, wait: &Wait) -> Result<Box<dyn Held>> {
         if opts.shared {
             return Err(Error::new(
@@ -586,7 +578,7 @@ impl Backend for ConsulBackend {
 
     fn list(&self, prefix: &Target) -> Result<Vec<Status>> {
         let (client, key) = locate(prefix)?;
-        let key = if key.is_empty() && !prefix.explicit {
+        let key = if key.is_empty() && !prefix.is_url() {
             KEY_PREFIX.to_string()
         } else {
             key
@@ -595,7 +587,7 @@ impl Backend for ConsulBackend {
         let sems = sem_prefixes(&entries);
         let mut out = Vec::new();
         for p in &sems {
-            let tkey = if prefix.explicit {
+            let tkey = if prefix.is_url() {
                 semaphore::lock_key_of(p)
             } else {
                 p.clone()
@@ -756,10 +748,11 @@ fn literal_prefix(pattern: &str) -> String {
         .collect()
 }
 
-/// Operator release by regular expression (consullock's `unlock -r`): every held lock whose
-/// whole key matches `pattern` is released as with `--force`. `addr` is a `host:port` (else
-/// `CONSUL_HTTP_ADDR`). Returns the released keys, sorted.
-pub fn release_matching(addr: Option<&str>, pattern: &str) -> Result<Vec<String>> {
+/// Operator release by regular expression (consullock's `unlock -r`): every held lock under
+/// `within` whose name as the user writes it (`svc/a` for `consul:svc/a`; the key for a
+/// `consul://` URL) or whose whole key matches `pattern` is released as with `--force`.
+/// Returns the released locks' canonical texts, sorted.
+fn release_matching(within: &Target, pattern: &str) -> Result<Vec<String>> {
     let re = regex_lite::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
         Error::new(
             ErrorKind::Invalid,
@@ -769,36 +762,38 @@ pub fn release_matching(addr: Option<&str>, pattern: &str) -> Result<Vec<String>
             ),
         )
     })?;
-    let cfg = Config::from_env(addr)?;
-    let client = Client::new(&cfg)?;
-    let like = Target {
-        service: Service::Consul,
-        name: String::new(),
-        location: Location::Consul {
-            addr: addr.map(str::to_string),
-            key: String::new(),
-        },
-        explicit: true,
+    let (client, _) = locate(within)?;
+    let root = if within.is_url() { "" } else { KEY_PREFIX };
+    let matches = |key: &str| {
+        re.is_match(key) || key.strip_prefix(root).is_some_and(|name| re.is_match(name))
     };
-    let (entries, _) = client.kv_list(&literal_prefix(pattern), None)?;
+    let literal = literal_prefix(pattern);
+    let listed = if literal.starts_with(root) {
+        literal
+    } else {
+        format!("{root}{literal}")
+    };
+    let (entries, _) = client.kv_list(&listed, None)?;
+    let shown =
+        |key: &str| target_for(within, key).map_or_else(|| key.to_string(), |t| t.canonical());
     let sems = sem_prefixes(&entries);
     let mut released = BTreeMap::new();
     for p in &sems {
         let lk = semaphore::lock_key_of(p);
-        if re.is_match(&lk) || re.is_match(p) {
-            let t = target_for(&like, &lk).unwrap_or_else(|| like.clone());
+        if matches(&lk) || matches(p) {
+            let t = target_for(within, &lk).unwrap_or_else(|| within.clone());
             if release_sem_slots(&client, &t, p, &|_| true)? > 0 {
-                released.insert(lk, ());
+                released.insert(shown(&lk), ());
             }
         }
     }
     for e in &entries {
-        if sems.iter().any(|p| e.key.starts_with(&format!("{p}/"))) || !re.is_match(&e.key) {
+        if sems.iter().any(|p| e.key.starts_with(&format!("{p}/"))) || !matches(&e.key) {
             continue;
         }
         if let Some(s) = e.holder() {
             if force_release_key(&client, &e.key, s)? {
-                released.insert(e.key.clone(), ());
+                released.insert(shown(&e.key), ());
             }
         }
     }

@@ -188,7 +188,7 @@ pub fn acquire(
     wait: &Wait,
     busy: impl Fn(Option<i32>) -> Error,
 ) -> Result<NodeFlock> {
-    let path = flock_path(&target.name);
+    let path = flock_path(target.name());
     let mut watch: Option<CloseWatch> = None;
     for _ in 0..MAX_REOPEN {
         let file = open_flock_file(&path)

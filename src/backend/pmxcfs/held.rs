@@ -46,7 +46,7 @@ impl PmxcfsHeld {
     fn node_record(&self) -> NodeRecord {
         NodeRecord::new(
             &self.dir,
-            &self.target.name,
+            self.target.name(),
             self.mtime,
             self.record.clone(),
         )
@@ -121,7 +121,7 @@ impl Held for PmxcfsHeld {
         // directory still existed would "recover" (take over) it.
         let (dir, name, me) = (
             self.dir.clone(),
-            self.target.name.clone(),
+            self.target.name().to_string(),
             self.record.clone(),
         );
         let mtime = self.mtime;
@@ -139,7 +139,7 @@ impl Held for PmxcfsHeld {
         let r = match r {
             Ok(true) => Ok(()),
             Ok(false) => {
-                records::remove_if(&self.dir, &self.target.name, |r| {
+                records::remove_if(&self.dir, self.target.name(), |r| {
                     r.same_holder(&self.record)
                 });
                 Err(self.lost(
@@ -149,7 +149,7 @@ impl Held for PmxcfsHeld {
             }
             Err(e) => {
                 if e.kind() == ErrorKind::Lost {
-                    records::remove_if(&self.dir, &self.target.name, |r| {
+                    records::remove_if(&self.dir, self.target.name(), |r| {
                         r.same_holder(&self.record)
                     });
                 }
@@ -168,7 +168,7 @@ impl Held for PmxcfsHeld {
                 fs::os_error(
                     &self.target,
                     "cannot write the node-local holder record",
-                    &super::records_dir().join(&self.target.name),
+                    &super::records_dir().join(self.target.name()),
                     e,
                 )
             })?;

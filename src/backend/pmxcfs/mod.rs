@@ -50,7 +50,8 @@ mod token;
 
 use super::{GcScope, Held, HolderView, Status, Wait};
 use crate::holder::HolderRecord;
-use crate::{Error, ErrorKind, Location, Options, Result, Target};
+use crate::target::Located;
+use crate::{Error, ErrorKind, Options, Result, Target};
 use fs::{Bound, Seen, UnlockAnswer};
 use held::PmxcfsHeld;
 use orphan::Orphan;
@@ -58,6 +59,7 @@ use records::NodeRecord;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub const DEFAULT_PMXCFS_DIR: &str = "/etc/pve/priv/lock";
 pub const DEFAULT_PMXLOCK_DIR: &str = "/run/lock/pmxlock";
 pub const DEFAULT_RUN_DIR: &str = "/run/lock/lockfn";
 /// pmxcfs expires a lock this long after its creation or last refresh (fixed by pmxcfs:
@@ -82,6 +84,28 @@ fn env_dir(var: &str, default: &str) -> PathBuf {
         Some(v) if !v.is_empty() => PathBuf::from(v),
         _ => PathBuf::from(default),
     }
+}
+
+/// The `priv/lock` directory: `LOCKFN_PMXCFS_DIR` or `/etc/pve/priv/lock`.
+pub fn pmxcfs_dir() -> PathBuf {
+    env_dir("LOCKFN_PMXCFS_DIR", DEFAULT_PMXCFS_DIR)
+}
+
+/// Is `/etc/pve` a pmxcfs (FUSE) mount? Read from /proc/self/mountinfo, no blocking stat.
+fn pve_is_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| {
+            m.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.get(4) == Some(&"/etc/pve") && l.contains(" - fuse")
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Where a `pmxcfs:NAME` lock lives: the `priv/lock` directory read when the target was made.
+struct Place {
+    dir: PathBuf,
 }
 
 /// The directory of node-local flock files (pmxlock's).
@@ -136,16 +160,16 @@ impl PmxcfsConfig {
 }
 
 fn lock_dir(target: &Target) -> PathBuf {
-    match &target.location {
-        Location::Pmxcfs { dir } => dir.clone(),
-        _ => crate::target::pmxcfs_dir(),
+    match target.place::<Place>() {
+        Ok(p) => p.dir.clone(),
+        Err(_) => pmxcfs_dir(),
     }
 }
 
 /// Proxmox's timeout text (`cfs-lock 'NAME' error: got lock request timeout`), so logs read
 /// the same as cfs_lock's, plus who holds the lock when we know.
 fn busy_error(target: &Target, wait: &Wait, who: &str) -> Error {
-    let name = &target.name;
+    let name = target.name();
     let msg = if wait.is_try_once() {
         format!("cfs-lock '{name}' error: lock is busy: {target} {who}")
     } else {
@@ -179,7 +203,7 @@ fn acquire_dir(
     wait: &Wait,
     bound: &Bound,
 ) -> Result<Made> {
-    let path = dir.join(&target.name);
+    let path = dir.join(target.name());
     let start = Instant::now();
     let mut taken = false; // a mkdir said EEXIST
     let mut rounds = 0u32;
@@ -189,7 +213,7 @@ fn acquire_dir(
     let mut refused: Option<i64> = None;
     loop {
         rounds += 1;
-        let rec = records::read(dir, &target.name);
+        let rec = records::read(dir, target.name());
         let seen = fs::look(target, &path, bound)?;
         let orphan = match orphan::classify(cfg, rec.as_ref(), seen) {
             Orphan::Dead(m) if refused == Some(m) => Orphan::No,
@@ -234,7 +258,7 @@ fn acquire_dir(
             wait.expired()
         };
         if give_up {
-            let rec = records::read(dir, &target.name);
+            let rec = records::read(dir, target.name());
             let seen = fs::look(target, &path, bound)?;
             return Err(busy_error(
                 target,
@@ -269,12 +293,12 @@ fn settle(
     mut holder: HolderRecord,
     bound: &Bound,
 ) -> Result<PmxcfsHeld> {
-    let path = dir.join(&target.name);
+    let path = dir.join(target.name());
     let mut mtime = made.seen.mtime;
     holder.since = crate::holder::now_secs();
     let me = holder.clone();
     let give_back = |mtime: i64, e: Error| -> Error {
-        let (d, n, me) = (dir.to_path_buf(), target.name.clone(), me.clone());
+        let (d, n, me) = (dir.to_path_buf(), target.name().to_string(), me.clone());
         let _ = fs::remove_if_ours(target, cfg, &path, mtime, &Bound::cleanup(), move || {
             records::remove_if(&d, &n, |r| r.same_holder(&me))
         });
@@ -283,11 +307,11 @@ fn settle(
     // The record first (local, microseconds): from here on a crash leaves an orphan that a
     // waiter can prove and take over at once.
     let write = |mtime: i64, h: &HolderRecord| {
-        records::write(&NodeRecord::new(dir, &target.name, mtime, h.clone())).map_err(|e| {
+        records::write(&NodeRecord::new(dir, target.name(), mtime, h.clone())).map_err(|e| {
             fs::os_error(
                 target,
                 "cannot write the node-local holder record",
-                &records_dir().join(&target.name),
+                &records_dir().join(target.name()),
                 e,
             )
         })
@@ -305,7 +329,7 @@ fn settle(
         match fs::refresh_if_ours(target, cfg, &path, mtime, bound)? {
             Some(t) => mtime = t,
             None => {
-                records::remove_if(dir, &target.name, |r| r.same_holder(&holder));
+                records::remove_if(dir, target.name(), |r| r.same_holder(&holder));
                 return Err(held::lost(
                     target,
                     token,
@@ -330,6 +354,29 @@ fn settle(
 }
 
 impl super::Backend for PmxcfsBackend {
+    fn scheme(&self) -> &'static str {
+        "pmxcfs"
+    }
+
+    fn bare_names(&self) -> super::BareNames {
+        if pve_is_mounted() {
+            super::BareNames::Here
+        } else {
+            super::BareNames::No
+        }
+    }
+
+    fn is_local(&self) -> bool {
+        // Only in what gc cleans: this node's records of dead local holders.
+        true
+    }
+
+    fn locate(&self, _text: &str, name: &str) -> Result<Located> {
+        let dir = pmxcfs_dir();
+        let resource = dir.join(name).display().to_string();
+        Ok(Located::named("pmxcfs", name, resource, Place { dir }))
+    }
+
     fn acquire(&self, target: &Target, opts: &Options, wait: &Wait) -> Result<Box<dyn Held>> {
         check_options(target, opts)?;
         let dir = lock_dir(target);
@@ -337,15 +384,15 @@ impl super::Backend for PmxcfsBackend {
         let bound = Bound::for_wait(wait);
         fs::check_lock_dir(target, &dir, &bound)?;
         let flock = flock::acquire(target, wait, |pid| {
-            let who = match (records::read(&dir, &target.name), pid) {
+            let who = match (records::read(&dir, target.name()), pid) {
                 (Some(r), _) => orphan::describe(&r.holder),
                 (None, Some(pid)) => format!(
                     "held on this node by pid {pid} (node-local lock {})",
-                    flock::flock_path(&target.name).display()
+                    flock::flock_path(target.name()).display()
                 ),
                 (None, None) => format!(
                     "held on this node (node-local lock {})",
-                    flock::flock_path(&target.name).display()
+                    flock::flock_path(target.name()).display()
                 ),
             };
             busy_error(target, wait, &who)
@@ -363,7 +410,7 @@ impl super::Backend for PmxcfsBackend {
         let dir = lock_dir(target);
         let cfg = PmxcfsConfig::for_dir(target, &dir)?;
         let bound = Bound::admin()?;
-        let path = dir.join(&target.name);
+        let path = dir.join(target.name());
         let mut st = Status::new(target);
         st.limit = Some(1);
         let seen = fs::look(target, &path, &bound)?;
@@ -383,7 +430,7 @@ impl super::Backend for PmxcfsBackend {
                 st.details
                     .insert("age_s".into(), ((age * 10.0).round() / 10.0).into());
             }
-            match records::read(&dir, &target.name) {
+            match records::read(&dir, target.name()) {
                 Some(r) if r.may_describe(s.mtime, cfg.ttl) => {
                     st.holders.push(HolderView::from(r.holder))
                 }
@@ -401,7 +448,7 @@ impl super::Backend for PmxcfsBackend {
         if let Some(t) = token::last(target, &cfg.token_dir, &bound) {
             st.details.insert("last_token".into(), t.into());
         }
-        if let Ok(f) = std::fs::File::open(flock::flock_path(&target.name)) {
+        if let Ok(f) = std::fs::File::open(flock::flock_path(target.name())) {
             if let Some(pid) = flock::flock_holder_pid(&f) {
                 st.details.insert("node_flock_pid".into(), pid.into());
             }
@@ -430,7 +477,7 @@ impl super::Backend for PmxcfsBackend {
             Err(e) if fs::errno(&e) == libc::ENOENT => return Err(fs::not_online(prefix, &dir)),
             Err(e) => return Err(fs::os_error(prefix, "cannot read", &dir, e)),
         };
-        names.retain(|n| n.starts_with(&prefix.name));
+        names.retain(|n| n.starts_with(prefix.name()));
         names.sort();
         let mut out = Vec::new();
         for name in names {
@@ -448,7 +495,7 @@ impl super::Backend for PmxcfsBackend {
     fn gc(&self, scope: &GcScope) -> Result<u32> {
         let names = records::names()
             .map_err(|e| Error::os(format!("cannot read {}", records_dir().display()), e))?;
-        let dir = crate::target::pmxcfs_dir();
+        let dir = pmxcfs_dir();
         let mut removed = 0;
         for name in names {
             if !name.starts_with(&scope.prefix)
@@ -470,19 +517,20 @@ impl super::Backend for PmxcfsBackend {
         let cfg = PmxcfsConfig::for_dir(target, &dir)?;
         let bound = Bound::admin()?;
         fs::check_lock_dir(target, &dir, &bound)?;
-        let path = dir.join(&target.name);
+        let path = dir.join(target.name());
         let Some(seen) = fs::look(target, &path, &bound)? else {
             return Err(Error::new(
                 ErrorKind::NotHeld,
                 format!("{target} is not held (no directory {})", path.display()),
             ));
         };
-        let rec = records::read(&dir, &target.name).filter(|r| r.may_describe(seen.mtime, cfg.ttl));
+        let rec =
+            records::read(&dir, target.name()).filter(|r| r.may_describe(seen.mtime, cfg.ttl));
         if force {
             // Operator override: whoever holds it.
             fs::remove(target, &path, &bound)?;
             if let Some(r) = rec {
-                records::remove_if(&dir, &target.name, |x| x.same_holder(&r.holder));
+                records::remove_if(&dir, target.name(), |x| x.same_holder(&r.holder));
             }
             return Ok(1);
         }
@@ -506,7 +554,7 @@ impl super::Backend for PmxcfsBackend {
                      is released by that process; --force takes it anyway)",
                 )),
             };
-        let (d, n, m) = (dir.clone(), target.name.clone(), rec.mtime);
+        let (d, n, m) = (dir.clone(), target.name().to_string(), rec.mtime);
         if !fs::remove_if_ours(target, &cfg, &path, rec.mtime, &bound, move || {
             records::remove_if(&d, &n, |r| r.mtime == m)
         })? {
@@ -523,8 +571,8 @@ impl super::Backend for PmxcfsBackend {
         let cfg = PmxcfsConfig::for_dir(target, &dir)?;
         let bound = Bound::admin()?;
         fs::check_lock_dir(target, &dir, &bound)?;
-        let path = dir.join(&target.name);
-        let mut rec = records::read(&dir, &target.name)
+        let path = dir.join(target.name());
+        let mut rec = records::read(&dir, target.name())
             .filter(|r| r.holder.persist && r.holder.is_this_boot())
             .ok_or_else(|| {
                 Error::new(
@@ -540,7 +588,7 @@ impl super::Backend for PmxcfsBackend {
                     fs::os_error(
                         target,
                         "cannot write the node-local holder record",
-                        &records_dir().join(&target.name),
+                        &records_dir().join(target.name()),
                         e,
                     )
                 })
@@ -592,7 +640,7 @@ fn check_options(target: &Target, opts: &Options) -> Result<()> {
 fn gc_one(target: &Target, dir: &Path) -> Result<u32> {
     let cfg = PmxcfsConfig::for_dir(target, dir)?;
     let bound = Bound::admin()?;
-    let name = &target.name;
+    let name = target.name();
     let Some(rec) = records::read(dir, name) else {
         return Ok(0);
     };

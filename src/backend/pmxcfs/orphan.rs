@@ -62,8 +62,8 @@ pub fn take_back(
     mtime: i64,
     bound: &Bound,
 ) -> Result<bool> {
-    let path = dir.join(&target.name);
-    let (d, name) = (dir.to_path_buf(), target.name.clone());
+    let path = dir.join(target.name());
+    let (d, name) = (dir.to_path_buf(), target.name().to_string());
     fs::remove_if_ours(target, cfg, &path, mtime, bound, move || {
         records::remove_if(&d, &name, |r| r.mtime == mtime)
     })

@@ -43,7 +43,7 @@ fn corrupt(target: &Target, path: &Path, what: &str) -> Error {
 
 /// Read, advance and store the counter of `target`'s name. Call only while holding the lock.
 pub fn advance(target: &Target, token_dir: &Path, bound: &Bound) -> Result<u64> {
-    let file = path(token_dir, &target.name);
+    let file = path(token_dir, target.name());
     let (dir, p) = (token_dir.to_path_buf(), file.clone());
     let r = fs::call(
         target,
@@ -114,7 +114,7 @@ pub fn advance(target: &Target, token_dir: &Path, bound: &Bound) -> Result<u64> 
 
 /// The last token handed out for `name` (status), without changing it; None when unknown.
 pub fn last(target: &Target, token_dir: &Path, bound: &Bound) -> Option<u64> {
-    let p = path(token_dir, &target.name);
+    let p = path(token_dir, target.name());
     let r = fs::call(
         target,
         &p.clone(),

@@ -30,16 +30,20 @@
 //!   them (anyone may read). The password never appears in messages.
 
 mod client;
+mod place;
 mod proto;
 
+#[cfg(feature = "test-counters")]
 pub use client::{counters, Counters};
 // For the atfork handlers (crate::fork).
 pub(crate) use client::{SessionTable, SESSIONS};
 
 use super::{GcScope, Held, HolderView, Status, Wait};
 use crate::holder::{hostname, HolderRecord, Liveness};
-use crate::{Error, ErrorKind, Location, Options, Result, Service, Target};
+use crate::target::Located;
+use crate::{Error, ErrorKind, Options, Result, Target};
 use client::{Notify, Session, State, ZkError};
+use place::Place;
 use proto::{Acl, Stat};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,12 +76,7 @@ struct Ctx {
 
 impl Ctx {
     fn new(target: &Target, ttl: Option<Duration>) -> Result<Ctx> {
-        let Location::Zk { hosts, path, auth } = &target.location else {
-            return Err(Error::new(
-                ErrorKind::Internal,
-                format!("{target} is not a ZooKeeper target"),
-            ));
-        };
+        let Place { hosts, path, auth } = target.place::<Place>()?;
         let timeout = ttl.unwrap_or(DEFAULT_SESSION_TIMEOUT);
         if timeout < Duration::from_millis(100) || timeout > Duration::from_secs(3600) {
             return Err(Error::new(
@@ -1294,6 +1293,26 @@ impl ZkBackend {
 }
 
 impl super::Backend for ZkBackend {
+    fn scheme(&self) -> &'static str {
+        "zk"
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        &["zookeeper"]
+    }
+
+    fn allows_slash(&self) -> bool {
+        true
+    }
+
+    fn locate(&self, _text: &str, name: &str) -> Result<Located> {
+        Place::named(name)
+    }
+
+    fn locate_url(&self, text: &str, rest: &str) -> Result<Located> {
+        Place::from_url(text, rest)
+    }
+
     fn acquire(&self, target: &Target, opts: &Options, wait: &Wait) -> Result<Box<dyn Held>> {
         let cx = Ctx::new(target, opts.ttl)?;
         // Every request of the acquisition (connect, handshake, each round trip) ends by the
@@ -1315,11 +1334,11 @@ impl super::Backend for ZkBackend {
     fn list(&self, prefix: &Target) -> Result<Vec<Status>> {
         let cx = Ctx::new(prefix, None)?;
         let s = cx.connected(cx.cfg.timeout)?;
-        let (root, base) = if prefix.explicit {
+        let (root, base) = if prefix.is_url() {
             (cx.path.clone(), String::new())
         } else {
             // Walk from the deepest complete directory of the prefix.
-            let dir = prefix.name.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+            let dir = prefix.name().rsplit_once('/').map(|(d, _)| d).unwrap_or("");
             let root = if dir.is_empty() {
                 "/lockfn".to_string()
             } else {
@@ -1329,25 +1348,16 @@ impl super::Backend for ZkBackend {
         };
         let mut out = Vec::new();
         for (path, children) in Self::walk(&s, &cx, &root)? {
-            let t = if prefix.explicit {
-                let Location::Zk { hosts, auth, .. } = &prefix.location else {
+            let t = if prefix.is_url() {
+                let Ok(place) = prefix.place::<Place>() else {
                     continue;
                 };
-                Target {
-                    service: Service::Zk,
-                    name: path.trim_start_matches('/').to_string(),
-                    location: Location::Zk {
-                        hosts: hosts.clone(),
-                        path: path.clone(),
-                        auth: auth.clone(),
-                    },
-                    explicit: true,
-                }
+                Target::from_located(prefix.service(), place.at(&path))
             } else {
                 let Some(name) = path.strip_prefix(&base) else {
                     continue;
                 };
-                if !name.starts_with(&prefix.name) {
+                if !name.starts_with(prefix.name()) {
                     continue;
                 }
                 match prefix.with_name(name) {
@@ -1464,57 +1474,6 @@ impl super::Backend for ZkBackend {
             ))
         }
     }
-}
-
-/// Overwrite the password of every `zk://user:password@…` argument of this process in place
-/// (with `*`), so that `ps` and /proc/PID/cmdline no longer show it. For the CLI, after it
-/// parsed its arguments; returns how many arguments were changed. Linux only (the argument
-/// area's bounds come from /proc/self/stat); elsewhere, or when they cannot be read, a no-op.
-pub fn hide_credentials_in_cmdline() -> usize {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0;
-    };
-    // Fields after the command name (which may contain spaces): arg_start and arg_end are
-    // fields 48 and 49, i.e. the 46th and 47th after the name.
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-        return 0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let (Some(Ok(start)), Some(Ok(end))) = (
-        f.get(45).map(|x| x.parse::<usize>()),
-        f.get(46).map(|x| x.parse::<usize>()),
-    ) else {
-        return 0;
-    };
-    if start == 0 || end <= start || end - start > (1 << 21) {
-        return 0;
-    }
-    // SAFETY: [arg_start, arg_end) is this process's own argument area, mapped and writable
-    // for its whole life; we only overwrite password bytes with '*' (no length change).
-    let area = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, end - start) };
-    let mut changed = 0;
-    let mut i = 0;
-    while i < area.len() {
-        let len = area[i..]
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(area.len() - i);
-        let arg = &mut area[i..i + len];
-        if let Some(rest) = arg.strip_prefix(b"zk://") {
-            let auth_end = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
-            if let Some(at) = rest[..auth_end].iter().rposition(|&b| b == b'@') {
-                if let Some(colon) = rest[..at].iter().position(|&b| b == b':') {
-                    let (from, to) = (5 + colon + 1, 5 + at);
-                    if to > from {
-                        arg[from..to].fill(b'*');
-                        changed += 1;
-                    }
-                }
-            }
-        }
-        i += len + 1;
-    }
-    changed
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! `lockfn`: the command line, a thin shell around the Rust API (lockfn::Lock and friends).
 
+mod argv;
 mod exit;
 mod lines;
 mod output;
@@ -204,8 +205,10 @@ struct ReleaseArgs {
     /// Release whoever holds it (operator override; resourcelock's forced unget)
     #[arg(long)]
     force: bool,
-    /// Consul only: release (forced) every held lock whose whole key matches REGEX
-    /// (consullock's regex unlock); TARGET is then `consul:` or `consul://HOST:PORT/`
+    /// Consul only: release (forced) every held lock that matches REGEX (consullock's
+    /// regex unlock), matched against the lock name as written in the target
+    /// (`svc/.*` for consul:svc/a) or the whole key; TARGET is then `consul:` or
+    /// `consul://HOST:PORT/`
     #[arg(long, value_name = "REGEX")]
     r#match: Option<String>,
     /// The lock, e.g. sem:backup
@@ -274,7 +277,7 @@ fn main() -> ExitCode {
     };
     VERBOSITY.store(cli.verbose, Ordering::Relaxed);
     // A zk://user:password@… argument must not show in `ps`: overwrite it in our argv.
-    lockfn::backend::zookeeper::hide_credentials_in_cmdline();
+    argv::hide_credentials();
     if !matches!(cli.command, Command::Run(_) | Command::Hold(_)) {
         // A reader that went away (`lockfn list | head`) ends us quietly, as with any Unix
         // tool, instead of a "Broken pipe" panic. run and hold keep SIGPIPE ignored: they
@@ -502,26 +505,8 @@ fn acquire(a: AcquireArgs) -> CmdResult {
 
 fn release(a: ReleaseArgs) -> CmdResult {
     if let Some(pattern) = &a.r#match {
-        let addr = if a.target == "consul:" || a.target == "consul" {
-            None
-        } else if let Some(rest) = a.target.strip_prefix("consul://") {
-            Some(rest.split('/').next().unwrap_or_default()).filter(|s| !s.is_empty())
-        } else {
-            return Err(lockfn::Error::new(
-                ErrorKind::Invalid,
-                "--match works on Consul only: lockfn release --match REGEX consul: \
-                 (or consul://HOST:PORT/)",
-            ));
-        };
-        let keys = lockfn::backend::consul::release_matching(addr, pattern)?;
-        if keys.is_empty() {
-            return Err(lockfn::Error::new(
-                ErrorKind::NotHeld,
-                format!("no held Consul lock matches '{pattern}'"),
-            ));
-        }
-        for k in keys {
-            println!("released {}", output::value(&k));
+        for t in lockfn::release_matching(&a.target, pattern)? {
+            println!("released {}", output::value(&t));
         }
         return Ok(0);
     }
@@ -680,7 +665,7 @@ fn watch(a: WatchArgs) -> CmdResult {
             }
             wait = wait.min(left);
         }
-        if lockfn::backend::poll_readable(sigfd, wait.as_millis().min(i32::MAX as u128) as i32) {
+        if signals::wait(sigfd, wait.as_millis().min(i32::MAX as u128) as i32) {
             return Ok(0);
         }
     }

@@ -125,7 +125,7 @@ pub fn run(a: RunArgs) -> crate::CmdResult {
         ));
     }
     let mut target = Target::parse_allow_empty(&a.target)?;
-    if target.name.is_empty() {
+    if target.name().is_empty() {
         target = target.with_name(&name_for_command(&argv))?;
         log!(1, "lock named after the command line: {target}");
     }
@@ -268,7 +268,7 @@ fn supervise(lock: Lock, argv: &[OsString], a: &RunArgs, grace: Duration) -> cra
             .into_iter()
             .flatten()
             .min();
-        lockfn::backend::poll_readable(sigfd, poll_ms(wake));
+        signals::wait(sigfd, poll_ms(wake));
         for s in signals::drain(sigfd) {
             if s.signo == libc::SIGCHLD {
                 continue;

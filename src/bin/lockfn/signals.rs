@@ -115,6 +115,22 @@ pub fn hangup_on_stdin_close() {
 }
 
 /// Read every pending signal from the pipe.
+/// Sleep until the signal pipe `fd` is readable or `timeout_ms` passed (`< 0`: no limit);
+/// true when readable. An interrupted poll just returns: the caller loops anyway.
+pub fn wait(fd: RawFd, timeout_ms: i32) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::BorrowedFd;
+    // SAFETY: the signal pipe lives for the whole process (made once by `pipe`).
+    let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let mut fds = [PollFd::new(bfd, PollFlags::POLLIN)];
+    let timeout = if timeout_ms < 0 {
+        PollTimeout::NONE
+    } else {
+        PollTimeout::try_from(timeout_ms).unwrap_or(PollTimeout::MAX)
+    };
+    matches!(poll(&mut fds, timeout), Ok(n) if n > 0)
+}
+
 pub fn drain(fd: RawFd) -> Vec<Received> {
     let mut out = Vec::new();
     let mut buf = [0u8; 64];
