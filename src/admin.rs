@@ -27,12 +27,15 @@ fn prefix_target(prefix: &str) -> Result<Target> {
             Target::parse_allow_empty(&format!("{trimmed}/"))
         };
     }
-    Target::parse_allow_empty(prefix).or_else(|_| {
-        Target::parse_allow_empty(&format!(
-            "{}:",
-            prefix.split(':').next().unwrap_or_default()
-        ))
-    })
+    Target::parse_allow_empty(prefix)
+        // A directory (`file:/run/lock/`, `zk:jobs/`).
+        .or_else(|_| Target::parse_allow_empty(prefix.trim_end_matches('/')))
+        .or_else(|_| {
+            Target::parse_allow_empty(&format!(
+                "{}:",
+                prefix.split(':').next().unwrap_or_default()
+            ))
+        })
 }
 
 /// Every lock under `prefix` (e.g. `sem:` for all, `zk:jobs/` for a subtree).

@@ -11,6 +11,7 @@ static REGISTRY: &[&(dyn Backend + 'static)] = &[
     &backend::pmxcfs::PmxcfsBackend,
     &backend::zookeeper::ZkBackend,
     &backend::consul::ConsulBackend,
+    &backend::file::FileBackend,
 ];
 
 /// A lock service (`sem`, `pmxcfs`, `zk`, `consul`): a small copyable handle.

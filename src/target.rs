@@ -119,8 +119,7 @@ impl Target {
 
     fn locate(text: &str, service: Service, name: &str) -> Result<Target> {
         if !name.is_empty() {
-            let max = MAX_NAME;
-            validate_name(text, name, service.backend().allows_slash(), max)?;
+            service.backend().check_name(text, name)?;
         }
         let located = service.backend().locate(text, name)?;
         Ok(Target::from_located(service, located))

@@ -203,7 +203,11 @@ fn check_target(text: &str) -> Result<(), String> {
     if text.bytes().any(|b| b == 0 || b.is_ascii_control()) {
         return Err("control bytes accepted".into());
     }
-    let max = if t.is_url() { MAX_PATH } else { MAX_NAME };
+    let max = if t.is_url() || t.service().as_str() == "file" {
+        MAX_PATH
+    } else {
+        MAX_NAME
+    };
     if t.name().len() > max {
         return Err(format!("name of {} bytes accepted", t.name().len()));
     }
@@ -236,6 +240,11 @@ fn check_target(text: &str) -> Result<(), String> {
             name_ok(res, true)?;
             if !t.is_url() && !res.starts_with("lockfn/") {
                 return Err(format!("consul:NAME outside lockfn/: {res}"));
+            }
+        }
+        "file" => {
+            if !t.name().starts_with('/') || res != t.name() {
+                return Err(format!("file path {res:?} for {:?}", t.name()));
             }
         }
         other => return Err(format!("unknown service {other}")),

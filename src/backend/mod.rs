@@ -13,6 +13,8 @@ use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 pub(crate) mod consul;
+pub(crate) mod file;
+pub(crate) mod flock;
 pub(crate) mod pmxcfs;
 pub(crate) mod sem;
 pub(crate) mod zookeeper;
@@ -42,6 +44,13 @@ pub trait Backend: Sync {
     /// May lock names hold `/` (a hierarchy)?
     fn allows_slash(&self) -> bool {
         false
+    }
+
+    /// Check a non-empty name written after `scheme:` (`text` is the whole target, for
+    /// messages). Default: [`crate::target::validate_name`], at most
+    /// [`crate::target::MAX_NAME`] bytes, `/` only when [`Backend::allows_slash`].
+    fn check_name(&self, text: &str, name: &str) -> Result<()> {
+        crate::target::validate_name(text, name, self.allows_slash(), crate::target::MAX_NAME)
     }
 
     /// Whether bare names are this service's (see [`BareNames`]).

@@ -3,7 +3,8 @@
 //! consul.rs, sem_api.rs) keep only what is specific to their service.
 //!
 //! Services: `sem:` always; `pmxcfs:` on the FUSE emulator (tests/pmxcfs/emu.sh, root and
-//! /dev/fuse); `zk:` with ZKHOSTS; `consul:` with CONSUL_HTTP_ADDR (tests/run.sh starts both).
+//! /dev/fuse); `zk:` with ZKHOSTS; `consul:` with CONSUL_HTTP_ADDR (tests/run.sh starts both);
+//! `file:` always (flock on files in a temp dir).
 //! A service whose server is missing is skipped, or fails under LOCKFN_TEST_REQUIRE_SERVERS=1.
 //!
 //! Adding a service: one `Svc` constructor in services.rs and one line in the `conformance!`
@@ -38,7 +39,7 @@ macro_rules! conformance {
     };
 }
 
-conformance!(sem, pmxcfs, zk, consul;
+conformance!(sem, pmxcfs, zk, consul, file;
     exclusion, limit_3, shared, timeout, try_once, cancel_fd, kill9_recovery, lost_lock,
     tokens_grow, status_and_list_shape, persist_and_release, fork_gives_eforked,
     signal_cancels_a_waiting_run);

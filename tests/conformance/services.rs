@@ -22,6 +22,19 @@ pub struct Svc {
     pub kill9_flags: &'static [&'static str],
     /// How long after a SIGKILL of its holder the lock may stay blocked (documented bound).
     pub kill9_bound: Duration,
+    /// Persistent locks (`persist`, detach, release by name).
+    pub persist: bool,
+    /// `status` shows the holder's own record (its text and token), not only the pid the
+    /// kernel knows.
+    pub records: bool,
+    /// Take a held lock away from its holder (an operator's forced release, or what stands
+    /// for it).
+    pub lose: fn(&Target),
+}
+
+/// An operator's forced release by name.
+fn force_release(t: &Target) {
+    assert!(lockfn::release_named(t, true).unwrap() >= 1);
 }
 
 impl Svc {
@@ -43,6 +56,9 @@ impl Svc {
             shared: false,
             kill9_flags: &[],
             kill9_bound: Duration::from_secs(3),
+            persist: true,
+            records: true,
+            lose: force_release,
         })
     }
 
@@ -78,6 +94,9 @@ impl Svc {
             shared: false,
             kill9_flags: &[],
             kill9_bound: Duration::from_secs(3),
+            persist: true,
+            records: true,
+            lose: force_release,
         })
     }
 
@@ -96,6 +115,9 @@ impl Svc {
             // The session of a killed holder ends after its timeout (4 s asked).
             kill9_flags: &["--ttl", "4"],
             kill9_bound: Duration::from_secs(20),
+            persist: true,
+            records: true,
+            lose: force_release,
         })
     }
 
@@ -114,6 +136,33 @@ impl Svc {
             // lock-delay.
             kill9_flags: &["--ttl", "10", "--lock-delay", "0"],
             kill9_bound: Duration::from_secs(40),
+            persist: true,
+            records: true,
+            lose: force_release,
+        })
+    }
+
+    /// flock(2) on a file in a directory of this test process.
+    pub fn file() -> Option<Svc> {
+        static DIR: OnceLock<PathBuf> = OnceLock::new();
+        let dir = DIR.get_or_init(|| {
+            let d = std::env::temp_dir().join(format!("lockfn-conf-file-{}", std::process::id()));
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        });
+        Some(Svc {
+            service: "file",
+            prefix: format!("file:{}/", dir.display()),
+            list_prefix: format!("file:{}/", dir.display()),
+            limit: false,
+            shared: true,
+            kill9_flags: &[],
+            // The kernel drops the flock when the holder dies.
+            kill9_bound: Duration::from_secs(3),
+            persist: false,
+            records: false,
+            // A flock is lost when its file is removed (a new flock(1) user locks a new file).
+            lose: |t| std::fs::remove_file(t.resource()).unwrap(),
         })
     }
 }

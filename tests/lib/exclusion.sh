@@ -4,7 +4,9 @@
 # inside an O_EXCL marker. Passes when the counter is exactly WORKERS×ITERATIONS and no
 # overlap or non-growing fencing token was ever seen.
 # Usage: exclusion.sh TARGET WORKERS ITERATIONS [lockfn run ARGS...]
-# Env: LOCKFN (the binary; default target/debug/lockfn)
+# Env: LOCKFN (the binary; default target/debug/lockfn); PEER: a command (split on spaces)
+#      that runs the critical section under another tool's lock on the same lock, e.g.
+#      "flock /run/lock/x": then every odd worker uses it instead of lockfn (mixed contenders).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 lockfn=${LOCKFN:-$here/../../target/debug/lockfn}
@@ -19,7 +21,12 @@ pids=()
 for ((w = 0; w < workers; w++)); do
   (
     for ((i = 0; i < iters; i++)); do
-      "$lockfn" run "$@" "$target" -- "$here/critical.sh" "$dir" || echo "worker $w iteration $i: lockfn run exited $?" >>"$dir/violations"
+      if [[ -n ${PEER:-} ]] && ((w % 2)); then
+        # shellcheck disable=SC2086 # PEER is a command with its arguments
+        $PEER "$here/critical.sh" "$dir" || echo "worker $w iteration $i: $PEER exited $?" >>"$dir/violations"
+      else
+        "$lockfn" run "$@" "$target" -- "$here/critical.sh" "$dir" || echo "worker $w iteration $i: lockfn run exited $?" >>"$dir/violations"
+      fi
     done
   ) &
   pids+=($!)

@@ -41,7 +41,8 @@ pub enum ZkError {
     Timeout,
 }
 
-/// Process-wide request counters (for tests and `status` details).
+/// Process-wide request counters (for tests and benches: feature `test-counters`).
+#[cfg(feature = "test-counters")]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     pub requests: u64,
@@ -67,6 +68,7 @@ static C_EVENTS: AtomicU64 = AtomicU64::new(0);
 static C_SESSIONS: AtomicU64 = AtomicU64::new(0);
 static C_CONNS: AtomicU64 = AtomicU64::new(0);
 
+#[cfg(feature = "test-counters")]
 pub fn counters() -> Counters {
     let g = |c: &AtomicU64| c.load(Ordering::SeqCst);
     Counters {

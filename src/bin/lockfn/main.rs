@@ -37,6 +37,7 @@ Targets:
   pmxcfs:NAME              Proxmox cluster lock /etc/pve/priv/lock/NAME (LOCKFN_PMXCFS_DIR)
   zk:NAME, zk://H:P,H:P/PATH   ZooKeeper (ZKHOSTS, LOCKFN_ZK_AUTH)
   consul:NAME, consul://H:P/KEY  Consul (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN[_FILE])
+  file:/PATH               flock(2) on PATH, flock(1)'s lock (created if missing)
   NAME                     LOCKFN_BACKEND, else pmxcfs on a Proxmox node, else sem
 
 Exit codes:
