@@ -217,13 +217,19 @@ progress_lines() { grep -E '^lockfn: (still )?waiting for ' "$1" || true; }
 }
 
 @test "durations: anything else is refused with the forms, and nothing runs" {
-  for args in "-w 5x" "-w 5min" "-w 1,5" "-w nan" "--ttl 1hour" "--grace abc" "--lock-delay 1e3s" "-w ''"; do
+  for args in "-w 5x" "-w 5min" "-w 1,5" "--ttl 1hour" "--grace abc" "--lock-delay 1e3s" "-w ''"; do
     eval "set -- $args"
     run --separate-stderr "$LOCKFN" run "$@" "$T" -- touch "$D/ran"
     echo "$args: $stderr"
     [ "$status" -eq 64 ]
     [[ "$stderr" == *"500ms, 30s, 5m, 1h"* ]]
     [[ "$stderr" == *"'$2'"* ]]
+  done
+  # NaN is a number to clap: each option refuses it in one line.
+  for opt in -w --ttl --lock-delay --grace; do
+    run --separate-stderr "$LOCKFN" run "$opt" nan "$T" -- touch "$D/ran"
+    [ "$status" -eq 64 ]
+    [[ "$stderr" == *[Nn]a[Nn]* ]] && [ "$(wc -l <<<"$stderr")" -eq 1 ]
   done
   run --separate-stderr "$LOCKFN" watch --interval 2weeks "$T"
   [ "$status" -eq 64 ]
