@@ -373,6 +373,9 @@ sub lock_with {
 
 Who holds C<$target>: a hash reference with C<target>, C<service>, C<held>, C<limit>,
 C<available> and C<holders> (host, pid, start_time, boot_id, since, token, holder, state).
+Who may read it is who the service lets open the lock: a C<sem:> lock is made with mode 600,
+so another non-root user dies with C<LOCK_EPERM> on root's lock; C<pmxcfs:> is root only;
+C<zk:> and C<consul:> follow the ZooKeeper ACLs or the Consul token.
 
 =cut
 

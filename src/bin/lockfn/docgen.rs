@@ -82,6 +82,16 @@ const ENVIRONMENT: &[(&str, &str)] = &[
         "the Consul agent and its ACL token, as Consul's own tools read them",
     ),
     (
+        "LOCKFN_PROGRESS_INTERVAL",
+        "time between -v's lines on whom a wait waits for (default 5 s; 0.05 s to 10 s); \
+         a test and tuning knob",
+    ),
+    (
+        "LOCKFN_OP_TIMEOUT",
+        "bound of status, list, gc, release and update, and of each remote request, in \
+         seconds (default 5; 0.1 to 3600)",
+    ),
+    (
         "LOCKFN_TOKEN, LOCKFN_TARGET",
         "set by lockfn run for the command: the fencing token and the target",
     ),
@@ -134,9 +144,14 @@ fn man_page() -> String {
     page.push_str(&help_text(
         targets.trim_start_matches("Targets:\n").trim_end(),
     ));
+    let (codes, notes) = codes.split_once("\nNotes:\n").unwrap_or((codes, ""));
     if !codes.is_empty() {
         page.push_str(".SH \"EXIT STATUS\"\n");
         page.push_str(&help_text(codes.trim_end()));
+    }
+    if !notes.is_empty() {
+        page.push_str(".SH NOTES\n");
+        page.push_str(&help_text(notes.trim_end()));
     }
     page.push_str(".SH ENVIRONMENT\n");
     for (name, text) in ENVIRONMENT {

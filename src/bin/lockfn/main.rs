@@ -1,9 +1,12 @@
 //! `lockfn`: the command line, a thin shell around the Rust API (lockfn::Lock and friends).
 
 mod argv;
+mod duration;
 mod exit;
+mod habits;
 mod lines;
 mod output;
+mod progress;
 mod run;
 mod signals;
 // lockfn(1) and the bash completion from the clap definitions (doc/); tests only.
@@ -16,10 +19,12 @@ use clap::{Args, Parser, Subcommand};
 use lockfn::{ErrorKind, Lock, Options, Status, Target};
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 static VERBOSITY: AtomicU8 = AtomicU8::new(0);
+/// `-q`: nothing on stderr when the lock is busy or the wait times out.
+static QUIET: AtomicBool = AtomicBool::new(false);
 
 /// Log to stderr at verbosity `level` (1: -v, 2: -vv).
 macro_rules! log {
@@ -54,7 +59,20 @@ Exit codes:
   128+N    ended by signal N (a cancelled wait, or the command's death)
 
 Bounds: -w T ends within T + 0.25 s and -n within 1.5 s whatever a server does; status, list,
-gc, release and update within LOCKFN_OP_TIMEOUT seconds (default 5).";
+gc, release and update within LOCKFN_OP_TIMEOUT seconds (default 5).
+
+Notes:
+Durations (-w, --ttl, --lock-delay, --grace, watch --interval and --for) are seconds (1.5) or
+a number with a unit: 500ms, 30s, 5m, 1h, 1m30s.
+
+Options go after the subcommand: flock(1)'s `flock -n X cmd` is `lockfn run -n X -- cmd` (a
+call in flock's shape is answered with that form). -n is try-once, as flock's -n: a number
+right after it is the target, which is refused when another target follows (`run -n 3 sem:x
+-- cmd`, consul lock's habit) and warned about otherwise; a limit is --limit 3.
+
+-q: nothing on stderr when the lock is busy or the wait times out (flock -n's silence, for
+cron). -v: while waiting, who holds the lock, at most once a second and at least every 10 s
+(every 5 s; LOCKFN_PROGRESS_INTERVAL, a test and tuning knob, sets 0.05 to 10 s).";
 
 #[derive(Parser)]
 #[command(
@@ -65,9 +83,14 @@ gc, release and update within LOCKFN_OP_TIMEOUT seconds (default 5).";
     after_help = AFTER_HELP
 )]
 struct Cli {
-    /// More logs on stderr (-v: lock events, -vv: details)
+    /// More logs on stderr (-v: lock events and, while waiting, who holds the lock every
+    /// 5 s; -vv: details)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Say nothing when the lock is busy or the wait times out (flock -n's silence; the exit
+    /// code is unchanged); other errors are still reported
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -102,12 +125,14 @@ pub struct LockArgs {
     /// Fail at once if the lock is held (try once)
     #[arg(short = 'n', long = "nonblock", visible_alias = "no-wait")]
     pub nonblock: bool,
-    /// Wait at most SECS seconds (fractions allowed; 0 = try once; default: forever)
+    /// Wait at most this long (seconds, or 500ms, 30s, 5m, 1h; 0 = try once; default:
+    /// forever)
     #[arg(
         short = 'w',
         long = "wait",
         visible_alias = "timeout",
-        value_name = "SECS"
+        value_name = "DURATION",
+        value_parser = duration::secs
     )]
     pub wait: Option<f64>,
     /// Holders at once (a counting semaphore when > 1)
@@ -116,8 +141,8 @@ pub struct LockArgs {
     /// Take a shared (read) lock: many readers, one writer
     #[arg(long)]
     pub shared: bool,
-    /// Seconds the lock survives without renewal (Consul session TTL, ZooKeeper session)
-    #[arg(long, value_name = "SECS")]
+    /// How long the lock survives without renewal (Consul session TTL, ZooKeeper session)
+    #[arg(long, value_name = "DURATION", value_parser = duration::secs)]
     pub ttl: Option<f64>,
     /// Free text stored in the holder record (who, why)
     #[arg(long, value_name = "TEXT")]
@@ -128,8 +153,8 @@ pub struct LockArgs {
     /// Permission bits of objects the lock creates (sem), octal
     #[arg(long, value_name = "OCTAL", default_value = "600")]
     pub mode: String,
-    /// Consul lock-delay in seconds
-    #[arg(long, value_name = "SECS")]
+    /// Consul lock-delay
+    #[arg(long, value_name = "DURATION", value_parser = duration::secs)]
     pub lock_delay: Option<f64>,
 }
 
@@ -252,14 +277,14 @@ struct GcArgs {
 
 #[derive(Args)]
 struct WatchArgs {
-    /// Seconds between looks
-    #[arg(long, default_value_t = 0.5, value_name = "SECS")]
+    /// Time between looks
+    #[arg(long, default_value = "0.5", value_name = "DURATION", value_parser = duration::secs)]
     interval: f64,
     /// Stop after this many printed changes
     #[arg(long, value_name = "N")]
     count: Option<u64>,
-    /// Stop after this many seconds
-    #[arg(long = "for", value_name = "SECS")]
+    /// Stop after this long
+    #[arg(long = "for", value_name = "DURATION", value_parser = duration::secs)]
     duration: Option<f64>,
     /// Print JSON lines
     #[arg(long)]
@@ -268,15 +293,35 @@ struct WatchArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match habits::limit_number(&args) {
+        Some(habits::Habit::Refuse(m)) => {
+            say!("lockfn: {m}");
+            return ExitCode::from(exit::USAGE);
+        }
+        Some(habits::Habit::Warn(m)) => say!("lockfn: warning: {m}"),
+        None => {}
+    }
+    let cli = match Cli::try_parse_from(&args) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { exit::USAGE } else { 0 };
-            let _ = e.print();
+            match habits::flock_hint(&args, &e) {
+                // clap's layout: the error, a tip, then the usage.
+                Some(hint) => {
+                    let text = e.render().to_string();
+                    let (head, tail) = text.split_once("\n\n").unwrap_or((&text, ""));
+                    eprint!("{head}\n\n  tip: {}\n\n{tail}", output::line(&hint));
+                }
+                None => {
+                    let _ = e.print();
+                }
+            }
             return ExitCode::from(code);
         }
     };
     VERBOSITY.store(cli.verbose, Ordering::Relaxed);
+    QUIET.store(cli.quiet, Ordering::Relaxed);
     // A zk://user:password@… argument must not show in `ps`: overwrite it in our argv.
     argv::hide_credentials();
     if !matches!(cli.command, Command::Run(_) | Command::Hold(_)) {
@@ -299,10 +344,17 @@ fn main() -> ExitCode {
     ExitCode::from(match r {
         Ok(code) => code,
         Err(e) => {
-            say!("lockfn: {e}");
+            report(&e);
             exit::for_error(&e, 1)
         }
     })
+}
+
+/// An error on stderr, unless it is a busy lock or a timeout under `-q`.
+pub fn report(e: &lockfn::Error) {
+    if !(e.kind() == ErrorKind::Busy && QUIET.load(Ordering::Relaxed)) {
+        say!("lockfn: {e}");
+    }
 }
 
 type CmdResult = Result<u8, lockfn::Error>;
@@ -341,7 +393,16 @@ pub fn acquire_cancellable(target: &Target, opts: &mut Options) -> Result<Acquir
         .map_err(internal)?;
     opts.cancel_fd = Some(fd);
     log!(1, "acquiring {target}");
-    match Lock::acquire(target, opts) {
+    let watch = VERBOSITY.load(Ordering::Relaxed) >= 1 && opts.timeout != Some(Duration::ZERO);
+    let progress = if watch {
+        Some(progress::Progress::start(target, progress::interval()?))
+    } else {
+        None
+    };
+    let r = Lock::acquire(target, opts);
+    // Before "acquired": no progress line comes after it.
+    drop(progress);
+    match r {
         Ok(l) => {
             log!(1, "acquired {target}, token {}", l.token());
             Ok(Acquired::Lock(l))

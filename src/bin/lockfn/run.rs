@@ -50,8 +50,13 @@ pub struct RunArgs {
     /// What to do when the lock is lost while the command runs
     #[arg(long, value_enum, default_value = "stop")]
     on_lost: OnLost,
-    /// Seconds between SIGTERM and SIGKILL when stopping the command
-    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    /// Time between SIGTERM and SIGKILL when stopping the command
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "5",
+        value_parser = crate::duration::secs
+    )]
     grace: f64,
     /// Run this shell command before trying to lock (consullock's hook)
     #[arg(long, value_name = "CMD")]
@@ -149,7 +154,7 @@ pub fn run(a: RunArgs) -> crate::CmdResult {
             Err(e) if e.kind() == ErrorKind::Busy => {
                 hook("on-already-locked", cmd, &target);
                 if opts.timeout == Some(Duration::ZERO) {
-                    say!("lockfn: {e}");
+                    crate::report(&e);
                     return Ok(a.conflict_exit_code);
                 }
             }
@@ -160,7 +165,7 @@ pub fn run(a: RunArgs) -> crate::CmdResult {
         Ok(Acquired::Lock(l)) => l,
         Ok(Acquired::Canceled(code)) => return Ok(code),
         Err(e) if e.kind() == ErrorKind::Busy => {
-            say!("lockfn: {e}");
+            crate::report(&e);
             return Ok(a.conflict_exit_code);
         }
         Err(e) => return Err(e),
