@@ -335,7 +335,8 @@ Like C<PVE::Cluster::cfs_lock_*>: waits up to C<$timeout> seconds (10 when false
 lock, runs C<< $code->(@param) >> while holding it (renewed in the background), always
 releases, and returns what C<$code> returned with C<$@> cleared. On failure it returns undef
 and sets C<$@>: to C<"cfs-lock 'NAME' error: got lock request timeout\n"> when the lock was
-busy, C<"cfs-lock 'NAME' error: MESSAGE\n"> for other lock errors, and to C<$code>'s own error
+busy, C<"cfs-lock 'NAME' error: MESSAGE\n"> for other lock errors (NAME is the target after
+its C<scheme:>, a URL target whole; MESSAGE is the library's), and to C<$code>'s own error
 unchanged when C<$code> died. An outer C<alarm> is suspended while it runs and restored after.
 
 =cut
