@@ -71,16 +71,19 @@ LIBDIR=$DEST/usr/lib/$MA
 PERLDIR=$DEST$(perl -MConfig -e 'print $Config{installvendorlib}')
 PYDIR=$DEST/usr/lib/python3/dist-packages
 
+# The real file is named after the library's version (Cargo.toml, what lock_version() says).
+VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 installed_layout() {
     local f ok=0
-    for f in "$LIBDIR/liblockfn.so.0.1.0" "$LIBDIR/liblockfn.a" "$LIBDIR/pkgconfig/lockfn.pc" \
+    [[ -n $VERSION ]] || { echo "no version in Cargo.toml"; ok=1; }
+    for f in "$LIBDIR/liblockfn.so.$VERSION" "$LIBDIR/liblockfn.a" "$LIBDIR/pkgconfig/lockfn.pc" \
         "$DEST/usr/include/lockfn.h" "$DEST/usr/bin/lockfn" "$DEST/usr/bin/lockfn.sh" \
         "$PERLDIR/Lockfn.pm" "$PYDIR/lockfn/__init__.py" "$PYDIR/lockfn/_ffi.py"; do
         [[ -f $f ]] || { echo "missing: $f"; ok=1; }
     done
-    [[ $(readlink "$LIBDIR/liblockfn.so.0") == liblockfn.so.0.1.0 ]] || { echo "bad link liblockfn.so.0"; ok=1; }
+    [[ $(readlink "$LIBDIR/liblockfn.so.0") == "liblockfn.so.$VERSION" ]] || { echo "bad link liblockfn.so.0"; ok=1; }
     [[ $(readlink "$LIBDIR/liblockfn.so") == liblockfn.so.0 ]] || { echo "bad link liblockfn.so"; ok=1; }
-    readelf -d "$LIBDIR/liblockfn.so.0.1.0" | grep -q 'SONAME.*\[liblockfn.so.0\]' || { echo "soname is not liblockfn.so.0"; ok=1; }
+    readelf -d "$LIBDIR/liblockfn.so.$VERSION" | grep -q 'SONAME.*\[liblockfn.so.0\]' || { echo "soname is not liblockfn.so.0"; ok=1; }
     return $ok
 }
 check "installed layout, soname links" installed_layout

@@ -14,6 +14,8 @@ our $VERSION = '0.1.0';
 # How long one wait lasts while the application has Perl signal handlers (seconds).
 our $SLICE = 0.1;
 
+# FFI::Platypus cannot read a header: the constants, the struct layout and the signatures
+# below are copies of lockfn.h, and t/00-header.t fails when a copy differs from it.
 use constant {
     LOCK_OK           => 0,
     LOCK_BUSY         => 1,
@@ -35,7 +37,7 @@ use constant {
 package Lockfn::Options {
     use FFI::Platypus::Record;
     # struct lock_options (include/lockfn.h); FFI::Platypus::Record aligns the fields.
-    record_layout_1(
+    our @LAYOUT = (
         uint32 => 'size',
         double => 'timeout',
         uint32 => 'ttl',
@@ -47,7 +49,23 @@ package Lockfn::Options {
         double => 'lock_delay',
         'uint64[4]' => 'reserved',
     );
+    record_layout_1(@LAYOUT);
 }
+
+# The C functions: name => [argument types, return type].
+our %SIGNATURES = (
+    lock_options_init => [['lock_options_p'], 'void'],
+    lock_acquire      => [['string', 'lock_options_p', 'opaque*'], 'int'],
+    lock_update       => [['opaque'], 'int'],
+    lock_release      => [['opaque'], 'int'],
+    lock_gc           => [['string', 'uint*'], 'int'],
+    lock_token        => [['opaque'], 'uint64'],
+    lock_status       => [['string', 'opaque*'], 'int'],
+    lock_string_free  => [['opaque'], 'void'],
+    lock_strerror     => [['int'], 'string'],
+    lock_last_error   => [[], 'string'],
+    lock_version      => [[], 'string'],
+);
 
 sub _library {
     return $ENV{LOCKFN_LIBRARY} if $ENV{LOCKFN_LIBRARY};
@@ -72,19 +90,7 @@ sub _ffi {
     my $f = FFI::Platypus->new(api => 1);
     $f->lib($lib);
     $f->type('record(Lockfn::Options)*' => 'lock_options_p');
-    my %sig = (
-        lock_options_init => [['lock_options_p'], 'void'],
-        lock_acquire      => [['string', 'lock_options_p', 'opaque*'], 'int'],
-        lock_update       => [['opaque'], 'int'],
-        lock_release      => [['opaque'], 'int'],
-        lock_gc           => [['string', 'uint*'], 'int'],
-        lock_token        => [['opaque'], 'uint64'],
-        lock_status       => [['string', 'opaque*'], 'int'],
-        lock_string_free  => [['opaque'], 'void'],
-        lock_strerror     => [['int'], 'string'],
-        lock_last_error   => [[], 'string'],
-        lock_version      => [[], 'string'],
-    );
+    my %sig = %SIGNATURES;
     for my $name (sort keys %sig) {
         my $fn = eval { $f->function($name => @{ $sig{$name} }) };
         die "lockfn: $lib is not a usable liblockfn: "
@@ -106,20 +112,25 @@ sub _error {
     return Lockfn::Error->new(code => $rc, message => $detail, target => $target);
 }
 
-sub _name_of {
+# lock_with's NAME (PVE's lockid): the target without its "scheme:", split where the library
+# splits it (at the first ':'; a "scheme://" URL is named whole). What the name may be is the
+# library's to judge.
+sub _lockid {
     my ($target) = @_;
-    return $1 if $target =~ m{^(?:sem|pmxcfs|zk|consul):([^/:][^:]*)$};
-    return $target;
+    my $i = index($target, ':');
+    return $target if $i < 0 || substr($target, $i + 1, 2) eq '//';
+    return substr($target, $i + 1);
 }
 
-# ttl and limit go into uint32 fields: a whole number from $min to 4294967295, given as a
-# number or a string of digits; anything else (negative, fraction, NaN, inf, text) dies with
-# LOCK_EINVAL rather than wrapping (ttl => -5 became 4294967291).
-sub _check_count {
-    my ($v, $what, $min) = @_;
+# ttl and limit go into uint32_t fields: only the conversion is checked here (a number or a
+# string of digits from 0 to 4294967295; -5 would wrap to 4294967291, 'abc' would become 0).
+# What the value means (limit >= 1, a service's ttl range) is the library's to judge.
+sub _uint32 {
+    my ($v, $what) = @_;
     die Lockfn::Error->new(code => LOCK_EINVAL,
-        message => "$what must be a whole number from $min to 4294967295, not '$v'")
-      if ref($v) || $v !~ /\A\s*\+?[0-9]+\s*\z/ || $v < $min || $v > 4294967295;
+        message => "$what must be a whole number from 0 to 4294967295"
+          . " (lock_options.$what is a uint32_t), not '$v'")
+      if ref($v) || $v !~ /\A\s*\+?[0-9]+\s*\z/ || $v > 4294967295;
     return 0 + $v;
 }
 
@@ -209,8 +220,8 @@ sub acquire {
     my $o = Lockfn::Options->new;
     lock_options_init($o);
     $o->timeout(defined $opt{timeout} ? _check_timeout($opt{timeout}) : -1);
-    $o->ttl(defined $opt{ttl} ? _check_count($opt{ttl}, 'ttl', 0) : 0);
-    $o->limit(defined $opt{limit} ? _check_count($opt{limit}, 'limit', 1) : 1);
+    $o->ttl(defined $opt{ttl} ? _uint32($opt{ttl}, 'ttl') : 0);
+    $o->limit(defined $opt{limit} ? _uint32($opt{limit}, 'limit') : 1);
     my $flags = 0;
     $flags |= LOCK_FLAG_SHARED     if $opt{shared};
     $flags |= LOCK_FLAG_AUTO_RENEW if $opt{auto_renew};
@@ -232,22 +243,16 @@ sub acquire {
     while (1) {
         if ($slices) {
             # Perl runs its signal handlers only between calls ("safe signals"): wait in short
-            # slices so that a $SIG{INT}/$SIG{ALRM} handler runs (and may die) promptly.
+            # slices so that a $SIG{INT}/$SIG{ALRM} handler runs (and may die) promptly. With
+            # no time left the last call is a try once: its busy error is the one raised, so
+            # the library's message never names a slice as the whole wait.
             my $left = defined $deadline ? $deadline - Time::HiRes::time() : $SLICE;
-            $left = 0 if $left < 0;
-            $o->timeout($left < $SLICE ? $left : $SLICE);
+            $o->timeout($left <= 0 ? 0 : $left < $SLICE ? $left : $SLICE);
         }
         my $rc = lock_acquire($target, $o, \$self->{handle});
         return $self if $rc == LOCK_OK;
-        my $err = _error($rc, $target);
         $self->{handle} = undef;
-        die $err if !$slices || $rc != LOCK_BUSY;
-        if (defined $deadline && Time::HiRes::time() >= $deadline) {
-            # The library saw only the last slice: say how long the whole wait was.
-            my $total = sprintf('%.3f', $timeout);
-            $err->{message} =~ s/\b(timed out after|waited) [0-9.]+ s\b/$1 $total s/g;
-            die $err;
-        }
+        die _error($rc, $target) if !$slices || $rc != LOCK_BUSY || $o->timeout == 0;
     }
 }
 
@@ -315,9 +320,10 @@ sub held { defined($_[0]->{handle}) && $_[0]->{pid} == $$ ? 1 : 0 }
 sub DESTROY {
     my ($self) = @_;
     my $h = delete $self->{handle};
-    # In a child after fork() the lock is the parent's: leave it alone.
-    return if !defined($h) || $self->{pid} != $$;
+    return if !defined $h;
     local ($@, $!, $?);
+    # In a child after fork() the library only forgets its copy (LOCK_EFORKED); the parent's
+    # lock is untouched.
     lock_release($h);
 }
 
@@ -329,7 +335,8 @@ Like C<PVE::Cluster::cfs_lock_*>: waits up to C<$timeout> seconds (10 when false
 lock, runs C<< $code->(@param) >> while holding it (renewed in the background), always
 releases, and returns what C<$code> returned with C<$@> cleared. On failure it returns undef
 and sets C<$@>: to C<"cfs-lock 'NAME' error: got lock request timeout\n"> when the lock was
-busy, C<"cfs-lock 'NAME' error: MESSAGE\n"> for other lock errors, and to C<$code>'s own error
+busy, C<"cfs-lock 'NAME' error: MESSAGE\n"> for other lock errors (NAME is the target after
+its C<scheme:>, a URL target whole; MESSAGE is the library's), and to C<$code>'s own error
 unchanged when C<$code> died. An outer C<alarm> is suspended while it runs and restored after.
 
 =cut
@@ -338,7 +345,7 @@ sub lock_with {
     my ($target, $timeout, $code, @param) = @_;
     my $prev_alarm = alarm(0);
     $timeout = 10 if !$timeout;
-    my $name = defined $target ? _name_of($target) : '';
+    my $name = defined $target ? _lockid($target) : '';
     my ($res, $lock, $is_code_err) = (undef, undef, 0);
     eval {
         $lock = Lockfn->acquire($target, timeout => $timeout, auto_renew => 1);

@@ -29,6 +29,7 @@ for my $b (backends()) {
         ok(!$busy, 'second acquire fails');
         isa_ok($err, 'Lockfn::Error');
         is($err->code, Lockfn::LOCK_BUSY, 'busy code');
+        is($err->message, Lockfn::lock_last_error(), "busy: the library's message");
         like("$err", qr/\Q$t\E/, 'message names the target');
         ok($took >= 0.25 && $took < 5, "waited the timeout ($took s)");
 
@@ -67,6 +68,7 @@ subtest 'errors' => sub {
     for my $bad ('sem:', 'sem:../x', 'sem:a/b', 'sem:' . ('x' x 201), 'pmxcfs:a/b', 'nosuch:x', '') {
         ok(!eval { Lockfn->acquire($bad, timeout => 0) }, "invalid '$bad' dies");
         is(ref($@) && $@->code, Lockfn::LOCK_EINVAL, "invalid '$bad': EINVAL");
+        is(ref($@) && $@->message, Lockfn::lock_last_error(), "invalid '$bad': the library's message");
     }
     ok(!eval { Lockfn->acquire("sem:a\0b") }, 'NUL in target dies');
     is($@->code, Lockfn::LOCK_EINVAL, 'NUL: EINVAL');
@@ -75,6 +77,7 @@ subtest 'errors' => sub {
     like($@, qr/unknown option 'bogus'/, 'unknown option message');
     ok(!eval { Lockfn->acquire('sem:' . new_name(), limit => 0, timeout => 0) }, 'limit 0 dies');
     is($@->code, Lockfn::LOCK_EINVAL, 'limit 0: EINVAL');
+    is($@->message, Lockfn::lock_last_error(), "limit 0: the library's message ($@)");
     ok(!eval { Lockfn::status('sem:../x') }, 'status of invalid target dies');
     ok(Lockfn::gc('sem') >= 0, 'gc returns a count');
 };

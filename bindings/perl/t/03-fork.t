@@ -20,6 +20,7 @@ for my $b (backends()) {
             push @res, $lock->held ? 'held' : 'not-held';
             eval { $lock->update };
             push @res, ref($@) ? $@->code : 'ok';
+            push @res, ref($@) && $@->message eq Lockfn::lock_last_error() ? 'lib-msg' : 'own-msg';
             my $other = eval { Lockfn->acquire($t, timeout => 0) };
             push @res, $other ? 'acquired' : $@->code;
             eval { $lock->release };
@@ -32,7 +33,7 @@ for my $b (backends()) {
         my $line = <$r>;
         waitpid($pid, 0);
         chomp $line;
-        is($line, join(',', 'not-held', Lockfn::LOCK_EFORKED, Lockfn::LOCK_BUSY, Lockfn::LOCK_EFORKED),
+        is($line, join(',', 'not-held', Lockfn::LOCK_EFORKED, 'lib-msg', Lockfn::LOCK_BUSY, Lockfn::LOCK_EFORKED),
             'child: update/release are EFORKED, the lock is busy');
         ok($lock->held, 'parent still holds');
         is($lock->token, $token, 'same token');

@@ -29,7 +29,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 from . import _ffi
 from ._ffi import library_path
@@ -233,13 +233,18 @@ class _SignalWakeup:
                     pass
 
 
-def _is_whole(x) -> bool:
-    """An integer value (an int, or a float without fraction; never NaN, inf or a bool)."""
-    if isinstance(x, bool):
-        return False
-    if isinstance(x, int):
-        return True
-    return isinstance(x, float) and math.isfinite(x) and x == int(x)
+def _uint32(value, what: str, target: str) -> int:
+    """``value`` as the C ``uint32_t`` field it goes into. Only the conversion is checked
+    (ctypes would wrap -1 to 4294967295 or truncate 2.5); what the value means (limit >= 1,
+    a service's ttl range) is the library's to judge, and its error comes through."""
+    whole = not isinstance(value, bool) and (
+        isinstance(value, int)
+        or (isinstance(value, float) and math.isfinite(value) and value == int(value)))
+    if not whole or not 0 <= value <= 0xFFFFFFFF:
+        raise LockInvalid(f"{what} must be a whole number from 0 to 4294967295 "
+                          f"(lock_options.{what} is a uint32_t), not {value!r}",
+                          _ffi.LOCK_EINVAL, target)
+    return int(value)
 
 
 def _check_timeout(timeout) -> float:
@@ -256,8 +261,10 @@ def _check_timeout(timeout) -> float:
     return timeout
 
 
-def _acquire_handle(target: bytes, name: str, opts: _ffi.LockOptions, timeout: float) -> Optional[int]:
-    """Acquire through the library; the handle, or None when busy / timed out."""
+def _acquire_handle(target: bytes, name: str, opts: _ffi.LockOptions,
+                    timeout: float) -> Union[int, LockError]:
+    """Acquire through the library: the handle, or the library's busy error (try-once failed
+    or the time is up), which ``with`` raises as it is."""
     lib = _ffi.lib()
     deadline = None if timeout < 0 else time.monotonic() + timeout
     # Uncontended fast path: one try without the signal plumbing (nothing to interrupt).
@@ -275,7 +282,7 @@ def _acquire_handle(target: bytes, name: str, opts: _ffi.LockOptions, timeout: f
     if rc != _ffi.LOCK_BUSY:
         raise _error(rc, name)
     if timeout == 0:
-        return None
+        return _error(rc, name)
     while True:
         opts.timeout = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
         out = ctypes.c_void_p()
@@ -292,12 +299,12 @@ def _acquire_handle(target: bytes, name: str, opts: _ffi.LockOptions, timeout: f
         if rc == _ffi.LOCK_OK:
             return out.value
         if rc == _ffi.LOCK_BUSY:
-            return None
+            return _error(rc, name)
         if rc == _ffi.LOCK_ECANCELED and wake.signalled:
             _check_signals()  # raises KeyboardInterrupt & co.
-            if deadline is not None and time.monotonic() >= deadline:
-                return None
-            continue  # the handler returned: wait on for the time left (PEP 475)
+            # The handler returned: wait on for the time left (PEP 475); with none left, the
+            # next call is a last try once, whose busy error is the library's.
+            continue
         raise _error(rc, name)
 
 
@@ -335,13 +342,8 @@ class Lock:
         self.target = target
         self._target = _encode(target, "target")
         self._holder = None if holder is None else _encode(holder, "holder")
-        if ttl is not None and (not _is_whole(ttl) or ttl < 0 or ttl > 0xFFFFFFFF):
-            raise LockInvalid(f"ttl must be a whole number of seconds >= 0, not {ttl!r}",
-                              _ffi.LOCK_EINVAL, target)
-        if not _is_whole(limit) or limit < 1 or limit > 0xFFFFFFFF:
-            raise LockInvalid(f"limit must be an integer >= 1, not {limit!r}", _ffi.LOCK_EINVAL, target)
-        self.ttl = ttl
-        self.limit = int(limit)
+        self.ttl = None if ttl is None else _uint32(ttl, "ttl", target)
+        self.limit = _uint32(limit, "limit", target)
         self.shared = bool(shared)
         self.timeout = -1 if timeout is None else _check_timeout(timeout)
         flags = 0
@@ -377,16 +379,19 @@ class Lock:
         opts.holder = self._holder
         return opts
 
-    def _check_fork(self) -> None:
-        if self._handle is not None and self._pid != os.getpid():
-            raise LockForked(
-                f"lock {self.target} is held by the parent process (pid {self._pid}); "
-                "the child cannot use it, the parent's lock is untouched",
-                _ffi.LOCK_EFORKED, self.target)
+    def _inherited(self) -> bool:
+        """This object was copied by fork() while it held a lock: the handle is the parent's.
+        Only the binding's own state needs this (its thread lock is a copy that no thread of
+        this process will release); what the handle may do is the library's answer."""
+        return self._handle is not None and self._pid != os.getpid()
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Take the lock: True when held, False when busy (``blocking=False``) or when
         ``timeout`` seconds passed (``-1``: wait forever). Errors raise :class:`LockError`."""
+        return self._acquire(blocking, timeout) is None
+
+    def _acquire(self, blocking: bool, timeout: float) -> Optional[LockError]:
+        """None when acquired, else the busy error to raise from ``with``."""
         if not blocking:
             if timeout != -1:
                 raise ValueError("can't specify a timeout for a non-blocking call")
@@ -395,27 +400,32 @@ class Lock:
             timeout = -1
         else:
             timeout = _check_timeout(timeout)
-        self._check_fork()
+        if self._inherited():
+            # Not a wait on the copied thread lock: the library's LOCK_EFORKED and message
+            # (lock_update of an inherited handle touches nothing, see lockfn.h).
+            raise _error(_ffi.lib().lock_update(self._handle), self.target)
         start = time.monotonic()
         if timeout < 0:
             got = self._local.acquire()
         else:
             got = self._local.acquire(True, timeout) if timeout > 0 else self._local.acquire(False)
         if not got:
-            return False
+            # Another thread holds this very object: the library was not asked.
+            return LockBusy(f"lock {self.target} is busy: held by another thread through the "
+                            f"same Lock object (waited {timeout} s)", _ffi.LOCK_BUSY, self.target)
         try:
             left = -1.0 if timeout < 0 else max(0.0, timeout - (time.monotonic() - start))
             handle = _acquire_handle(self._target, self.target, self._options(), left)
         except BaseException:
             self._local.release()
             raise
-        if handle is None:
+        if isinstance(handle, LockError):
             self._local.release()
-            return False
+            return handle
         self._handle = handle
         self._pid = os.getpid()
         self._lost_reported = False
-        return True
+        return None
 
     def release(self) -> None:
         """Give the lock up. :class:`LockNotHeld` if not held (a double release);
@@ -424,18 +434,15 @@ class Lock:
         if handle is None:
             raise LockNotHeld(f"release of lock {self.target} that is not held",
                               _ffi.LOCK_ENOTHELD, self.target)
-        forked = self._pid != os.getpid()
         self._handle = None
         lost_reported = self._lost_reported
+        # In a child after fork() the library forgets its copy of the handle and answers
+        # LOCK_EFORKED; the parent's lock is untouched.
         rc = _ffi.lib().lock_release(handle)
-        if forked:
-            # The parent's thread state is meaningless here; start afresh.
-            self._local = threading.Lock()
-        else:
-            try:
-                self._local.release()
-            except RuntimeError:
-                pass
+        try:
+            self._local.release()  # a plain Lock: any thread (of a forked child too) may
+        except RuntimeError:
+            pass
         if rc == _ffi.LOCK_OK or (rc == _ffi.LOCK_ELOST and lost_reported):
             return
         raise _error(rc, self.target)
@@ -478,9 +485,9 @@ class Lock:
         return int(_ffi.lib().lock_token(handle)) or None
 
     def __enter__(self) -> "Lock":
-        if not self.acquire(True, self.timeout):
-            raise LockBusy(f"lock {self.target} is busy: timed out after {self.timeout} s",
-                           _ffi.LOCK_BUSY, self.target)
+        busy = self._acquire(True, self.timeout)
+        if busy is not None:
+            raise busy
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -496,7 +503,8 @@ class Lock:
 
     def __del__(self) -> None:
         handle = getattr(self, "_handle", None)
-        if handle is not None and getattr(self, "_pid", 0) == os.getpid():
+        if handle is not None:
+            # In a child after fork() the library only forgets its copy (LOCK_EFORKED).
             try:
                 _ffi.lib().lock_release(handle)
             except Exception:

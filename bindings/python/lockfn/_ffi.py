@@ -1,4 +1,8 @@
-"""ctypes declarations of liblockfn's C ABI (include/lockfn.h) and library lookup."""
+"""ctypes declarations of liblockfn's C ABI (include/lockfn.h) and library lookup.
+
+ctypes cannot read a C header, so the constants and the struct layout below are copies of
+include/lockfn.h; tests/test_header.py fails when a copy differs from the header.
+"""
 
 from __future__ import annotations
 
@@ -54,11 +58,9 @@ def _candidates() -> list:
         # An explicit choice is final: never fall back to another copy silently.
         return [env]
     here = os.path.dirname(os.path.abspath(__file__))
-    found = []
-    for name in ("liblockfn.so", SONAME, "liblockfn.so.0.1.0"):
-        path = os.path.join(here, name)
-        if os.path.exists(path):
-            found.append(path)
+    # A copy shipped inside the package (a wheel), then the system loader by soname.
+    found = [os.path.join(here, n) for n in ("liblockfn.so", SONAME)]
+    found = [p for p in found if os.path.exists(p)]
     found.append(SONAME)
     alt = ctypes.util.find_library("lockfn")
     if alt and alt not in found:

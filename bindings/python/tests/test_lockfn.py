@@ -1,5 +1,6 @@
 """Behaviour, errors, threads, fork and Ctrl-C of the Python binding, against real backends."""
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -178,11 +179,32 @@ def test_nul_in_target_or_holder_is_invalid():
         lockfn.status("sem:a\0b")
 
 
+def library_says(target, **fields):
+    """(code, message) of one lock_acquire straight through the C ABI (try once)."""
+    lib = lockfn._ffi.lib()
+    opts = lockfn._ffi.LockOptions()
+    lib.lock_options_init(ctypes.byref(opts))
+    opts.timeout = 0.0
+    for k, v in fields.items():
+        setattr(opts, k, v)
+    out = ctypes.c_void_p()
+    rc = lib.lock_acquire(target.encode(), ctypes.byref(opts), ctypes.byref(out))
+    if out.value:
+        lib.lock_release(out)
+    return rc, lib.lock_last_error().decode()
+
+
 def test_bad_options_raise_lockinvalid(sem_target):
-    with pytest.raises(lockfn.LockInvalid):
-        lockfn.Lock(sem_target, limit=0)
+    # limit 0 is the library's to refuse: its code and message, unchanged
+    with pytest.raises(lockfn.LockInvalid) as ei:
+        lockfn.Lock(sem_target, limit=0).acquire(blocking=False)
+    assert (ei.value.code, str(ei.value)) == library_says(sem_target, limit=0)
+    assert ei.value.target == sem_target
+    # a value that does not fit the C field is refused before it could wrap
     with pytest.raises(lockfn.LockInvalid):
         lockfn.Lock(sem_target, ttl=-1)
+    with pytest.raises(lockfn.LockInvalid):
+        lockfn.Lock(sem_target, limit=2**32)
     with pytest.raises(ValueError):
         lockfn.Lock(sem_target).acquire(blocking=False, timeout=3)
     with pytest.raises(ValueError):
@@ -218,6 +240,27 @@ def test_sem_has_no_shared_mode(sem_target):
     with pytest.raises(lockfn.LockInvalid) as ei:
         lockfn.Lock(sem_target, shared=True).acquire(blocking=False)
     assert "shared" in str(ei.value) or "reader" in str(ei.value)
+    assert str(ei.value) == library_says(sem_target, flags=lockfn._ffi.LOCK_FLAG_SHARED)[1]
+
+
+def test_messages_are_the_librarys(target):
+    bad = target.split(":")[0] + ":" + "x" * 201  # too long for every service
+    with pytest.raises(lockfn.LockError) as ei:
+        lockfn.Lock(bad).acquire(blocking=False)
+    assert (ei.value.code, str(ei.value)) == library_says(bad)
+    with lockfn.Lock(target):
+        busy = lockfn.Lock(target)
+        assert busy.acquire(blocking=False) is False
+        with pytest.raises(lockfn.LockBusy) as ei:
+            with lockfn.Lock(target, timeout=0):
+                pytest.fail("entered a busy lock")
+        assert (ei.value.code, str(ei.value)) == library_says(target)
+        # a wait that timed out: the library's message of that very call
+        with pytest.raises(lockfn.LockBusy) as ei:
+            with lockfn.Lock(target, timeout=0.2):
+                pytest.fail("entered a busy lock")
+        assert str(ei.value) == lockfn._ffi.lib().lock_last_error().decode()
+        assert target in str(ei.value)
 
 
 def test_double_release_raises_not_crashes(target):
@@ -343,8 +386,10 @@ def test_fork_child_gets_error_parent_keeps_lock(target):
                 try:
                     op()
                     code |= 2
-                except lockfn.LockForked:
-                    pass
+                except lockfn.LockForked as e:
+                    # the library's verdict and message, not the binding's
+                    if str(e) != lockfn._ffi.lib().lock_last_error().decode() or not str(e):
+                        code |= 32
             # released (forgotten) in the child: the object is usable again, and busy
             if lock.held or lock.acquire(blocking=False):
                 code |= 4
