@@ -124,3 +124,9 @@ pub fn release_matching(within: &str, pattern: &str) -> Result<Vec<String>> {
     }
     Ok(released)
 }
+
+/// How long a persistent lock of `target` taken with `opts` lives, stated per service
+/// (`lockfn acquire --persist` prints it just after taking the lock).
+pub fn persistent_lifetime(target: &Target, opts: &crate::Options) -> crate::Lifetime {
+    target.service().backend().persistent_lifetime(target, opts)
+}

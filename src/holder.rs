@@ -45,6 +45,10 @@ pub enum Liveness {
     Dead,
     /// Another host or another boot of this one: nothing can be proven from here.
     Remote,
+    /// A persistent lock (`persist`): it outlives the process that took it by design, so
+    /// that process's state says nothing. Only `status` and `list` show this; recovery
+    /// decisions never see it ([`HolderRecord::liveness`] does not return it).
+    Persistent,
 }
 
 impl HolderRecord {

@@ -27,8 +27,10 @@ mod options;
 mod service;
 pub mod target;
 
-pub use admin::{gc, list, release_matching, release_named, status, update_named};
-pub use backend::{HolderView, Status};
+pub use admin::{
+    gc, list, persistent_lifetime, release_matching, release_named, status, update_named,
+};
+pub use backend::{HolderView, Lifetime, Status};
 pub use error::{Error, ErrorKind, Result};
 pub use holder::HolderRecord;
 pub use lock::Lock;

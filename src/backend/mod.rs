@@ -101,6 +101,11 @@ pub trait Backend: Sync {
     /// Renew a persistent lock by name (`lockfn update`).
     fn update_named(&self, target: &Target) -> Result<()>;
 
+    /// How long a persistent lock taken with `opts` lives (just after it was taken).
+    fn persistent_lifetime(&self, _target: &Target, _opts: &Options) -> Lifetime {
+        Lifetime::until_released("")
+    }
+
     /// Operator release by regular expression over the locks under `within` (whose name may
     /// be empty): every held lock that matches is released as with `force`. Returns the
     /// released targets' canonical texts, sorted.
@@ -190,13 +195,57 @@ impl Status {
 pub struct HolderView {
     #[serde(flatten)]
     pub record: HolderRecord,
+    /// `persistent` for a persistent lock, else what can be proven about its process.
     pub state: Liveness,
+    /// When the lock ends unless renewed (seconds since the Unix epoch), where the service
+    /// has such a deadline and tells it (pmxcfs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<f64>,
 }
 
 impl From<HolderRecord> for HolderView {
     fn from(record: HolderRecord) -> HolderView {
-        let state = record.liveness();
-        HolderView { record, state }
+        let state = if record.persist {
+            Liveness::Persistent
+        } else {
+            record.liveness()
+        };
+        HolderView {
+            record,
+            state,
+            expires: None,
+        }
+    }
+}
+
+/// How long a persistent lock lives: what `lockfn acquire --persist` states.
+#[derive(Debug, Clone, Serialize)]
+pub struct Lifetime {
+    /// When it ends unless renewed (seconds since the Unix epoch); None: no deadline.
+    pub expires: Option<f64>,
+    /// How much one renewal (`lockfn update`, `lockfn keep`) extends it, in seconds.
+    pub renewal: Option<f64>,
+    /// What ends it, in words (for people; the README tables the same).
+    pub ends: String,
+}
+
+impl Lifetime {
+    /// A lock that lives until it is released, and what else can end it.
+    pub fn until_released(also: &str) -> Lifetime {
+        Lifetime {
+            expires: None,
+            renewal: None,
+            ends: format!("when released (lockfn release){also}"),
+        }
+    }
+
+    /// A lock that ends `ttl` after now unless renewed.
+    pub fn expiring(ttl: Duration, ends: String) -> Lifetime {
+        Lifetime {
+            expires: Some(crate::holder::now_secs() + ttl.as_secs_f64()),
+            renewal: Some(ttl.as_secs_f64()),
+            ends,
+        }
     }
 }
 

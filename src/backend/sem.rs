@@ -630,6 +630,12 @@ impl super::Backend for SemBackend {
         ))
     }
 
+    fn persistent_lifetime(&self, _target: &Target, _opts: &Options) -> super::Lifetime {
+        super::Lifetime::until_released(
+            ", or when the host restarts (/dev/shm is memory); gc never removes it",
+        )
+    }
+
     fn acquire(&self, target: &Target, opts: &Options, wait: &Wait) -> Result<Box<dyn Held>> {
         if opts.shared {
             return Err(Error::new(

@@ -364,6 +364,7 @@ fn holder_view(client: &Client, e: &KvEntry, session: &str) -> HolderView {
             HolderView {
                 record: r,
                 state: Liveness::Remote,
+                expires: None,
             }
         }
     }
@@ -539,6 +540,28 @@ impl Backend for ConsulBackend {
 
     fn release_matching(&self, within: &Target, pattern: &str) -> Result<Vec<String>> {
         release_matching(within, pattern)
+    }
+
+    /// A persistent lock's session: no TTL unless one was asked for; every session is also
+    /// tied to its agent node's `serfHealth` check (Consul's default session checks).
+    fn persistent_lifetime(&self, target: &Target, opts: &Options) -> super::Lifetime {
+        match opts.ttl {
+            Some(ttl) => super::Lifetime::expiring(
+                ttl,
+                format!(
+                    "{} s after the last renewal, when Consul invalidates its session (Consul \
+                     may take up to twice that): renew it with `lockfn update {target}`, or \
+                     leave `lockfn keep` behind (acquire --keep); or when released, or when \
+                     the agent's node fails its health check",
+                    ttl.as_secs()
+                ),
+            ),
+            None => super::Lifetime::until_released(
+                ", or when Consul invalidates its session: it has no TTL, but it is tied to \
+                 the agent node's health check (serfHealth), so it ends if that node fails or \
+                 leaves the cluster",
+            ),
+        }
     }
 
     fn acquire(&self, target: &Target, opts: &Options, wait: &Wait) -> Result<Box<dyn Held>> {

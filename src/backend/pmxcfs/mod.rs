@@ -48,7 +48,7 @@ mod orphan;
 mod records;
 mod token;
 
-use super::{GcScope, Held, HolderView, Status, Wait};
+use super::{GcScope, Held, HolderView, Lifetime, Status, Wait};
 use crate::holder::HolderRecord;
 use crate::target::Located;
 use crate::{Error, ErrorKind, Options, Result, Target};
@@ -139,7 +139,7 @@ impl PmxcfsConfig {
                     return Err(Error::new(
                         ErrorKind::Invalid,
                         format!(
-                            "{target}: LOCKFN_PMXCFS_TTL must be a whole number of seconds                              from 1 to 120 (pmxcfs expires locks after 120 s; a shorter value                              is for test emulators)"
+                            "{target}: LOCKFN_PMXCFS_TTL must be a whole number of seconds from 1 to 120 (pmxcfs expires locks after 120 s; a shorter value is for test emulators)"
                         ),
                     ))
                 }
@@ -333,7 +333,7 @@ fn settle(
                 return Err(held::lost(
                     target,
                     token,
-                    "the directory expired while the token was taken (this process was                      stopped or pmxcfs stalled); it was left alone",
+                    "the directory expired while the token was taken (this process was stopped or pmxcfs stalled); it was left alone",
                 ));
             }
         }
@@ -432,12 +432,17 @@ impl super::Backend for PmxcfsBackend {
             }
             match records::read(&dir, target.name()) {
                 Some(r) if r.may_describe(s.mtime, cfg.ttl) => {
-                    st.holders.push(HolderView::from(r.holder))
+                    let mut view = HolderView::from(r.holder);
+                    if view.record.persist && s.mtime > 0 {
+                        // pmxcfs expires it `ttl` after the last refresh (which set mtime).
+                        view.expires = Some((s.mtime as u64 + cfg.ttl.as_secs() + 1) as f64);
+                    }
+                    st.holders.push(view)
                 }
                 _ => {
                     st.details.insert(
                         "holder".into(),
-                        "unknown: made by cfs_lock, pmxlock, another node, or a lockfn process                          whose record is gone"
+                        "unknown: made by cfs_lock, pmxlock, another node, or a lockfn process whose record is gone"
                             .into(),
                     );
                 }
@@ -564,6 +569,22 @@ impl super::Backend for PmxcfsBackend {
             ));
         }
         Ok(1)
+    }
+
+    fn persistent_lifetime(&self, target: &Target, _opts: &Options) -> Lifetime {
+        let ttl = PmxcfsConfig::for_dir(target, &lock_dir(target))
+            .map(|c| c.ttl)
+            .unwrap_or(PMXCFS_LOCK_TTL);
+        Lifetime::expiring(
+            ttl,
+            format!(
+                "{} s after its last refresh (pmxcfs expires every lock then): renew it with \
+                 `lockfn update {target}` at least every {} s, or leave `lockfn keep` \
+                 behind (acquire --keep); or when released (lockfn release)",
+                ttl.as_secs(),
+                ttl.as_secs() / 2
+            ),
+        )
     }
 
     fn update_named(&self, target: &Target) -> Result<()> {

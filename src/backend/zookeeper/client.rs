@@ -525,7 +525,7 @@ impl FrameReader {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
-                    "the server sent a frame of {n} bytes (the limit is {} MiB): not ZooKeeper,                      or a broken server",
+                    "the server sent a frame of {n} bytes (the limit is {} MiB): not ZooKeeper, or a broken server",
                     MAX_FRAME >> 20
                 ),
             ));

@@ -1313,6 +1313,14 @@ impl super::Backend for ZkBackend {
         Place::from_url(text, rest)
     }
 
+    /// A persistent lock is a persistent node: it does not end with its session.
+    fn persistent_lifetime(&self, _target: &Target, _opts: &Options) -> super::Lifetime {
+        super::Lifetime::until_released(
+            ", or when its node is deleted (a persistent ZooKeeper node outlives the session \
+             that made it)",
+        )
+    }
+
     fn acquire(&self, target: &Target, opts: &Options, wait: &Wait) -> Result<Box<dyn Held>> {
         let cx = Ctx::new(target, opts.ttl)?;
         // Every request of the acquisition (connect, handshake, each round trip) ends by the

@@ -4,6 +4,7 @@ mod argv;
 mod duration;
 mod exit;
 mod habits;
+mod keep;
 mod lines;
 mod output;
 mod progress;
@@ -109,6 +110,8 @@ enum Command {
     Release(ReleaseArgs),
     /// Renew a persistent lock
     Update(TargetArg),
+    /// Renew a persistent lock until it is released (what acquire --keep leaves behind)
+    Keep(keep::KeepArgs),
     /// Show who holds a lock
     Status(StatusArgs),
     /// List locks under a prefix (e.g. sem:, zk:jobs/)
@@ -217,9 +220,14 @@ struct HoldArgs {
 struct AcquireArgs {
     #[command(flatten)]
     lock: LockArgs,
-    /// Required: the lock outlives this command until `lockfn release TARGET`
+    /// Required: the lock outlives this command until `lockfn release TARGET` (how long it
+    /// lives per service is printed on stderr)
     #[arg(long)]
     persist: bool,
+    /// Leave `lockfn keep` behind to renew it until it is released, where the service
+    /// expires persistent locks (pmxcfs: 120 s after the last renewal)
+    #[arg(long)]
+    keep: bool,
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
@@ -336,6 +344,7 @@ fn main() -> ExitCode {
         Command::Acquire(a) => acquire(a),
         Command::Release(a) => release(a),
         Command::Update(a) => update(a),
+        Command::Keep(a) => keep::keep(a),
         Command::Status(a) => status(a),
         Command::List(a) => list(a),
         Command::Gc(a) => gc(a),
@@ -554,13 +563,41 @@ fn acquire(a: AcquireArgs) -> CmdResult {
         Acquired::Lock(l) => l,
         Acquired::Canceled(code) => return Ok(code),
     };
-    let info = acquired_json(&lock);
+    let mut info = acquired_json(&lock);
     let token = lock.token();
+    let lifetime = lockfn::persistent_lifetime(&target, &opts);
     lock.detach()?;
+    let keeper = match (a.keep, lifetime.renewal) {
+        (true, Some(_)) => Some(keep::spawn(&target, token)?),
+        _ => None,
+    };
+    info["lifetime"] = serde_json::to_value(&lifetime).map_err(internal)?;
+    if let Some(pid) = keeper {
+        info["keeper"] = pid.into();
+    }
     if a.json {
         print_json(&info);
     } else {
         println!("{token}");
+    }
+    // Stdout stays the bare token (scripts capture it); the lifetime goes to stderr.
+    if !QUIET.load(Ordering::Relaxed) {
+        let expiry = lifetime.expires.map_or(String::new(), |e| {
+            format!(
+                " — now until {} (in {:.0} s)",
+                output::utc(e),
+                (e - lockfn::holder::now_secs()).max(0.0)
+            )
+        });
+        let kept = match (keeper, a.keep) {
+            (Some(pid), _) => format!("; kept alive by lockfn keep (pid {pid})"),
+            (None, true) => "; --keep is not needed".to_string(),
+            _ => String::new(),
+        };
+        say!(
+            "lockfn: {target} is held persistently{expiry}; it ends {}{kept}",
+            lifetime.ends
+        );
     }
     Ok(0)
 }
@@ -608,6 +645,28 @@ fn describe(st: &Status) -> String {
         } else {
             "since an unknown time".to_string()
         };
+        if h.state == lockfn::holder::Liveness::Persistent {
+            // Its process is gone by design: say who took it and until when it lives.
+            let until = h.expires.map_or(", until released".to_string(), |e| {
+                format!(
+                    ", expires {} (in {:.0} s) unless renewed",
+                    output::utc(e),
+                    (e - lockfn::holder::now_secs()).max(0.0)
+                )
+            });
+            s.push_str(&format!(
+                "\n  persistent, taken by pid {} on {} {age}, token {}{until}{}",
+                r.pid,
+                output::value(&r.host),
+                r.token,
+                if r.holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", output::value(&r.holder))
+                }
+            ));
+            continue;
+        }
         s.push_str(&format!(
             "\n  pid {} on {} ({}), token {}, {}{}{}",
             r.pid,

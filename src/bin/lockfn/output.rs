@@ -44,8 +44,37 @@ macro_rules! say {
 }
 pub(crate) use say;
 
+/// Seconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC` (the civil-from-days algorithm
+/// of H. Hinnant, proleptic Gregorian calendar).
+pub fn utc(secs: f64) -> String {
+    let t = secs.max(0.0) as i64;
+    let (days, rem) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn utc_matches_date() {
+        assert_eq!(super::utc(0.0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(super::utc(951_782_400.0), "2000-02-29 00:00:00 UTC");
+        assert_eq!(super::utc(1_796_020_687.9), "2026-11-30 06:38:07 UTC");
+    }
+
     use super::*;
 
     #[test]
