@@ -81,8 +81,15 @@
 // once (each needs its own `lock_release`).
 #define LOCK_FLAG_REENTRANT 2
 
-// `lock_options.flags`: the lock is meant to outlive the process; it is never recovered as a
-// dead holder's, and is ended by `lockfn release TARGET`.
+// `lock_options.flags`: the lock is meant to outlive the process: it is never recovered as a
+// dead holder's; a process that exits without `lock_release` leaves it held, and
+// `lockfn release TARGET` (or `lock_release` before the exit) ends it. How long it lives is
+// the service's: `sem:` until released or the host restarts; `zk:` until released (a
+// persistent node, not tied to a session); `consul:` until released, or `ttl` seconds after
+// the last `lock_update`/`lockfn update` when a ttl is given (else its session has no TTL
+// and ends only if the agent's node fails); `pmxcfs:` 120 s after the last refresh
+// (`lock_update`, `lockfn update`, `lockfn keep`); `file:` refuses it (`LOCK_EINVAL`).
+// `lockfn acquire --persist` prints the same for a target.
 #define LOCK_FLAG_PERSIST 4
 
 // `lock_options.flags`: renew the lock in a background thread while it is held; a loss is

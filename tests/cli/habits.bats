@@ -31,14 +31,6 @@ hold_busy() {
 }
 release_busy() { timeout 10 sh -c "echo >'$D/in-$1'"; }
 
-# need_server VAR: skip when the server is not configured, fail under tests/run.sh.
-need_server() {
-  if [[ -z "${!1:-}" ]]; then
-    [[ "${LOCKFN_TEST_REQUIRE_SERVERS:-0}" == 1 ]] && { echo "$1 is not set" >&2; return 1; }
-    skip "$1 not set (run tests/run.sh)"
-  fi
-}
-
 # progress_lines FILE: the -v lines saying whom the wait waits for.
 progress_lines() { grep -E '^lockfn: (still )?waiting for ' "$1" || true; }
 

@@ -30,3 +30,11 @@ held() { "$LOCKFN" status --check "$1" >/dev/null; }
 free() { ! "$LOCKFN" status --check "$1" >/dev/null; }
 # json FIELD-EXPR < JSON: evaluate a Python expression on the parsed JSON `j`
 json() { python3 -c "import json,sys; j=json.load(sys.stdin); print($1)"; }
+
+# need_server VAR: skip when the server is not configured, fail under tests/run.sh.
+need_server() {
+  if [[ -z "${!1:-}" ]]; then
+    [[ "${LOCKFN_TEST_REQUIRE_SERVERS:-0}" == 1 ]] && { echo "$1 is not set" >&2; return 1; }
+    skip "$1 not set (run tests/run.sh)"
+  fi
+}

@@ -329,6 +329,39 @@ t_persist_status_list_update_release_gc() {
   [[ ! -e $LD/gcd && -d $LD/gcf ]] || fail "gc: left $(ls "$LD"); records: $(ls "$LOCKFN_RUN_DIR/pmxcfs"); $(cat "$LOCKFN_RUN_DIR/pmxcfs/gcd" 2>&1)"
 }
 
+# Persistent locks expire as pmxcfs says, and --keep keeps one: on an emulator whose locks
+# expire after 3 s (LOCKFN_PMXCFS_TTL tells lockfn so).
+t_persist_lifetime_and_keep() {
+  emu_start "$T/emu3" 3 >/dev/null || fail "second emulator" || return 1
+  local ld3 err out t0
+  ld3=$(sed -n 's/^LOCKFN_PMXCFS_DIR=//p' "$T/emu3/env")
+  pe() { LOCKFN_PMXCFS_DIR=$ld3 LOCKFN_PMXCFS_TTL=3 "$LOCKFN" "$@"; }
+  # acquire --persist states its deadline; the lock is gone after it, not before.
+  t0=$(now)
+  err=$(pe acquire --persist pmxcfs:life 2>&1 >/dev/null) || fail "acquire: $err" || return 1
+  [[ $err == *"in 3 s"*"lockfn update pmxcfs:life"* ]] || fail "no deadline stated: $err" || return 1
+  out=$(pe status --json pmxcfs:life)
+  [[ $out == *'"state":"persistent"'*'"expires":'* ]] || fail "status: $out" || return 1
+  out=$(pe status pmxcfs:life)
+  [[ $out == *"persistent, taken by pid"*"expires"* && $out != *"(dead)"* ]] || fail "status: $out" || return 1
+  pe run -n pmxcfs:life -- true 2>/dev/null && fail "taken while alive" && return 1
+  # Its stated end: the first time another can take it (the emulator expires it 3 s after
+  # the last refresh, as pmxcfs does after 120 s).
+  wait_for 10 pe run -n pmxcfs:life -- true 2>/dev/null || fail "never expired" || return 1
+  awk -v a="$t0" -v b="$(now)" 'BEGIN { exit !(b - a >= 2.9) }' || fail "expired before its deadline" || return 1
+  # --keep: kept past three lifetimes, ended by release, and the keeper goes with it.
+  err=$(pe acquire --persist --keep pmxcfs:kept 2>&1 >/dev/null) || fail "acquire --keep: $err" || return 1
+  local keeper
+  keeper=$(sed -n 's/.*lockfn keep (pid \([0-9]*\)).*/\1/p' <<<"$err")
+  [[ -n $keeper ]] || fail "no keeper: $err" || return 1
+  PIDS+=("$keeper")
+  sleep 9.5 # three lifetimes: time itself is what is tested
+  pe run -n pmxcfs:kept -- true 2>/dev/null && fail "--keep did not keep it" && return 1
+  pe release pmxcfs:kept || fail "release" || return 1
+  wait_for 10 sh -c "! kill -0 $keeper 2>/dev/null" || fail "keeper $keeper still running" || return 1
+  pe run -n pmxcfs:kept -- true || fail "not free after release"
+}
+
 # --- the core's CLI tests, on pmxcfs: ---------------------------------------------------------
 
 t_cli_exclusion_8x200() {
@@ -401,7 +434,7 @@ ALL=(t_emulator_behaves_like_pmxcfs t_run_token_is_the_counter t_busy_messages_a
   t_interop_pmxlock t_interop_cfs_lock_perl t_never_take_over_live_cfs_lock_after_our_death
   t_never_take_over_live_pmxlock_after_our_death t_kill9_takeover_within_1s
   t_lost_lock_stops_command t_non_root_eperm t_unavailable
-  t_persist_status_list_update_release_gc t_cli_exclusion_8x200 t_cli_sigint_cancels_wait
+  t_persist_status_list_update_release_gc t_persist_lifetime_and_keep t_cli_exclusion_8x200 t_cli_sigint_cancels_wait
   t_cli_hold_over_stdin t_cli_release_force_stops_holder)
 # ONLY="t_a t_b" runs a subset.
 for t in ${ONLY:-${ALL[*]}}; do

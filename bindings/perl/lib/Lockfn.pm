@@ -30,6 +30,9 @@ use constant {
 
     LOCK_FLAG_SHARED     => 1,
     LOCK_FLAG_REENTRANT  => 2,
+    # Persistent locks outlive their process; how long per service is said in lockfn.h at
+    # LOCK_FLAG_PERSIST. This module holds locks for the life of a lock object only: take a
+    # persistent one with `lockfn acquire --persist TARGET`, end it with `lockfn release`.
     LOCK_FLAG_PERSIST    => 4,
     LOCK_FLAG_AUTO_RENEW => 8,
 };

@@ -25,6 +25,9 @@ LOCK_EINTERNAL = 9
 
 LOCK_FLAG_SHARED = 1
 LOCK_FLAG_REENTRANT = 2
+# Persistent locks outlive their process; how long per service is said in lockfn.h at
+# LOCK_FLAG_PERSIST. This wrapper holds locks for the life of a Lock object only: take a
+# persistent one with `lockfn acquire --persist TARGET`, end it with `lockfn release TARGET`.
 LOCK_FLAG_PERSIST = 4
 LOCK_FLAG_AUTO_RENEW = 8
 
