@@ -8,6 +8,9 @@
 //! Child processes are this test binary re-run in worker mode (`worker_main`, driven by
 //! PMX_WORKER), so they use the library exactly as a user program does.
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{emu_sh, now_secs, require, venv_python};
 use lockfn::{ErrorKind, Lock, Options, Target};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -29,10 +32,6 @@ struct Emu {
     lockdir: PathBuf,
     log: PathBuf,
     ttl: u32,
-}
-
-fn emu_sh() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pmxcfs/emu.sh")
 }
 
 impl Emu {
@@ -274,38 +273,6 @@ fn markdir(test: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn now_secs() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
-fn require(what: &str) -> bool {
-    if std::env::var("LOCKFN_TEST_REQUIRE_SERVERS").as_deref() == Ok("1") {
-        panic!("{what} is required (LOCKFN_TEST_REQUIRE_SERVERS=1) but missing");
-    }
-    eprintln!("SKIP: {what} is missing");
-    false
-}
-
-fn venv_python() -> Option<PathBuf> {
-    let venv = std::env::var("LOCKFN_VENV")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            let d = PathBuf::from("/var/cache/lockfn-tests/venv");
-            d.exists().then_some(d)
-        })?;
-    let py = venv.join("bin/python");
-    let ok = Command::new(&py)
-        .args(["-c", "import pmxlock"])
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then_some(py)
 }
 
 // ----------------------------------------------------------------------------------------------
