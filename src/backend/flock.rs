@@ -13,11 +13,11 @@
 
 use super::Wait;
 use crate::{Error, ErrorKind, Result, Target};
-use std::ffi::CString;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
@@ -113,43 +113,27 @@ pub fn holders(file: &File) -> Vec<Holder> {
 
 /// inotify on the file: wakes a waiter when any opener closes it — which is when a flock is
 /// dropped by close or by the death of its holder.
-struct CloseWatch {
-    fd: libc::c_int,
-}
+struct CloseWatch(Inotify);
 
 impl CloseWatch {
     fn new(path: &Path) -> Option<CloseWatch> {
-        let c = CString::new(path.as_os_str().as_bytes()).ok()?;
-        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if fd < 0 {
-            return None;
-        }
-        let w = CloseWatch { fd };
-        let mask = libc::IN_CLOSE_WRITE
-            | libc::IN_CLOSE_NOWRITE
-            | libc::IN_DELETE_SELF
-            | libc::IN_MOVE_SELF
-            | libc::IN_ATTRIB;
-        if unsafe { libc::inotify_add_watch(fd, c.as_ptr(), mask) } < 0 {
-            return None; // w is dropped: fd closed
-        }
-        Some(w)
+        let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
+        let mask = AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_CLOSE_NOWRITE
+            | AddWatchFlags::IN_DELETE_SELF
+            | AddWatchFlags::IN_MOVE_SELF
+            | AddWatchFlags::IN_ATTRIB;
+        ino.add_watch(path, mask).ok()?;
+        Some(CloseWatch(ino))
     }
 
+    /// Empty the queue (non-blocking reads until EAGAIN; bounded).
     fn drain(&self) {
-        let mut buf = [0u8; 4096];
         for _ in 0..64 {
-            let n = unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
+            if self.0.read_events().is_err() {
                 break;
             }
         }
-    }
-}
-
-impl Drop for CloseWatch {
-    fn drop(&mut self) {
-        unsafe { libc::close(self.fd) };
     }
 }
 
@@ -160,21 +144,20 @@ fn sleep_on(watch: Option<&CloseWatch>, wait: &Wait, max: Duration) -> Result<()
         return wait.pause(max);
     };
     let d = wait.remaining().map_or(max, |r| r.min(max));
-    let mut fds = vec![libc::pollfd {
-        fd: watch.fd,
-        events: libc::POLLIN,
-        revents: 0,
-    }];
-    if let Some(fd) = wait.cancel_fd() {
-        fds.push(libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        });
+    // SAFETY: the cancel fd stays open for the whole wait (the caller's promise).
+    let cancel = wait
+        .cancel_fd()
+        .map(|fd| unsafe { BorrowedFd::borrow_raw(fd) });
+    let mut fds = vec![PollFd::new(watch.0.as_fd(), PollFlags::POLLIN)];
+    if let Some(c) = cancel {
+        fds.push(PollFd::new(c, PollFlags::POLLIN));
     }
     let ms = d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
     // EINTR is fine: the caller loops.
-    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    let _ = poll(
+        &mut fds,
+        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+    );
     watch.drain();
     wait.check_cancel()
 }
