@@ -186,7 +186,9 @@ fn print(shared: &Shared, target: &str, every: Duration, begun: Instant) {
 }
 
 fn line(text: &str) {
-    eprintln!("lockfn: {}", crate::output::line(text));
+    use std::io::Write;
+    // Not eprintln!: a stderr gone away (EPIPE) must not panic this thread.
+    let _ = writeln!(std::io::stderr(), "lockfn: {}", crate::output::line(text));
 }
 
 /// How many holders a line names; the rest are counted.
