@@ -106,6 +106,28 @@ progress_lines() { grep -E '^lockfn: (still )?waiting for ' "$1" || true; }
        prev = t } END { exit bad }' "$D/err"
 }
 
+@test "-v: a signal still ends the wait, and no progress line follows the cancel" {
+  hold_busy "$T"
+  wait_for 10 held "$T"
+  LOCKFN_PROGRESS_INTERVAL=0.05 "$LOCKFN" -v run -w 60 "$T" -- touch "$D/ran" 2>"$D/err" &
+  waiter=$!
+  PIDS+=("$waiter")
+  wait_for 10 grep -q 'waiting for' "$D/err"
+  t0=$(now)
+  kill -TERM "$waiter"
+  st=0
+  wait "$waiter" || st=$?
+  took=$(elapsed "$t0")
+  cat "$D/err"
+  [ "$st" -eq 143 ]
+  # A bound on bad behaviour (a wait that goes on), generous for a loaded machine.
+  lt "$took" 2
+  [ ! -e "$D/ran" ]
+  [[ "$(tail -1 "$D/err")" == "lockfn: waiting for $T canceled by SIGTERM" ]]
+  release_busy "$T"
+  wait "$HOLDER"
+}
+
 @test "-v: by default the first line comes within a second or so, the next 5 s later" {
   hold_busy "$T"
   wait_for 10 held "$T"

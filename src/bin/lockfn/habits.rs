@@ -66,11 +66,18 @@ fn takes_next(sub: &clap::Command, word: &str) -> bool {
 /// next (`run -n 3 sem:x -- cmd` would run `sem:x` as the command; `hold -n 3 sem:x` has a
 /// word too many); warned about otherwise (`run -n 3 -- cmd` locks a lock named 3).
 pub fn limit_number(args: &[OsString]) -> Option<Habit> {
-    let cli = crate::Cli::command();
     let words: Vec<String> = args
         .iter()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
+    // The common case costs no walk over clap's definitions.
+    if !words
+        .windows(2)
+        .any(|w| is_nonblock(&w[0]) && is_number(&w[1]))
+    {
+        return None;
+    }
+    let cli = crate::Cli::command();
     let mut sub: Option<&clap::Command> = None;
     let mut i = 1;
     while i < words.len() {

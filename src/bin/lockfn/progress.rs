@@ -77,14 +77,40 @@ impl Progress {
         let begun = Instant::now();
         let (s1, t1) = (shared.clone(), target.clone());
         let (s2, t2) = (shared.clone(), target.canonical());
-        // A thread that cannot start costs only the progress lines.
-        let _ = std::thread::Builder::new()
-            .name("lockfn-ask".into())
-            .spawn(move || ask(&s1, &t1, every, begun));
-        let _ = std::thread::Builder::new()
-            .name("lockfn-progress".into())
-            .spawn(move || print(&s2, &t2, every, begun));
+        spawn_masked("lockfn-ask", move || ask(&s1, &t1, every, begun));
+        spawn_masked("lockfn-progress", move || print(&s2, &t2, every, begun));
         Progress { shared }
+    }
+}
+
+/// Signals the CLI catches: they must reach the waiting thread, whose semaphore wait they
+/// interrupt (EINTR) so that a cancel is at once; one taken by another thread would be seen
+/// only at the wait's next look at the cancel fd (sem.rs: up to 200 ms later).
+const WAITER_SIGNALS: &[libc::c_int] = &[
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGCHLD,
+];
+
+/// A thread started with [`WAITER_SIGNALS`] blocked (a new thread inherits the mask), so it
+/// never takes one. A thread that cannot start costs only the progress lines.
+fn spawn_masked(name: &str, f: impl FnOnce() + Send + 'static) {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use; pthread_sigmask
+    // changes only this thread's mask, and it is restored right after the spawn.
+    unsafe {
+        let mut block: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut block);
+        for &sig in WAITER_SIGNALS {
+            libc::sigaddset(&mut block, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut old);
+        let _ = std::thread::Builder::new().name(name.into()).spawn(f);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
     }
 }
 
@@ -186,7 +212,9 @@ fn print(shared: &Shared, target: &str, every: Duration, begun: Instant) {
 }
 
 fn line(text: &str) {
-    eprintln!("lockfn: {}", crate::output::line(text));
+    use std::io::Write;
+    // Not eprintln!: a stderr gone away (EPIPE) must not panic this thread.
+    let _ = writeln!(std::io::stderr(), "lockfn: {}", crate::output::line(text));
 }
 
 /// How many holders a line names; the rest are counted.
