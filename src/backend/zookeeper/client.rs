@@ -20,7 +20,7 @@ use super::proto::{self, Stat, R, W};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -42,6 +42,7 @@ pub enum ZkError {
 }
 
 /// Process-wide request counters (for tests and `status` details).
+#[cfg(feature = "test-counters")]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     pub requests: u64,
@@ -67,6 +68,7 @@ static C_EVENTS: AtomicU64 = AtomicU64::new(0);
 static C_SESSIONS: AtomicU64 = AtomicU64::new(0);
 static C_CONNS: AtomicU64 = AtomicU64::new(0);
 
+#[cfg(feature = "test-counters")]
 pub fn counters() -> Counters {
     let g = |c: &AtomicU64| c.load(Ordering::SeqCst);
     Counters {
@@ -91,35 +93,35 @@ pub struct Notify {
 
 impl Notify {
     pub fn new() -> io::Result<Arc<Notify>> {
-        let mut fds = [0 as libc::c_int; 2];
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe2 just returned these two fds, owned by nobody else.
-        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (r, w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(io::Error::from)?;
         Ok(Arc::new(Notify { r, w }))
     }
 
     pub fn fire(&self) {
-        let b = [1u8];
-        unsafe { libc::write(self.w.as_raw_fd(), b.as_ptr().cast(), 1) };
+        // A full pipe is fired already.
+        let _ = nix::unistd::write(&self.w, &[1u8]);
     }
 
     /// Empty the pipe; true if it had been fired.
     pub fn drain(&self) -> bool {
         let mut buf = [0u8; 64];
         let mut any = false;
-        loop {
-            let n = unsafe { libc::read(self.r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                return any;
+        while let Ok(n) = nix::unistd::read(&self.r, &mut buf) {
+            if n == 0 {
+                break;
             }
             any = true;
         }
+        any
     }
+}
 
-    pub fn fd(&self) -> RawFd {
-        self.r.as_raw_fd()
+/// The read end, for poll(2) with a cancel fd.
+impl AsFd for Notify {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.r.as_fd()
     }
 }
 
