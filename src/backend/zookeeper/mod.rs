@@ -30,13 +30,15 @@
 //!   them (anyone may read). The password never appears in messages.
 
 //!
-//! Rooms: [`ctx`] (one target's servers, deadline and error messages), [`names`] (node names
-//! and node data), [`lock`] (the lock recipe), [`semaphore`] (leases), [`wait`] (how a wait
-//! ends), [`held`] (a held lock), [`admin`] (status, list, gc, release and update by name);
-//! [`client`] and [`proto`] speak the protocol, [`place`] parses targets.
+//! Rooms: `ctx` (one target's servers, deadline and error messages), `names` (node names
+//! and node data), `lock` (the lock recipe), `semaphore` (leases), `wait` (how a wait
+//! ends), `held` (a held lock), `admin` (status, list, gc, release and update by name);
+//! `client` (a session and its requests), `conn` (its connection thread) and `proto`
+//! (the wire format) speak the protocol; `place` parses targets.
 
 mod admin;
 mod client;
+mod conn;
 mod ctx;
 mod held;
 mod lock;
