@@ -7,7 +7,8 @@ use super::place::Place;
 use super::proto::{self, Acl};
 use super::DEFAULT_SESSION_TIMEOUT;
 use crate::backend::Wait;
-use crate::{Error, ErrorKind, Result, Target};
+use crate::holder::HolderRecord;
+use crate::{Error, ErrorKind, Options, Result, Target};
 use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -109,6 +110,15 @@ impl Ctx {
             }
         }
         Err(self.err("connecting", ZkError::Expired))
+    }
+
+    /// The start of an acquisition: a connected session (within the first-contact budget of
+    /// `wait`) and our holder record.
+    pub fn begin(&self, opts: &Options, wait: &Wait) -> Result<(Arc<Session>, HolderRecord)> {
+        let sess = self.connected(connect_budget(wait, self.cfg.timeout))?;
+        let mut record = HolderRecord::for_self(opts.holder.as_deref());
+        record.persist = opts.persist;
+        Ok((sess, record))
     }
 
     /// One request waits at most this long (for a connection and its answer), and never past
@@ -235,7 +245,7 @@ impl Ctx {
 
 /// Connection budget for the first contact: the wait's timeout, bounded by the session
 /// timeout; at least 1 s for a try-once.
-pub(super) fn connect_budget(wait: &Wait, session_timeout: Duration) -> Duration {
+fn connect_budget(wait: &Wait, session_timeout: Duration) -> Duration {
     let st = session_timeout.max(Duration::from_secs(1));
     if wait.is_try_once() {
         return Duration::from_secs(1)

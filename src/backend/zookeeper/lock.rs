@@ -4,7 +4,7 @@
 //! a semaphore's lease taking.
 
 use super::client::{Notify, Session, State, ZkError};
-use super::ctx::{connect_budget, Ctx};
+use super::ctx::Ctx;
 use super::held::finish;
 use super::names::{
     contender_seq, first_holder, guid, node_data, predecessor, Kind, READER, WRITER,
@@ -13,7 +13,6 @@ use super::proto::{self, Stat};
 use super::wait::{busy, wait_fired};
 use super::MAX_ROUNDS;
 use crate::backend::{Held, Wait};
-use crate::holder::HolderRecord;
 use crate::{Error, ErrorKind, Options, Result, Target};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,9 +24,7 @@ pub(super) fn acquire_lock(
     opts: &Options,
     wait: &Wait,
 ) -> Result<Box<dyn Held>> {
-    let mut sess = cx.connected(connect_budget(wait, cx.cfg.timeout))?;
-    let mut record = HolderRecord::for_self(opts.holder.as_deref());
-    record.persist = opts.persist;
+    let (mut sess, mut record) = cx.begin(opts, wait)?;
     record.shared = opts.shared;
     let kind = if opts.shared { READER } else { WRITER };
     let mut c = Contender::new(

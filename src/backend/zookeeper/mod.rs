@@ -28,7 +28,6 @@
 //! - auth: `user:password` (URL or `LOCKFN_ZK_AUTH`) is sent as digest auth on every
 //!   connection, and the nodes we create carry an ACL that lets only that identity modify
 //!   them (anyone may read). The password never appears in messages.
-
 //!
 //! Rooms: `ctx` (one target's servers, deadline and error messages), `names` (node names
 //! and node data), `lock` (the lock recipe), `semaphore` (leases), `wait` (how a wait

@@ -3,7 +3,7 @@
 //! `PATH-__lock__`, exactly as kazoo does, so that our leases and kazoo's count together.
 
 use super::client::{Notify, Session, ZkError};
-use super::ctx::{connect_budget, Ctx};
+use super::ctx::Ctx;
 use super::held::finish;
 use super::lock::{Contender, Got};
 use super::names::{guid, node_data, WRITER};
@@ -11,7 +11,6 @@ use super::proto;
 use super::wait::{busy, wait_fired};
 use super::{MAX_ROUNDS, SEM_LOCK_SUFFIX};
 use crate::backend::{Held, Wait};
-use crate::holder::HolderRecord;
 use crate::{Error, ErrorKind, Options, Result, Target};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,10 +22,8 @@ pub(super) fn acquire_semaphore(
     opts: &Options,
     wait: &Wait,
 ) -> Result<Box<dyn Held>> {
-    let mut sess = cx.connected(connect_budget(wait, cx.cfg.timeout))?;
+    let (mut sess, record) = cx.begin(opts, wait)?;
     let limit = opts.limit;
-    let mut record = HolderRecord::for_self(opts.holder.as_deref());
-    record.persist = opts.persist;
     ensure_node(cx, &mut sess, limit)?;
     check_max_leases(cx, &sess, limit)?;
     // The sub-lock that serialises lease taking (kazoo: path + "-__lock__").
