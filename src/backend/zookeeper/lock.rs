@@ -177,59 +177,14 @@ impl<'a> Contender<'a> {
         // 0. Try-once: when a contender we exclude is already there, we cannot be first;
         // say so without creating (and deleting) a node of our own.
         if wait.is_try_once() && self.node.is_none() && !self.create_tried {
-            match s.get_children(&self.path, None, self.cx.op_budget()) {
-                Ok(children) => {
-                    if children
-                        .iter()
-                        .any(|c| contender_seq(c, self.kind.exclude).is_some())
-                    {
-                        return Err(self.busy(s, wait, target, &children));
-                    }
-                }
-                Err(ZkError::Api(proto::ERR_NO_NODE)) => {}
-                Err(e) => return self.on_err("listing contenders", e, wait),
+            if let Step::Retry = self.busy_before_entering(s, wait, target)? {
+                return Ok(Step::Retry);
             }
         }
         // 1. Our node: found again by its guid after a connection loss, else created.
-        if self.node.is_none() {
-            if self.create_tried {
-                match self.find_node(s) {
-                    Ok(Some(n)) => {
-                        self.node = Some(n);
-                        self.stat = None;
-                    }
-                    Ok(None) => {}
-                    Err(ZkError::Api(proto::ERR_NO_NODE)) => {}
-                    Err(e) => return self.on_err("looking for our contender node", e, wait),
-                }
-            }
-            if self.node.is_none() {
-                self.create_tried = true;
-                match s.create(
-                    &self.full(&self.prefix),
-                    &self.data,
-                    &self.cx.acl,
-                    self.mode,
-                    self.cx.op_budget(),
-                ) {
-                    Ok((p, stat)) => {
-                        let name = p.rsplit('/').next().unwrap_or_default().to_string();
-                        self.node = Some(name);
-                        self.stat = Some(stat);
-                    }
-                    Err(ZkError::Api(proto::ERR_NO_NODE)) => {
-                        // The lock node is missing (first use, or removed meanwhile).
-                        if let Err(e) = self.cx.ensure_path(s, &self.path, b"") {
-                            return self.on_err("creating the lock node", e, wait);
-                        }
-                        return Ok(Step::Retry);
-                    }
-                    Err(e) => return self.on_err("creating our contender node", e, wait),
-                }
-            }
-        }
-        let Some(node) = self.node.clone() else {
-            return Ok(Step::Retry);
+        let node = match self.enter(s, wait)? {
+            Step::Done(node) => node,
+            Step::Retry => return Ok(Step::Retry),
         };
         // 2. Are we first (among those we exclude)?
         let children = match s.get_children(&self.path, None, self.cx.op_budget()) {
@@ -277,6 +232,71 @@ impl<'a> Contender<'a> {
             Ok(false) => Err(self.busy(s, wait, target, &children)),
             Err(e) => Err(Fail(e)),
         }
+    }
+
+    /// `Busy` (as `Fail`) when a contender we exclude is there already; `Done` when none is.
+    fn busy_before_entering(
+        &mut self,
+        s: &Session,
+        wait: &Wait,
+        target: &Target,
+    ) -> std::result::Result<Step<()>, Fail> {
+        match s.get_children(&self.path, None, self.cx.op_budget()) {
+            Ok(children) => {
+                if children
+                    .iter()
+                    .any(|c| contender_seq(c, self.kind.exclude).is_some())
+                {
+                    return Err(self.busy(s, wait, target, &children));
+                }
+                Ok(Step::Done(()))
+            }
+            Err(ZkError::Api(proto::ERR_NO_NODE)) => Ok(Step::Done(())),
+            Err(e) => self.on_err("listing contenders", e, wait),
+        }
+    }
+
+    /// Our contender node's name: the one we made, found again by its guid after a
+    /// connection loss during its create, or made now (with the lock node when missing).
+    fn enter(&mut self, s: &Session, wait: &Wait) -> std::result::Result<Step<String>, Fail> {
+        if self.node.is_none() && self.create_tried {
+            match self.find_node(s) {
+                Ok(Some(n)) => {
+                    self.node = Some(n);
+                    self.stat = None;
+                }
+                Ok(None) | Err(ZkError::Api(proto::ERR_NO_NODE)) => {}
+                Err(e) => return self.on_err("looking for our contender node", e, wait),
+            }
+        }
+        if self.node.is_none() {
+            self.create_tried = true;
+            match s.create(
+                &self.full(&self.prefix),
+                &self.data,
+                &self.cx.acl,
+                self.mode,
+                self.cx.op_budget(),
+            ) {
+                Ok((p, stat)) => {
+                    let name = p.rsplit('/').next().unwrap_or_default().to_string();
+                    self.node = Some(name);
+                    self.stat = Some(stat);
+                }
+                Err(ZkError::Api(proto::ERR_NO_NODE)) => {
+                    // The lock node is missing (first use, or removed meanwhile).
+                    if let Err(e) = self.cx.ensure_path(s, &self.path, b"") {
+                        return self.on_err("creating the lock node", e, wait);
+                    }
+                    return Ok(Step::Retry);
+                }
+                Err(e) => return self.on_err("creating our contender node", e, wait),
+            }
+        }
+        Ok(match self.node.clone() {
+            Some(node) => Step::Done(node),
+            None => Step::Retry,
+        })
     }
 
     /// The wait ended without the lock: `Busy`, naming who holds it among `children`.
