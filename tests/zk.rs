@@ -11,6 +11,9 @@ mod zk_common;
 use common::{await_until, need_venv_python, unique};
 use lockfn::testing::counters;
 use lockfn::{ErrorKind, Lock};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -56,36 +59,18 @@ fn worker() {
         "fork" => {
             let parent_lock = Lock::acquire(&t, &opts(Some(Duration::from_secs(10)))).unwrap();
             let other = lockfn::Target::parse(&env("W_TARGET2")).unwrap();
-            let pid = unsafe { libc::fork() };
-            if pid == 0 {
-                // Child: the parent's handle is not ours; a zk: lock works on a new session.
-                let code = (|| {
-                    if parent_lock.update().map_err(|e| e.kind()) != Err(ErrorKind::Forked) {
-                        return 10;
-                    }
-                    let l = match Lock::acquire(&other, &opts(Some(Duration::from_secs(10)))) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            eprintln!("child acquire: {e}");
-                            return 11;
-                        }
-                    };
-                    if l.update().is_err() || l.release().is_err() {
-                        return 12;
-                    }
-                    // The parent's lock is still held by the parent: busy for us.
-                    match Lock::acquire(&t, &opts(Some(Duration::ZERO))) {
-                        Err(e) if e.kind() == ErrorKind::Busy => {}
-                        _ => return 13,
-                    }
-                    parent_lock.forget();
-                    0
-                })();
-                unsafe { libc::_exit(code) };
-            }
-            let mut status = 0;
-            unsafe { libc::waitpid(pid, &mut status, 0) };
-            let child = libc::WEXITSTATUS(status);
+            // SAFETY: the child runs only `forked_child` (lockfn's own calls, which are fork
+            // safe by design) and leaves with _exit.
+            let child = match unsafe { fork() }.unwrap() {
+                ForkResult::Child => {
+                    let code = forked_child(&t, &parent_lock, &other);
+                    unsafe { libc::_exit(code) };
+                }
+                ForkResult::Parent { child } => match waitpid(child, None).unwrap() {
+                    WaitStatus::Exited(_, code) => code,
+                    other => panic!("the forked child: {other:?}"),
+                },
+            };
             let parent_ok = parent_lock.update().is_ok();
             say(&format!("child {child} parent_ok {parent_ok}"));
             parent_lock.release().unwrap();
@@ -94,6 +79,29 @@ fn worker() {
         _ => 2,
     };
     std::process::exit(code);
+}
+
+/// The forked child of the "fork" worker: the parent's handle is not ours; a zk: lock works
+/// on a new session. Its exit code: 0, or which check failed.
+fn forked_child(t: &lockfn::Target, parent_lock: &Lock, other: &lockfn::Target) -> i32 {
+    if parent_lock.update().map_err(|e| e.kind()) != Err(ErrorKind::Forked) {
+        return 10;
+    }
+    let l = match Lock::acquire(other, &opts(Some(Duration::from_secs(10)))) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("child acquire: {e}");
+            return 11;
+        }
+    };
+    if l.update().is_err() || l.release().is_err() {
+        return 12;
+    }
+    // The parent's lock is still held by the parent: busy for us.
+    match Lock::acquire(t, &opts(Some(Duration::ZERO))) {
+        Err(e) if e.kind() == ErrorKind::Busy => 0,
+        _ => 13,
+    }
 }
 
 /// A semaphore stores its max_leases (kazoo's check): another limit on it is refused.
@@ -225,7 +233,7 @@ fn session_expiry_of_a_stopped_holder_is_reported_lost() {
     writeln!(stdin, "check").unwrap();
     assert_eq!(read_until(&mut out, "").unwrap(), "ok");
     // Freeze the holder: its session expires, and only then do we get the lock.
-    unsafe { libc::kill(k.id() as i32, libc::SIGSTOP) };
+    kill(Pid::from_raw(k.id() as i32), Signal::SIGSTOP).unwrap();
     let stopped = Instant::now();
     let l = Lock::acquire(&t, &opts(Some(Duration::from_secs(30)))).unwrap();
     assert!(
@@ -233,7 +241,7 @@ fn session_expiry_of_a_stopped_holder_is_reported_lost() {
         "{:?}",
         stopped.elapsed()
     );
-    unsafe { libc::kill(k.id() as i32, libc::SIGCONT) };
+    kill(Pid::from_raw(k.id() as i32), Signal::SIGCONT).unwrap();
     writeln!(stdin, "check").unwrap();
     let answer = read_until(&mut out, "").unwrap();
     assert!(answer.starts_with("err Lost"), "{answer}");
