@@ -3,8 +3,10 @@
 //! and counter), the holder keeps its lock or reports `Lost`, the waiters get the lock once
 //! the ensemble has recovered.
 
+mod common;
 mod zk_common;
 
+use common::{await_until, unique};
 use lockfn::{ErrorKind, Lock};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -196,10 +198,10 @@ fn leader_stop_never_two_holders() {
     // the workers are taking turns.
     zk(&["start-node", zdir.to_str().unwrap(), &leader]);
     let total = 4 * n as u64;
-    let s = Instant::now();
-    while read_counter(&work) < total / 3 && s.elapsed() < Duration::from_secs(120) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // The fault lands a third of the way through (or after 2 minutes, whatever the count).
+    await_until(Duration::from_secs(120), || {
+        read_counter(&work) >= total / 3
+    });
     let at = read_counter(&work);
     let leader2 = zk(&["leader", zdir.to_str().unwrap()]);
     zk(&["stop-node", zdir.to_str().unwrap(), &leader2]);

@@ -4,8 +4,10 @@
 //! - the connection breaks while we hold: we reconnect within the session timeout and keep
 //!   the lock (same node, same token).
 
+mod common;
 mod zk_common;
 
+use common::{await_until, unique};
 use lockfn::{Lock, Target};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -221,11 +223,7 @@ fn waiting_forever_ends_unavailable_when_the_ensemble_vanishes() {
         let r = Lock::acquire(&t, &o);
         r.map(|_| ())
     });
-    let s = std::time::Instant::now();
-    while lockfn::status(&direct).unwrap().details["waiting"] != 1 {
-        assert!(s.elapsed() < Duration::from_secs(10), "waiter never queued");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_waiting(&direct, 1, Duration::from_secs(10));
     proxy.refuse.store(true, Ordering::SeqCst);
     proxy.cut_all();
     let cut = std::time::Instant::now();
@@ -243,13 +241,9 @@ fn waiting_forever_ends_unavailable_when_the_ensemble_vanishes() {
     assert!(took < Duration::from_secs(10), "{took:?}");
     // Its node goes with its session; the holder is unaffected.
     holder.update().unwrap();
-    let s = std::time::Instant::now();
-    while lockfn::status(&direct).unwrap().details["waiting"] != 0 {
-        assert!(
-            s.elapsed() < Duration::from_secs(15),
-            "the cut-off waiter's node stayed"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        await_until(Duration::from_secs(15), || waiting(&direct) == 0),
+        "the cut-off waiter's node stayed"
+    );
     holder.release().unwrap();
 }

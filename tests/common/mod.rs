@@ -65,6 +65,15 @@ pub fn venv_python() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
+/// The Python of the test venv, or None (skipped with the reason printed; a failure when the
+/// run promised its servers, see [`require`]).
+pub fn need_venv_python() -> Option<PathBuf> {
+    venv_python().or_else(|| {
+        require("LOCKFN_VENV (a Python venv with kazoo, lockpick, …)");
+        None
+    })
+}
+
 /// The pmxcfs emulator's control script (tests/pmxcfs/emu.sh).
 pub fn emu_sh() -> PathBuf {
     env_var("PMXEMU_SH")

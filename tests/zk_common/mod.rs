@@ -1,52 +1,24 @@
-//! Shared helpers of the ZooKeeper tests: server discovery, unique lock names, worker
-//! processes (this test binary re-executed in a role), and the overlap-checking critical
-//! section.
+//! Helpers of the ZooKeeper tests only (the shared ones — unique names, await_until,
+//! require, venv_python — are in tests/common): the server, `zk://` targets, worker processes
+//! (this test binary re-executed in a role), the overlap-checking critical section, queued
+//! waiters and the servers' four-letter words.
 
 #![allow(dead_code)]
 
-use lockfn::{Lock, Options, Target};
+use crate::common::{await_until, env_var, require, unique};
+use lockfn::{Options, Target};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// ZKHOSTS, or None (test skipped with a printed reason) — a failure when the run promised
 /// servers (LOCKFN_TEST_REQUIRE_SERVERS=1).
 pub fn zkhosts() -> Option<String> {
-    match std::env::var("ZKHOSTS") {
-        Ok(h) if !h.is_empty() => Some(h),
-        _ => {
-            if std::env::var("LOCKFN_TEST_REQUIRE_SERVERS").as_deref() == Ok("1") {
-                panic!("ZKHOSTS is not set but LOCKFN_TEST_REQUIRE_SERVERS=1");
-            }
-            eprintln!("skipped: ZKHOSTS is not set (start one with tests/servers/zookeeper.sh)");
-            None
-        }
-    }
-}
-
-pub fn venv_python() -> Option<PathBuf> {
-    let v = std::env::var("LOCKFN_VENV").ok().filter(|v| !v.is_empty());
-    let v = v.unwrap_or_else(|| "/var/cache/lockfn-tests/venv".to_string());
-    let p = Path::new(&v).join("bin/python");
-    if p.exists() {
-        Some(p)
-    } else {
-        if std::env::var("LOCKFN_TEST_REQUIRE_SERVERS").as_deref() == Ok("1") {
-            panic!("LOCKFN_VENV has no bin/python: {v}");
-        }
-        eprintln!("skipped: no Python venv with kazoo (LOCKFN_VENV)");
+    env_var("ZKHOSTS").or_else(|| {
+        require("ZKHOSTS (start a ZooKeeper with tests/servers/zookeeper.sh)");
         None
-    }
-}
-
-/// A lock name unique to this test run.
-pub fn unique(name: &str) -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{name}-{}-{}", std::process::id(), t % 1_000_000_000)
+    })
 }
 
 /// `zk://HOSTS/lockfn-test/NAME`: explicit, so the test does not depend on ZKHOSTS parsing.
@@ -115,22 +87,6 @@ pub fn spawn_worker(entry: &str, role: &str, env: &[(&str, String)]) -> Child {
     c.spawn().unwrap()
 }
 
-/// Acquire with retries on `Unavailable` (bounded), for workers that live through outages.
-pub fn acquire_retrying(t: &Target, o: &Options, tries: usize) -> lockfn::Result<Lock> {
-    let mut last = None;
-    for _ in 0..tries {
-        match Lock::acquire(t, o) {
-            Ok(l) => return Ok(l),
-            Err(e) if e.kind() == lockfn::ErrorKind::Unavailable => {
-                last = Some(e);
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last.unwrap())
-}
-
 pub fn say(line: &str) {
     let mut o = std::io::stdout().lock();
     let _ = writeln!(o, "W:{line}");
@@ -153,15 +109,6 @@ pub fn read_until(r: &mut impl std::io::BufRead, prefix: &str) -> Option<String>
     }
 }
 
-/// Poll `cond` (every 10 ms) until it holds; panic with `what` once `limit` has passed.
-pub fn await_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let s = Instant::now();
-    while !cond() {
-        assert!(s.elapsed() < limit, "{what} (waited {limit:?})");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Contenders of the lock that do not hold it (ours, kazoo's, lockpick's alike): the
 /// `waiting` count of `lockfn::status`, from the lock node's children.
 pub fn waiting(t: &Target) -> u64 {
@@ -175,9 +122,10 @@ pub fn waiting(t: &Target) -> u64 {
 /// Wait (bounded) until at least `n` contenders queue behind the holder of `t`: their
 /// contender nodes exist, so a release from now on is one they must be woken by.
 pub fn await_waiting(t: &Target, n: u64, limit: Duration) {
-    await_until(limit, &format!("{n} waiter(s) never queued on {t}"), || {
-        waiting(t) >= n
-    });
+    assert!(
+        await_until(limit, || waiting(t) >= n),
+        "{n} waiter(s) never queued on {t} (waited {limit:?})"
+    );
 }
 
 /// The answer of the four-letter-word command `cmd` from the server at `host` (bounded).

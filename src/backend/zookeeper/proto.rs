@@ -1,5 +1,5 @@
 //! The ZooKeeper wire format ("jute"): big-endian integers, length-prefixed buffers and
-//! strings, and the few records the lock recipes need. Plus SHA-1 and base64 for digest ACLs.
+//! strings, and the few records the lock recipes need; and the ACLs of the nodes we create.
 
 /// Operation codes.
 pub(crate) const OP_DELETE: i32 = 2;
@@ -221,7 +221,7 @@ impl Acl {
             Acl {
                 perms: PERM_ALL,
                 scheme: "digest".into(),
-                id: format!("{user}:{}", base64(&sha1(user_colon_pass.as_bytes()))),
+                id: format!("{user}:{}", digest(user_colon_pass)),
             },
             Acl {
                 perms: PERM_READ,
@@ -232,81 +232,12 @@ impl Acl {
     }
 }
 
-pub fn sha1(data: &[u8]) -> [u8; 20] {
-    let mut h: [u32; 5] = [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0];
-    let mut msg = data.to_vec();
-    let bits = (data.len() as u64).wrapping_mul(8);
-    msg.push(0x80);
-    while msg.len() % 64 != 56 {
-        msg.push(0);
-    }
-    msg.extend_from_slice(&bits.to_be_bytes());
-    for chunk in msg.chunks(64) {
-        let mut w = [0u32; 80];
-        for i in 0..16 {
-            w[i] = u32::from_be_bytes([
-                chunk[4 * i],
-                chunk[4 * i + 1],
-                chunk[4 * i + 2],
-                chunk[4 * i + 3],
-            ]);
-        }
-        for i in 16..80 {
-            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e] = h;
-        for (i, wi) in w.iter().enumerate() {
-            let (f, k) = match i {
-                0..=19 => ((b & c) | (!b & d), 0x5A827999),
-                20..=39 => (b ^ c ^ d, 0x6ED9EBA1),
-                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1BBCDC),
-                _ => (b ^ c ^ d, 0xCA62C1D6),
-            };
-            let t = a
-                .rotate_left(5)
-                .wrapping_add(f)
-                .wrapping_add(e)
-                .wrapping_add(k)
-                .wrapping_add(*wi);
-            e = d;
-            d = c;
-            c = b.rotate_left(30);
-            b = a;
-            a = t;
-        }
-        h[0] = h[0].wrapping_add(a);
-        h[1] = h[1].wrapping_add(b);
-        h[2] = h[2].wrapping_add(c);
-        h[3] = h[3].wrapping_add(d);
-        h[4] = h[4].wrapping_add(e);
-    }
-    let mut out = [0u8; 20];
-    for (i, v) in h.iter().enumerate() {
-        out[4 * i..4 * i + 4].copy_from_slice(&v.to_be_bytes());
-    }
-    out
-}
-
-pub fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::new();
-    for c in data.chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        s.push(T[(n >> 18) as usize & 63] as char);
-        s.push(T[(n >> 12) as usize & 63] as char);
-        s.push(if c.len() > 1 {
-            T[(n >> 6) as usize & 63] as char
-        } else {
-            '='
-        });
-        s.push(if c.len() > 2 {
-            T[n as usize & 63] as char
-        } else {
-            '='
-        });
-    }
-    s
+/// ZooKeeper's digest id of `user:password`: base64(SHA-1(`user:password`)), as its
+/// `DigestAuthenticationProvider.generateDigest`.
+fn digest(user_colon_pass: &str) -> String {
+    use base64::Engine;
+    use sha1::Digest;
+    base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(user_colon_pass))
 }
 
 #[cfg(test)]
@@ -314,9 +245,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sha1_and_base64_match_known_values() {
-        assert_eq!(base64(&sha1(b"abc")), "qZk+NkcGgWq6PiVxeFDCbJzQ2J0=");
-        assert_eq!(base64(&sha1(b"")), "2jmj7l5rSw0yVb/vlWAYkK/YBwk=");
+    fn digest_matches_known_values() {
+        assert_eq!(digest("abc"), "qZk+NkcGgWq6PiVxeFDCbJzQ2J0=");
+        assert_eq!(digest(""), "2jmj7l5rSw0yVb/vlWAYkK/YBwk=");
         // ZooKeeper's own example: DigestAuthenticationProvider.generateDigest("super:test")
         let a = Acl::digest_only("super:test");
         assert_eq!(a[0].id, "super:D/InIHSb7yEEbrWz8b9l71RjZJU=");
