@@ -85,9 +85,9 @@ impl Held for SemHeld {
                 return Err(self.lost());
             }
             g.free(self.slot);
-            pair.sem.post().map_err(|e| {
-                Error::os(format!("{}: sem_post", self.target), e)
-            })?;
+            pair.sem
+                .post()
+                .map_err(|e| Error::os(format!("{}: sem_post", self.target), e))?;
         }
         if let Some(p) = self.pair.take() {
             pool::put(p);

@@ -222,10 +222,7 @@ impl SemBackend {
             Some(sem) => g.recover_dead(sem, |h| h.liveness()),
             None => 0,
         };
-        let idle = g.used() == 0
-            && sem
-                .as_ref()
-                .is_none_or(|s| s.value() >= g.limit() as i64);
+        let idle = g.used() == 0 && sem.as_ref().is_none_or(|s| s.value() >= g.limit() as i64);
         if idle {
             // The token floor first: if it cannot be kept, neither is anything removed.
             tokens::raise(table.uid(), g.next_token())?;

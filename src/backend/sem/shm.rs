@@ -103,7 +103,12 @@ pub(super) fn open_checked(path: &Path, expect: &Expect) -> Result<Option<(Mappi
         Err(nix::errno::Errno::ELOOP) => {
             return Err(untrusted(path, "is a symbolic link", ErrorKind::Permission))
         }
-        Err(e) => return Err(Error::os(format!("cannot open {}", path.display()), e.into())),
+        Err(e) => {
+            return Err(Error::os(
+                format!("cannot open {}", path.display()),
+                e.into(),
+            ))
+        }
     };
     let st = nix::sys::stat::fstat(&fd)
         .map_err(|e| Error::os(format!("cannot stat {}", path.display()), e.into()))?;
@@ -221,17 +226,10 @@ pub(super) fn create_atomically(
         nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(mode as libc::mode_t))
             .map_err(|e| io("set the mode of", e))?;
         let st = nix::sys::stat::fstat(&fd).map_err(|e| io("stat", e))?;
-        let map = Mapping::map(&fd, &st).map_err(|e| {
-            Error::os(format!("cannot map {}", path.display()), e)
-        })?;
+        let map = Mapping::map(&fd, &st)
+            .map_err(|e| Error::os(format!("cannot map {}", path.display()), e))?;
         init(&map);
-        match nix::unistd::linkat(
-            fd_cwd(),
-            &tmp,
-            fd_cwd(),
-            path,
-            nix::fcntl::AtFlags::empty(),
-        ) {
+        match nix::unistd::linkat(fd_cwd(), &tmp, fd_cwd(), path, nix::fcntl::AtFlags::empty()) {
             Ok(()) => Ok(Some(map)),
             Err(nix::errno::Errno::EEXIST) => Ok(None),
             Err(e) => Err(io("create", e)),
@@ -248,9 +246,7 @@ fn fd_cwd() -> std::os::fd::BorrowedFd<'static> {
 
 /// The link count of an open file (0: it was unlinked).
 pub(super) fn nlink(fd: &impl AsFd) -> u64 {
-    nix::sys::stat::fstat(fd)
-        .map(|st| st.st_nlink)
-        .unwrap_or(0)
+    nix::sys::stat::fstat(fd).map(|st| st.st_nlink).unwrap_or(0)
 }
 
 /// Remove `path` if it is still the file with inode `ino` (one stat, then unlink: a file made

@@ -58,7 +58,10 @@ fn a_table_is_created_whole_and_its_slots_hold_the_record() {
     let g2 = t2.lock().unwrap();
     let hs = g2.holders();
     assert_eq!(hs.len(), 1);
-    assert_eq!((hs[0].1.pid, hs[0].1.start_time, hs[0].1.persist), (42, 7, true));
+    assert_eq!(
+        (hs[0].1.pid, hs[0].1.start_time, hs[0].1.persist),
+        (42, 7, true)
+    );
     assert_eq!(hs[0].1.token, rec.token);
     assert_eq!(g2.next_token(), rec.token + 1);
     drop(g2);

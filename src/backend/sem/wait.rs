@@ -205,7 +205,9 @@ impl Watcher<'_> {
     fn sleep(&self, watch: &LivenessWatch, timeout: Duration) -> Wake {
         let mut fds = vec![PollFd::new(self.stop, PollFlags::POLLIN)];
         // Safety: the caller's cancel fd stays open for the whole acquire call.
-        let cancel = self.cancel_fd.map(|fd| unsafe { BorrowedFd::borrow_raw(fd) });
+        let cancel = self
+            .cancel_fd
+            .map(|fd| unsafe { BorrowedFd::borrow_raw(fd) });
         if let Some(c) = cancel {
             fds.push(PollFd::new(c, PollFlags::POLLIN));
         }
