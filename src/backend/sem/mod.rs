@@ -41,7 +41,7 @@ pub(crate) static SEM_OPEN: Mutex<()> = Mutex::new(());
 enum Attempt {
     Held(Box<dyn Held>),
     /// Busy; the first holder (for the message).
-    Busy(Pair, Option<crate::holder::HolderRecord>),
+    Busy(Box<Pair>, Option<crate::holder::HolderRecord>),
     /// The pair is not the lock any more: open again.
     Stale,
 }
@@ -122,7 +122,7 @@ impl SemBackend {
         if !took {
             let first = g.holders().into_iter().next().map(|(_, h)| h);
             drop(g);
-            return Ok(Attempt::Busy(pair, first));
+            return Ok(Attempt::Busy(Box::new(pair), first));
         }
         let held = Self::record(target, opts, &g, &pair)?;
         drop(g);
@@ -243,7 +243,7 @@ impl super::Backend for SemBackend {
             let (pair, first) = match Self::attempt(target, opts, pair)? {
                 Attempt::Held(h) => return Ok(h),
                 Attempt::Stale => continue,
-                Attempt::Busy(pair, first) => (pair, first),
+                Attempt::Busy(pair, first) => (*pair, first),
             };
             if wait.is_try_once() || wait.expired() {
                 return Err(wait.busy(target, first.as_ref()));

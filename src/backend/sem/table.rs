@@ -199,11 +199,15 @@ pub(super) struct NewHolder<'a> {
 }
 
 impl Locked<'_> {
+    // The memory is shared with other processes and guarded by the mutex this guard holds,
+    // not by Rust's borrows: `&self` hands out `&mut` to it, one short use at a time.
+    #[allow(clippy::mut_from_ref)]
     fn h(&self) -> &mut Header {
         // Safety: the header is mapped, and we hold its mutex.
         unsafe { &mut *self.t.header() }
     }
 
+    #[allow(clippy::mut_from_ref)]
     fn slot(&self, i: usize) -> &mut Slot {
         assert!(i < self.t.nslots);
         // Safety: i is within the checked length, and we hold the mutex.
