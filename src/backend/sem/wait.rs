@@ -66,7 +66,13 @@ pub(super) fn wait_for_count(target: &Target, pair: &Pair, wait: &Wait) -> Resul
         // Without a watcher (no thread to be had), look for dead holders every PROC_SLICE.
         let slice = if spawned.is_ok() { SLICE } else { PROC_SLICE };
         let r = sleep_on(target, pair, wait, &state, slice, spawned.is_err());
-        drop(stop_w); // the watcher's poll sees the pipe's end and returns
+        // The watcher's poll sees the pipe's end and returns.
+        drop(stop_w);
+        // Joined here (pthread_join), not by the scope's end, which can return before the
+        // thread's TLS destructors ran: a fork right after would copy them half-done.
+        if let Ok(h) = spawned {
+            let _ = h.join();
+        }
         r
     })
 }
