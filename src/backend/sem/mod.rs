@@ -102,7 +102,7 @@ fn check_limit(target: &Target, g: &Locked, opts: &Options) -> Result<()> {
 impl SemBackend {
     /// One critical section: take a count if one is free and record it; when busy, give
     /// back dead holders' slots and try once more.
-    fn attempt(target: &Target, opts: &Options, pair: Pair) -> Result<Attempt> {
+    fn attempt(target: &Target, opts: &Options, own: (i32, u64), pair: Pair) -> Result<Attempt> {
         let g = pair.table.lock()?;
         if !pair.current(&g) {
             return Ok(Attempt::Stale);
@@ -124,7 +124,7 @@ impl SemBackend {
             drop(g);
             return Ok(Attempt::Busy(Box::new(pair), first));
         }
-        let held = Self::record(target, opts, &g, &pair)?;
+        let held = Self::record(target, opts, own, &g, &pair)?;
         drop(g);
         Ok(Attempt::Held(Box::new(SemHeld {
             target: target.clone(),
@@ -138,10 +138,10 @@ impl SemBackend {
     fn record(
         target: &Target,
         opts: &Options,
+        own: (i32, u64),
         g: &Locked,
         pair: &Pair,
     ) -> Result<(usize, crate::holder::HolderRecord)> {
-        let own = own_process();
         let who = NewHolder {
             pid: own.0,
             start_time: own.1,
@@ -165,13 +165,18 @@ impl SemBackend {
     }
 
     /// After a wait gave us a count: record it, unless the pair went stale meanwhile.
-    fn record_woken(target: &Target, opts: &Options, pair: Pair) -> Result<Option<Box<dyn Held>>> {
+    fn record_woken(
+        target: &Target,
+        opts: &Options,
+        own: (i32, u64),
+        pair: Pair,
+    ) -> Result<Option<Box<dyn Held>>> {
         let g = pair.table.lock()?;
         if !pair.current(&g) {
             let _ = pair.sem.post();
             return Ok(None);
         }
-        let held = Self::record(target, opts, &g, &pair)?;
+        let held = Self::record(target, opts, own, &g, &pair)?;
         drop(g);
         Ok(Some(Box::new(SemHeld {
             target: target.clone(),
@@ -181,8 +186,8 @@ impl SemBackend {
         })))
     }
 
-    fn open_pair(target: &Target, opts: &Options) -> Result<Pair> {
-        match pool::take(&target.name, own_process().0) {
+    fn open_pair(target: &Target, opts: &Options, pid: i32) -> Result<Pair> {
+        match pool::take(&target.name, pid) {
             Some(p) => Ok(p),
             None => Pair::open(target, opts.mode, opts.limit).map_err(with_hint),
         }
@@ -238,9 +243,11 @@ impl SemBackend {
 impl super::Backend for SemBackend {
     fn acquire(&self, target: &Target, opts: &Options, wait: &Wait) -> Result<Box<dyn Held>> {
         check_options(target, opts)?;
+        // One getpid(2) per acquisition (not in the vDSO): the pid and start time, once.
+        let own = own_process();
         for _ in 0..MAX_REOPEN {
-            let pair = Self::open_pair(target, opts)?;
-            let (pair, first) = match Self::attempt(target, opts, pair)? {
+            let pair = Self::open_pair(target, opts, own.0)?;
+            let (pair, first) = match Self::attempt(target, opts, own, pair)? {
                 Attempt::Held(h) => return Ok(h),
                 Attempt::Stale => continue,
                 Attempt::Busy(pair, first) => (*pair, first),
@@ -251,7 +258,7 @@ impl super::Backend for SemBackend {
             match wait::wait_for_count(target, &pair, wait)? {
                 wait::Woke::Stale => continue,
                 wait::Woke::Got => {
-                    if let Some(h) = Self::record_woken(target, opts, pair)? {
+                    if let Some(h) = Self::record_woken(target, opts, own, pair)? {
                         return Ok(h);
                     }
                 }
