@@ -11,7 +11,7 @@
 //! `Forked` (and the ZooKeeper session table and the sem pool are per process).
 //!
 //! Lock order (the prepare handler's, and the only order in which code may nest these):
-//! ffi handle table → ffi string table → lib `HELD` → sem `POOL` → sem `SEM_OPEN` →
+//! ffi handle table → ffi string table → lib `HELD` → sem `POOL` →
 //! zk `SESSIONS` → the descriptor registry. Each is a leaf otherwise.
 //!
 //! What remains (documented in the header and README): a child made by `vfork()`, or by
@@ -68,7 +68,6 @@ struct Taken {
     _strings: MutexGuard<'static, crate::ffi::StringTable>,
     _held: MutexGuard<'static, crate::HeldTable>,
     pool: MutexGuard<'static, crate::backend::sem::Pool>,
-    _sem_open: MutexGuard<'static, ()>,
     _zk: MutexGuard<'static, crate::backend::zookeeper::SessionTable>,
     fds: MutexGuard<'static, Vec<RawFd>>,
 }
@@ -87,7 +86,6 @@ extern "C" fn prepare() {
         _strings: lock(crate::ffi::strings()),
         _held: lock(crate::held_table()),
         pool: lock(&crate::backend::sem::POOL),
-        _sem_open: lock(&crate::backend::sem::SEM_OPEN),
         _zk: lock(&crate::backend::zookeeper::SESSIONS),
         fds: lock(&FDS),
     };

@@ -239,6 +239,20 @@ impl LivenessWatch {
         state
     }
 
+    /// Is `h` watched through a pidfd (its death then makes [`LivenessWatch::fds`] readable)?
+    pub fn is_watched(&self, h: &HolderRecord) -> bool {
+        self.watched
+            .iter()
+            .any(|(pid, start, _)| *pid == h.pid && *start == h.start_time)
+    }
+
+    /// The pidfds of the watched holders: each becomes readable when its process exits, so a
+    /// waiter can sleep in poll(2) until a holder dies instead of polling /proc.
+    pub fn fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.watched.iter().map(|(_, _, fd)| fd.as_fd()).collect()
+    }
+
     /// Stop watching processes that no longer hold anything (closes their pidfds).
     pub fn retain(&mut self, holders: &[HolderRecord]) {
         self.watched.retain(|(pid, start, _)| {

@@ -364,3 +364,52 @@ locked $T" ]
   run "$LOCKFN" status --json "$T"
   [ "$(echo "$output" | json 'j["available"]')" = 1 ]
 }
+
+@test "a semaphore file planted by another user is refused (exit 77), never a SIGBUS" {
+  command -v setpriv >/dev/null || skip "setpriv (util-linux) missing"
+  [ "$(id -u)" = 0 ] || skip "needs root to act as another user"
+  setpriv --reuid=nobody --regid=nogroup --clear-groups sh -c ": > /dev/shm/sem.$NAME; chmod 666 /dev/shm/sem.$NAME"
+  run "$LOCKFN" run -n "$T" -- true
+  echo "$output"
+  [ "$status" -eq 77 ]
+  [[ "$output" == *"/dev/shm/sem.$NAME"*"belongs to uid $(id -u nobody)"* ]]
+  # A host process of the library: an error too, not a signal.
+  run env PYTHONPATH="$ROOT/bindings/python" LOCKFN_LIBRARY="$(dirname "$LOCKFN")/liblockfn.so" \
+    python3 -c "
+import lockfn
+try:
+    lockfn.Lock('$T', timeout=0).acquire()
+except lockfn.LockPermissionError as e:
+    print('refused:', e)
+"
+  echo "$output"
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"refused:"*"/dev/shm/sem.$NAME"* ]]
+  # Our own empty file: the wrong size, exit 64, and status says the same.
+  rm -f "/dev/shm/sem.$NAME"
+  : >"/dev/shm/sem.$NAME"
+  run "$LOCKFN" status "$T"
+  [ "$status" -eq 64 ]
+  [[ "$output" == *"/dev/shm/sem.$NAME is 0 bytes"* ]]
+  rm -f "/dev/shm/sem.$NAME"
+  run "$LOCKFN" run -n "$T" -- true
+  [ "$status" -eq 0 ]
+}
+
+@test "a huge sparse table file is an error naming it; gc leaves it and still works" {
+  truncate -s 200G "/dev/shm/lockfn.$NAME"
+  run "$LOCKFN" run -n "$T" -- true
+  echo "$output"
+  [ "$status" -eq 64 ]
+  [[ "$output" == *"/dev/shm/lockfn.$NAME is 214748364800 bytes"* ]]
+  run "$LOCKFN" status "$T"
+  [ "$status" -eq 64 ]
+  run "$LOCKFN" gc sem
+  [ "$status" -eq 0 ]
+  run "$LOCKFN" gc "$T"
+  [ "$status" -eq 0 ]
+  [ -e "/dev/shm/lockfn.$NAME" ]
+  rm -f "/dev/shm/lockfn.$NAME"
+  run "$LOCKFN" run -n "$T" -- true
+  [ "$status" -eq 0 ]
+}

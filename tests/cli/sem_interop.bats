@@ -93,3 +93,99 @@ teardown() {
   [ "$status" -eq 77 ]
   [[ "$output" == *"Permission denied"*"another user"* ]]
 }
+
+# A long-lived resourcelock process: one line on stdin per command (get, unget, quit); prints
+# each result. Its object keeps the semaphore open, as a resourcelock user's does.
+rl_process() {
+  "$(dirname "$RL")/python" -u -c '
+import sys
+from cjnfuncs.resourcelock import resource_lock
+lock = resource_lock(sys.argv[1])
+print("ready", flush=True)
+for line in sys.stdin:
+    cmd = line.strip()
+    if cmd == "get":
+        print("get", lock.get_lock(timeout=0), flush=True)
+    elif cmd == "unget":
+        print("unget", lock.unget_lock(), flush=True)
+    elif cmd == "quit":
+        break
+' "$1"
+}
+
+sem_value() { "$LOCKFN" status --json "$T" | json 'j["available"]'; }
+
+@test "resourcelock's unget while lockfn holds: never value 2, and lockfn run stops (exit 75)" {
+  "$LOCKFN" run "$T" -- sleep 100 &
+  holder=$!
+  wait_for 10 held "$T"
+  run "$RL" "$NAME" unget
+  [ "$status" -eq 0 ]
+  # The holder learns its slot was given back (a check a second), stops its command, exit 75.
+  rc=0
+  wait "$holder" || rc=$?
+  [ "$rc" -eq 75 ]
+  [ "$(sem_value)" = 1 ]
+  # Its release posted nothing: one count, one holder at a time.
+  "$LOCKFN" run -n "$T" -- sh -c "[ \$(\"$LOCKFN\" status --json '$T' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"available\"])') = 0 ]"
+  [ "$(sem_value)" = 1 ]
+}
+
+@test "lockfn release --force beside a resourcelock holder: its later unget cannot make value 2" {
+  coproc RLP { rl_process "$NAME"; }
+  read -r -t 10 line <&"${RLP[0]}"
+  [ "$line" = ready ]
+  echo get >&"${RLP[1]}"
+  read -r -t 10 line <&"${RLP[0]}"
+  [ "$line" = "get True" ]
+  # The operator's forced release gives resourcelock's count back; lockfn takes it.
+  run "$LOCKFN" release --force "$T"
+  [ "$status" -eq 0 ]
+  "$LOCKFN" run "$T" -- sleep 100 &
+  holder=$!
+  wait_for 10 held "$T"
+  [ "$(sem_value)" = 0 ]
+  # resourcelock still believes it holds: its unget posts (value 0). lockfn takes that count
+  # back from its holder, which stops (75); the value never exceeds 1.
+  echo unget >&"${RLP[1]}"
+  read -r -t 10 line <&"${RLP[0]}"
+  [ "$line" = "unget True" ]
+  rc=0
+  wait "$holder" || rc=$?
+  [ "$rc" -eq 75 ]
+  [ "$(sem_value)" = 1 ]
+  echo quit >&"${RLP[1]}"
+}
+
+@test "gc beside an idle resourcelock object keeps the semaphore it uses" {
+  coproc RLP { rl_process "$NAME"; }
+  read -r -t 10 line <&"${RLP[0]}"
+  [ "$line" = ready ]
+  run "$LOCKFN" run -n "$T" -- true
+  [ "$status" -eq 0 ]
+  [ -e "/dev/shm/lockfn.$NAME" ]
+  ino=$(stat -c %i "/dev/shm/sem.$NAME")
+  run "$LOCKFN" gc "$T"
+  [ "$status" -eq 0 ]
+  # Our idle table is gone; the semaphore resourcelock has open is the one at the name.
+  [ ! -e "/dev/shm/lockfn.$NAME" ]
+  [ "$(stat -c %i "/dev/shm/sem.$NAME")" = "$ino" ]
+  # So the two still exclude each other, both ways.
+  echo get >&"${RLP[1]}"
+  read -r -t 10 line <&"${RLP[0]}"
+  [ "$line" = "get True" ]
+  run "$LOCKFN" run -n "$T" -- true
+  [ "$status" -eq 1 ]
+  echo unget >&"${RLP[1]}"
+  read -r -t 10 line <&"${RLP[0]}"
+  [ "$line" = "unget True" ]
+  "$LOCKFN" run "$T" -- sleep 100 &
+  holder=$!
+  wait_for 10 held "$T"
+  echo get >&"${RLP[1]}"
+  read -r -t 10 line <&"${RLP[0]}"
+  [ "$line" = "get False" ]
+  kill -TERM "$holder"
+  wait "$holder" || true
+  echo quit >&"${RLP[1]}"
+}
