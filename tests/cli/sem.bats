@@ -227,7 +227,7 @@ assert h["token"] > 0 and h["start_time"] > 0 and len(h["boot_id"]) == 36, h
 @test "acquire --persist outlives the command; release ends it" {
   run "$LOCKFN" acquire "$T"
   [ "$status" -eq 64 ]
-  run "$LOCKFN" acquire --persist --holder manual "$T"
+  run --separate-stderr "$LOCKFN" acquire --persist --holder manual "$T"
   [ "$status" -eq 0 ]
   [[ "$output" =~ ^[0-9]+$ ]]
   run "$LOCKFN" status --json "$T"
