@@ -247,7 +247,7 @@ fn handle_id(h: *const lock_handle) -> usize {
 }
 
 fn forked(lock: &SlotData) -> Option<c_int> {
-    (lock.pid != std::process::id()).then(|| {
+    (lock.pid != crate::fork::pid()).then(|| {
         set_last_error(
             "the handle belongs to the parent process (used in a child after fork); the \
              parent's lock is untouched",
@@ -352,7 +352,7 @@ pub unsafe extern "C" fn lock_acquire(
                 // Ids are never reused, so a stale handle can never name a newer lock.
                 let id = NEXT_ID.fetch_add(1, Ordering::SeqCst) * 16;
                 let slot = Arc::new(SlotData {
-                    pid: std::process::id(),
+                    pid: crate::fork::pid(),
                     token: lock.token(),
                     lock: Mutex::new(Some(lock)),
                 });

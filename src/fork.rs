@@ -19,7 +19,7 @@
 //! descriptor until it execs (ours are close-on-exec); it must call nothing but exec or `_exit`.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// Descriptors that carry lock state (a flock, a record file under one). See [`register`].
@@ -97,6 +97,8 @@ extern "C" fn parent() {
 }
 
 extern "C" fn child() {
+    // First: everything after may compare pids.
+    PID.store(std::process::id(), Ordering::Relaxed);
     let _ = TAKEN.try_with(|t| {
         if let Some(mut taken) = t.borrow_mut().take() {
             child_hooks(&mut taken);
@@ -115,12 +117,32 @@ fn child_hooks(taken: &mut Taken) {
 }
 
 static REGISTERED: AtomicBool = AtomicBool::new(false);
+static PID: AtomicU32 = AtomicU32::new(0);
+
+/// This process's pid without a system call (getpid(2) is not in the vDSO, and every
+/// acquisition, renewal and release compares pids to notice a fork). Cached here and set anew
+/// by the atfork child handler, which glibc's fork() always runs. A child made by a raw
+/// clone(2) that runs no atfork handler would see its parent's pid: the same caveat as the
+/// other handlers (README, "fork").
+pub(crate) fn pid() -> u32 {
+    match PID.load(Ordering::Relaxed) {
+        0 => {
+            ensure_handlers();
+            let p = std::process::id();
+            PID.store(p, Ordering::Relaxed);
+            p
+        }
+        p => p,
+    }
+}
 
 /// Install the atfork handlers (once per process; a child inherits them). Called at library
 /// load (ELF constructor) and, in case the constructor was not linked in (a static link that
 /// dropped it), by every entry point before it takes any lock.
 pub(crate) fn ensure_handlers() {
-    if !REGISTERED.swap(true, Ordering::SeqCst) {
+    // A plain load first: every entry point calls this, and a swap would bounce the cache
+    // line between threads.
+    if !REGISTERED.load(Ordering::Acquire) && !REGISTERED.swap(true, Ordering::SeqCst) {
         unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
     }
 }

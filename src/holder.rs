@@ -185,7 +185,7 @@ pub fn own_process() -> (i32, u64) {
     // vouches for the start time next to it. Every writer in one process writes the same pair.
     static PID: AtomicI32 = AtomicI32::new(0);
     static START: AtomicU64 = AtomicU64::new(0);
-    let pid = std::process::id() as i32;
+    let pid = crate::fork::pid() as i32;
     if PID.load(Ordering::Acquire) == pid {
         return (pid, START.load(Ordering::Relaxed));
     }

@@ -122,7 +122,7 @@ impl Lock {
             ));
         }
         let key = target.canonical();
-        let pid = std::process::id();
+        let pid = crate::fork::pid();
         if opts.reentrant {
             if let Some(shared) = find_held(&key, pid) {
                 shared.refs.fetch_add(1, Ordering::SeqCst);
@@ -182,7 +182,7 @@ impl Lock {
 
     /// Is this handle used in the process that acquired it?
     pub fn is_forked(&self) -> bool {
-        self.shared.pid != std::process::id()
+        self.shared.pid != crate::fork::pid()
     }
 
     /// How often the lock wants renewal (None: it cannot expire).
@@ -388,7 +388,7 @@ fn lost_error(target: &Target) -> Error {
 }
 
 fn release_shared(shared: &Arc<Shared>) -> Result<()> {
-    if shared.pid != std::process::id() {
+    if shared.pid != crate::fork::pid() {
         return Err(forked_error(&shared.target));
     }
     let prev = shared
