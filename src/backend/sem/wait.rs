@@ -6,7 +6,7 @@
 //! (which wakes a waiter); the waiting thread keeps sleeping on the semaphore in slices of
 //! `SLICE`, after each of which it reads what the watcher found (a cancel, a stale pair).
 //! Steady state: 1/SLICE futex waits plus one poll per `WATCH_SLICE` (the watcher's look at
-//! who holds now): ≈ 3 syscalls/s. A holder whose death no pidfd reports (no pidfd_open:
+//! who holds now): ≈ 4 syscalls/s. A holder whose death no pidfd reports (no pidfd_open:
 //! old kernel, seccomp) is looked up in /proc every `PROC_SLICE`.
 //!
 //! Signals: the watcher blocks them all, so a signal with a handler (the CLI's, Python's)
@@ -24,7 +24,10 @@ use std::time::{Duration, Instant};
 
 const FIRST: Duration = Duration::from_millis(100);
 const SLICE: Duration = Duration::from_millis(500);
-const WATCH_SLICE: Duration = Duration::from_millis(1000);
+/// How often the watcher looks at who holds now: a holder that took the lock during the wait
+/// (after the last look) is watched from the next look on, so its death is noticed within
+/// this; one known at the last look, at once (its pidfd).
+const WATCH_SLICE: Duration = Duration::from_millis(500);
 const PROC_SLICE: Duration = Duration::from_millis(100);
 
 /// How a wait that did not fail ended.
