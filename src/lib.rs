@@ -24,6 +24,7 @@ mod fork;
 pub mod holder;
 mod lock;
 mod options;
+mod proc;
 mod service;
 pub mod target;
 
