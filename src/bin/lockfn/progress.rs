@@ -85,16 +85,8 @@ impl Progress {
 
 /// Signals the CLI catches: they must reach the waiting thread, whose semaphore wait they
 /// interrupt (EINTR) so that a cancel is at once; one taken by another thread would be seen
-/// only at the wait's next look at the cancel fd (sem.rs: up to 200 ms later).
-const WAITER_SIGNALS: &[libc::c_int] = &[
-    libc::SIGINT,
-    libc::SIGTERM,
-    libc::SIGHUP,
-    libc::SIGQUIT,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGCHLD,
-];
+/// only at the wait's next look at the cancel fd (sem: up to 0.5 s later).
+const WAITER_SIGNALS: &[libc::c_int] = crate::signals::RUN;
 
 /// A thread started with [`WAITER_SIGNALS`] blocked (a new thread inherits the mask), so it
 /// never takes one. A thread that cannot start costs only the progress lines.

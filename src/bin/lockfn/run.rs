@@ -197,16 +197,7 @@ fn spawn(argv: &[OsString], lock: &Lock) -> std::io::Result<Child> {
 
 fn supervise(lock: Lock, argv: &[OsString], a: &RunArgs, grace: Duration) -> crate::CmdResult {
     let sigfd = signals::pipe().map_err(crate::internal)?;
-    signals::catch(&[
-        libc::SIGCHLD,
-        libc::SIGINT,
-        libc::SIGTERM,
-        libc::SIGHUP,
-        libc::SIGQUIT,
-        libc::SIGUSR1,
-        libc::SIGUSR2,
-    ])
-    .map_err(crate::internal)?;
+    signals::catch(signals::RUN).map_err(crate::internal)?;
     // Signals that cancelled nothing while we acquired are stale now.
     signals::drain(sigfd);
     let mut child = match spawn(argv, &lock) {

@@ -32,6 +32,17 @@ extern "C" fn on_signal(signo: libc::c_int, info: *mut libc::siginfo_t, _: *mut 
 }
 
 /// Create the self-pipe (once) and return its read end.
+/// What `lockfn run` catches: the command's end, the cancels, and what it forwards.
+pub const RUN: &[libc::c_int] = &[
+    libc::SIGCHLD,
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
 pub fn pipe() -> std::io::Result<RawFd> {
     static READ: AtomicI32 = AtomicI32::new(-1);
     let r = READ.load(Ordering::SeqCst);
