@@ -278,7 +278,7 @@ assert h["token"] > 0 and h["start_time"] > 0 and len(h["boot_id"]) == 36, h
   [ "$status" -eq 0 ]
   [ "$(echo "$output" | json 'j["removed"]')" -ge 2 ]
   [ ! -e "/dev/shm/sem.$NAME" ]
-  [ ! -e "/dev/shm/lockfn.$NAME" ]
+  [ ! -e "/dev/shm/lockfn@table.$NAME" ]
   run "$LOCKFN" gc bogus
   [ "$status" -eq 64 ]
 }
@@ -397,19 +397,19 @@ except lockfn.LockPermissionError as e:
 }
 
 @test "a huge sparse table file is an error naming it; gc leaves it and still works" {
-  truncate -s 200G "/dev/shm/lockfn.$NAME"
+  truncate -s 200G "/dev/shm/lockfn@table.$NAME"
   run "$LOCKFN" run -n "$T" -- true
   echo "$output"
   [ "$status" -eq 64 ]
-  [[ "$output" == *"/dev/shm/lockfn.$NAME is 214748364800 bytes"* ]]
+  [[ "$output" == *"/dev/shm/lockfn@table.$NAME is 214748364800 bytes"* ]]
   run "$LOCKFN" status "$T"
   [ "$status" -eq 64 ]
   run "$LOCKFN" gc sem
   [ "$status" -eq 0 ]
   run "$LOCKFN" gc "$T"
   [ "$status" -eq 0 ]
-  [ -e "/dev/shm/lockfn.$NAME" ]
-  rm -f "/dev/shm/lockfn.$NAME"
+  [ -e "/dev/shm/lockfn@table.$NAME" ]
+  rm -f "/dev/shm/lockfn@table.$NAME"
   run "$LOCKFN" run -n "$T" -- true
   [ "$status" -eq 0 ]
 }

@@ -59,7 +59,7 @@ teardown() {
 @test "the semaphore is created 0600 unless --mode says otherwise" {
   run "$LOCKFN" run -n "$T" -- true
   [ "$(stat -c %a "/dev/shm/sem.$NAME")" = 600 ]
-  [ "$(stat -c %a "/dev/shm/lockfn.$NAME")" = 600 ]
+  [ "$(stat -c %a "/dev/shm/lockfn@table.$NAME")" = 600 ]
   "$LOCKFN" gc "sem:$NAME"
   run "$LOCKFN" run -n --mode 660 "$T" -- true
   [ "$(stat -c %a "/dev/shm/sem.$NAME")" = 660 ]
@@ -163,12 +163,12 @@ sem_value() { "$LOCKFN" status --json "$T" | json 'j["available"]'; }
   [ "$line" = ready ]
   run "$LOCKFN" run -n "$T" -- true
   [ "$status" -eq 0 ]
-  [ -e "/dev/shm/lockfn.$NAME" ]
+  [ -e "/dev/shm/lockfn@table.$NAME" ]
   ino=$(stat -c %i "/dev/shm/sem.$NAME")
   run "$LOCKFN" gc "$T"
   [ "$status" -eq 0 ]
   # Our idle table is gone; the semaphore resourcelock has open is the one at the name.
-  [ ! -e "/dev/shm/lockfn.$NAME" ]
+  [ ! -e "/dev/shm/lockfn@table.$NAME" ]
   [ "$(stat -c %i "/dev/shm/sem.$NAME")" = "$ino" ]
   # So the two still exclude each other, both ways.
   echo get >&"${RLP[1]}"

@@ -25,7 +25,7 @@ setup() {
 }
 
 teardown() {
-    rm -f /dev/shm/sem."$N"* /dev/shm/lockfn."$N"* 2>/dev/null || true
+    rm -f /dev/shm/sem."$N"* /dev/shm/lockfn@table."$N"* 2>/dev/null || true
     if [[ -n ${PMX:-} ]]; then rm -rf "$PMX"; fi
 }
 

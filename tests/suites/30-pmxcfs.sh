@@ -47,23 +47,9 @@ LOCKFN_PMXCFS_DIR=$(sed -n 's/^LOCKFN_PMXCFS_DIR=//p' "$T/emu/env")
 export LOCKFN_PMXCFS_DIR LOCKFN_PMXLOCK_DIR=$T/flock LOCKFN_RUN_DIR=$T/run
 mkdir -p "$LOCKFN_PMXLOCK_DIR" "$LOCKFN_RUN_DIR"
 LD=$LOCKFN_PMXCFS_DIR
+# shellcheck source=tests/lib/suite.sh
+. "$ROOT/tests/lib/suite.sh"
 
-now() { date +%s.%N; }
-# wait_for SECONDS CMD...: poll CMD every 20 ms, bounded.
-wait_for() {
-  local n
-  n=$(awk -v s="$1" 'BEGIN { print int(s * 50) }')
-  shift
-  while ((n-- > 0)); do
-    "$@" && return 0
-    sleep 0.02
-  done
-  return 1
-}
-fail() {
-  echo "    $*"
-  return 1
-}
 # waiting_on_flock PID: PID sleeps on the inotify watch of the node-local flock file (it has
 # found the lock taken and is waiting), the event the tests await instead of a sleep.
 waiting_on_flock() {

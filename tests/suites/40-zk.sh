@@ -5,6 +5,9 @@
 # `lockfn run`. Prints `N passed, N failed` last; exits non-zero on any failure.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# now, since, wait_for, json, fail
+# shellcheck source=tests/lib/suite.sh
+. "$ROOT/tests/lib/suite.sh"
 LOCKFN=${LOCKFN:-$ROOT/target/debug/lockfn}
 export LOCKFN
 PY=${LOCKFN_VENV:-/var/cache/lockfn-tests/venv}/bin/python
@@ -50,20 +53,7 @@ code() {
   fi
 }
 name() { echo "suite-$$-$1-$RANDOM"; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.2f", b-a}'; }
-# wait_for SECS CMD...: poll CMD every 20 ms until it succeeds; false after SECS.
-wait_for() {
-  local secs=$1
-  shift
-  local end=$(($(date +%s%N) + secs * 1000000000))
-  until "$@" >/dev/null 2>&1; do
-    (($(date +%s%N) > end)) && return 1
-    sleep 0.02
-  done
-}
 held() { "$LOCKFN" status --check "$1"; }
-json() { python3 -c "import json,sys; j=json.load(sys.stdin); print($1)"; }
 
 # --- mutual exclusion through the CLI
 check "exclusion 8 x 200 with lockfn run on zk:" \

@@ -214,7 +214,7 @@ uninstall_clean() {
 }
 check "make uninstall removes every installed file" uninstall_clean
 
-rm -f /dev/shm/sem."$NAME"-* /dev/shm/lockfn."$NAME"-* 2>/dev/null
+rm -f /dev/shm/sem."$NAME"-* /dev/shm/lockfn@table."$NAME"-* 2>/dev/null
 echo
 ((FAILED == 0)) || echo "failed: ${FAILED_NAMES[*]}"
 echo "$PASSED passed, $FAILED failed"

@@ -60,7 +60,7 @@ cleanup() {
         grep " $WORK/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l
     fi
     if [[ ${LOCKFN_PKG_KEEP:-0} == 1 ]]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
-    rm -f /dev/shm/sem."$NAME"* /dev/shm/lockfn."$NAME"* 2>/dev/null
+    rm -f /dev/shm/sem."$NAME"* /dev/shm/lockfn@table."$NAME"* 2>/dev/null
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -45,7 +45,7 @@ BACKENDS = {"sem": None, "pmxcfs": None, "zk": "ZKHOSTS", "consul": "CONSUL_HTTP
 
 
 def pytest_sessionfinish(session, exitstatus):
-    for path in glob.glob(f"/dev/shm/sem.{PREFIX}-*") + glob.glob(f"/dev/shm/lockfn.{PREFIX}-*"):
+    for path in glob.glob(f"/dev/shm/sem.{PREFIX}-*") + glob.glob(f"/dev/shm/lockfn@table.{PREFIX}-*"):
         try:
             os.unlink(path)
         except OSError:

@@ -1,5 +1,5 @@
 //! The sem backend: the POSIX named semaphore `/NAME` (value = limit), shared with
-//! resourcelock and posix_ipc, plus our holder table `/dev/shm/lockfn.NAME`.
+//! resourcelock and posix_ipc, plus our holder table `/dev/shm/lockfn@table.NAME`.
 //!
 //! Rooms: `shm` opens, checks and creates the files (whose files are trusted); `posix` is the
 //! semaphore; `table` the holder records in shared memory under a robust mutex; `pair` a
@@ -188,7 +188,7 @@ impl SemBackend {
         }
     }
 
-    /// Visit every `lockfn.NAME` in /dev/shm whose name starts with `prefix`.
+    /// Visit every `lockfn@table.NAME` in /dev/shm whose name starts with `prefix`.
     fn names(prefix: &str) -> Result<Vec<String>> {
         let dir = std::fs::read_dir(shm::SHM_DIR)
             .map_err(|e| Error::os(format!("cannot read {}", shm::SHM_DIR), e))?;

@@ -1,7 +1,7 @@
 //! The files of `sem:` in /dev/shm, opened with checks before anything is mapped, and created
 //! atomically.
 //!
-//! /dev/shm is world-writable: any local user can plant `sem.NAME` or `lockfn.NAME` before us,
+//! /dev/shm is world-writable: any local user can plant `sem.NAME` or `lockfn@table.NAME` before us,
 //! or (if it may write the file) truncate it under us. glibc's sem_open maps whatever is there
 //! without looking (an empty file: SIGBUS on the first sem_wait). So nothing is mapped until
 //! [`open_checked`] has vouched for the descriptor it will map: a regular file (O_NOFOLLOW, so

@@ -1,4 +1,4 @@
-//! The holder-record table `/dev/shm/lockfn.NAME`: one fixed-size slot per count of the
+//! The holder-record table `/dev/shm/lockfn@table.NAME`: one fixed-size slot per count of the
 //! semaphore, in shared memory, changed only under a process-shared robust mutex in its
 //! header. Uncontended, taking and releasing a slot costs no syscall (glibc's mutex and
 //! semaphore are atomics until someone has to sleep); the kernel hands the mutex on when a
@@ -22,7 +22,10 @@ use std::path::PathBuf;
 const MAGIC: u64 = u64::from_le_bytes(*b"lockfnT1");
 /// Slots a table has at most (`--limit` above it is refused on sem:).
 pub(super) const MAX_SLOTS: u32 = 4096;
-pub(super) const RECORD_PREFIX: &str = "lockfn.";
+/// The table of lock NAME is `/dev/shm/lockfn@table.NAME`: '@' is in no lock name, so no name
+/// can make another of our files, and the record files of lockfn before this table
+/// (`/dev/shm/lockfn.NAME`, a JSON document) are never mistaken for a table.
+pub(super) const RECORD_PREFIX: &str = "lockfn@table.";
 
 #[repr(C)]
 struct Header {
@@ -81,7 +84,7 @@ pub(super) struct Table {
 }
 
 impl Table {
-    /// Open `lockfn.NAME`; None if it does not exist. The descriptor is returned for gc
+    /// Open `lockfn@table.NAME`; None if it does not exist. The descriptor is returned for gc
     /// (link count).
     pub fn open(name: &str) -> Result<Option<(Table, std::os::fd::OwnedFd)>> {
         let path = table_path(name);
@@ -111,7 +114,7 @@ impl Table {
         Ok(Some((Table { map, nslots, path }, fd)))
     }
 
-    /// Create `lockfn.NAME` for `limit` slots with exactly `mode`; None if it exists.
+    /// Create `lockfn@table.NAME` for `limit` slots with exactly `mode`; None if it exists.
     pub fn create(name: &str, mode: u32, limit: u32) -> Result<Option<Table>> {
         let path = table_path(name);
         let first_token = tokens::seed()?;

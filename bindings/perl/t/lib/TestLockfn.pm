@@ -57,7 +57,7 @@ sub backends {
 }
 
 END {
-    unlink glob("/dev/shm/sem.pl$$-*"), glob("/dev/shm/lockfn.pl$$-*");
+    unlink glob("/dev/shm/sem.pl$$-*"), glob("/dev/shm/lockfn\@table.pl$$-*");
 }
 
 1;
