@@ -79,3 +79,10 @@ teardown() {
   wait_for 10 held "file:$D/dir"
   run -1 "$LOCKFN" run -n "file:$D/dir" -- true
 }
+
+@test "a flock-shaped call is answered with the run form on file:, which works as printed" {
+  run -64 "$LOCKFN" -n "$D/h" echo shaped
+  [[ "$output" == *"lockfn run -n file:$D/h -- echo shaped"* ]]
+  run -0 "$LOCKFN" run -n "file:$D/h" -- echo shaped
+  [ "$output" = shaped ]
+}
