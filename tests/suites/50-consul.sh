@@ -236,7 +236,7 @@ t_release_match() {
     "$L" acquire --persist "consul://$A/$k/b" >/dev/null || return 1
     "$L" acquire --persist "consul://$A/$k-other" >/dev/null || return 1
     out=$("$L" release --match "$k/.*" "consul://$A/") || return 1
-    [[ $out == "released $k/a"*"released $k/b" ]] || { echo "release --match: $out"; return 1; }
+    [[ $out == "released consul://$A/$k/a"*"released consul://$A/$k/b" ]] || { echo "release --match: $out"; return 1; }
     "$L" status --check "consul://$A/$k/a"; [[ $? == 1 ]] || return 1
     "$L" status --check "consul://$A/$k-other" || return 1
     "$L" release --match "$k/.*" "consul://$A/"; [[ $? == 65 ]] || return 1
