@@ -176,20 +176,20 @@ fn sem_status(
 /// first: Consul answers those with 403 when the token may not read the key (a listing would
 /// silently leave it out).
 fn status_of(client: &Client, target: &Target, key: &str) -> Result<Status> {
-    let (exact, _) = client.kv_get(key, None)?;
+    let (exact, _) = client.retry(6, || client.kv_get(key, None))?;
     if let Some(e) = exact {
         if e.flags == SEM_FLAG && key.ends_with("/.lock") {
             let prefix = semaphore::prefix_of(key);
-            let (under, _) = client.kv_list(&format!("{prefix}/"), None)?;
+            let (under, _) = client.retry(6, || client.kv_list(&format!("{prefix}/"), None))?;
             return sem_status(client, target, prefix, &under);
         }
-        let (under, _) = client.kv_list(&queue::prefix(key), None)?;
+        let (under, _) = client.retry(6, || client.kv_list(&queue::prefix(key), None))?;
         return Ok(mutex_status(client, target, &e, &under));
     }
     let lock_key = semaphore::lock_key_of(key);
-    match client.kv_get(&lock_key, None)? {
+    match client.retry(6, || client.kv_get(&lock_key, None))? {
         (Some(e), _) if e.flags == SEM_FLAG => {
-            let (under, _) = client.kv_list(&format!("{key}/"), None)?;
+            let (under, _) = client.retry(6, || client.kv_list(&format!("{key}/"), None))?;
             sem_status(client, target, key, &under)
         }
         _ => Ok(Status::new(target)),
@@ -247,13 +247,13 @@ fn is_lock_entry(e: &KvEntry) -> bool {
 /// it (no lock-delay: the session no longer holds anything when it is destroyed), then
 /// destroy the session. Ok(false) when the key had moved on.
 fn force_release_key(client: &Client, key: &str, session: &str) -> Result<bool> {
-    let r = client.retry(3, || {
+    let r = client.retry(6, || {
         client.txn(&[
             serde_json::json!({"Verb": "check-session", "Key": key, "Session": session}),
             serde_json::json!({"Verb": "delete", "Key": key}),
         ])
     })?;
-    client.retry(3, || client.session_destroy(session))?;
+    client.retry(6, || client.session_destroy(session))?;
     Ok(matches!(r, Txn::Applied(_)))
 }
 
@@ -265,7 +265,7 @@ fn release_sem_slots(
     pick: &dyn Fn(&KvEntry) -> bool,
 ) -> Result<u32> {
     let lock_key = semaphore::lock_key_of(prefix);
-    let (entries, _) = client.kv_list(&format!("{prefix}/"), None)?;
+    let (entries, _) = client.retry(6, || client.kv_list(&format!("{prefix}/"), None))?;
     let (_, mut sl) = semaphore::find_lock(target, client, &lock_key, &entries, 0)?;
     sl.prune(&entries);
     let mut gone = Vec::new();
@@ -286,7 +286,7 @@ fn release_sem_slots(
     }
     semaphore::remove_holders(target, client, prefix, &gone, &keys)?;
     for s in &gone {
-        client.retry(3, || client.session_destroy(s))?;
+        client.retry(6, || client.session_destroy(s))?;
     }
     Ok(gone.len() as u32)
 }
@@ -303,7 +303,7 @@ pub(super) fn list(prefix: &Target) -> Result<Vec<Status>> {
     } else {
         key
     };
-    let (entries, _) = client.kv_list(&key, None)?;
+    let (entries, _) = client.retry(6, || client.kv_list(&key, None))?;
     let sems = sem_prefixes(&entries);
     let mut out = Vec::new();
     for p in &sems {
@@ -339,7 +339,7 @@ pub(super) fn gc(scope: &GcScope) -> Result<u32> {
     let target = Target::parse_allow_empty("consul:")?;
     let (client, _) = locate(&target)?;
     let prefix = format!("{KEY_PREFIX}{}", scope.prefix);
-    let (entries, _) = client.kv_list(&prefix, None)?;
+    let (entries, _) = client.retry(6, || client.kv_list(&prefix, None))?;
     let sems = sem_prefixes(&entries);
     let dead =
         |e: &KvEntry| our_record(e).is_some_and(|r| !r.persist && r.liveness() == Liveness::Dead);
@@ -355,7 +355,7 @@ pub(super) fn gc(scope: &GcScope) -> Result<u32> {
         match e.holder() {
             // Released but left behind (a holder killed mid-release, `consul lock`).
             None => {
-                let r = client.retry(3, || {
+                let r = client.retry(6, || {
                     client.txn(&[serde_json::json!({
                         "Verb": "delete-cas", "Key": e.key, "Index": e.modify_index
                     })])
@@ -394,7 +394,7 @@ pub(super) fn release_named(target: &Target, force: bool) -> Result<u32> {
             release_sem_slots(&client, target, &prefix, &persistent)?
         }
     } else {
-        let (e, _) = client.kv_get(&key, None)?;
+        let (e, _) = client.retry(6, || client.kv_get(&key, None))?;
         match e {
             Some(e) => match e.holder() {
                 Some(s) if force || persistent(&e) => {
@@ -427,14 +427,14 @@ pub(super) fn update_named(target: &Target) -> Result<()> {
     let st = status_of(&client, target, &key)?;
     let sessions: Vec<String> = if st.limit.unwrap_or(1) > 1 {
         let prefix = semaphore::prefix_of(&key).to_string();
-        let (entries, _) = client.kv_list(&format!("{prefix}/"), None)?;
+        let (entries, _) = client.retry(6, || client.kv_list(&format!("{prefix}/"), None))?;
         entries
             .iter()
             .filter(|e| our_record(e).is_some_and(|r| r.persist))
             .filter_map(|e| e.holder().map(str::to_string))
             .collect()
     } else {
-        let (e, _) = client.kv_get(&key, None)?;
+        let (e, _) = client.retry(6, || client.kv_get(&key, None))?;
         e.filter(|e| our_record(e).is_some_and(|r| r.persist))
             .and_then(|e| e.holder().map(str::to_string))
             .into_iter()
@@ -447,7 +447,7 @@ pub(super) fn update_named(target: &Target) -> Result<()> {
         ));
     }
     for s in sessions {
-        if !client.retry(3, || client.session_renew(&s))? {
+        if !client.retry(6, || client.session_renew(&s))? {
             return Err(lost(
                 target,
                 &format!("its Consul session {s} no longer exists"),
@@ -490,7 +490,7 @@ pub fn release_matching(addr: Option<&str>, pattern: &str) -> Result<Vec<String>
         },
         explicit: true,
     };
-    let (entries, _) = client.kv_list(&literal_prefix(pattern), None)?;
+    let (entries, _) = client.retry(6, || client.kv_list(&literal_prefix(pattern), None))?;
     let sems = sem_prefixes(&entries);
     let mut released = BTreeMap::new();
     for p in &sems {

@@ -18,9 +18,36 @@ use super::queue::{self, LockState, View, Watch, HOLDING, WAITING};
 use super::session::{HeldSession, Session};
 use super::{busy_error, conflict_error, lost, ms_left, CHECK_INTERVAL, LOCK_FLAG};
 use crate::backend::{Held, Wait};
-use crate::holder::HolderRecord;
+use crate::holder::{HolderRecord, Liveness};
 use crate::{Error, ErrorKind, Options, Result, Target};
 use std::time::Duration;
+
+/// How long a waiter blocks on the entry of a predecessor of this host before looking again
+/// whether that process still lives.
+const LOCAL_RECHECK: Duration = Duration::from_secs(2);
+
+/// The predecessor a waiter watches.
+struct Pred {
+    key: String,
+    /// Its ModifyIndex when last seen.
+    index: u64,
+    /// The entry of the lockfn process holding K.
+    holding: bool,
+    /// A process of this host: looked at again every few seconds, so that its death (which
+    /// leaves its entry until its session ends) is seen soon.
+    local: bool,
+}
+
+impl Pred {
+    fn of(e: &KvEntry) -> Pred {
+        Pred {
+            key: e.key.clone(),
+            index: e.modify_index,
+            holding: e.flags == HOLDING,
+            local: super::our_record(e).is_some_and(|r| r.is_this_boot()),
+        }
+    }
+}
 
 /// The waiter's next move.
 enum Next {
@@ -32,9 +59,8 @@ enum Next {
     Evaluate,
     /// Blocking query on K from this index.
     WatchLock(u64),
-    /// Blocking query on a predecessor's entry from this index; true: the entry of the
-    /// lockfn process holding K.
-    WatchEntry(String, u64, bool),
+    /// Blocking query on a predecessor's entry.
+    WatchEntry(Pred),
 }
 
 struct Waiter<'a> {
@@ -121,7 +147,7 @@ impl Waiter<'_> {
                 self.decide(View::of(self.key, entries))
             }
             Next::WatchLock(index) => self.watch_lock(index),
-            Next::WatchEntry(k, index, holding) => self.watch_entry(k, index, holding),
+            Next::WatchEntry(p) => self.watch_entry(p),
         }
     }
 
@@ -292,11 +318,7 @@ impl Waiter<'_> {
             },
             Watch::Entry(p) => {
                 self.check_time_left()?;
-                Ok(Err(Next::WatchEntry(
-                    p.key,
-                    p.modify_index,
-                    p.flags == HOLDING,
-                )))
+                Ok(Err(Next::WatchEntry(Pred::of(&p))))
             }
         }
     }
@@ -345,14 +367,15 @@ impl Waiter<'_> {
     }
 
     /// Blocking query on our predecessor's entry.
-    fn watch_entry(
-        &mut self,
-        key: String,
-        index: u64,
-        holding: bool,
-    ) -> Result<std::result::Result<u64, Next>> {
-        let block = ms_left(self.wait, self.session.block_limit());
-        let Some((e, _)) = wait_for_key(self.wait, &self.client, &key, index.max(1), block)? else {
+    fn watch_entry(&mut self, p: Pred) -> Result<std::result::Result<u64, Next>> {
+        let limit = if p.local {
+            LOCAL_RECHECK
+        } else {
+            self.session.block_limit()
+        };
+        let block = ms_left(self.wait, limit);
+        let Some((e, _)) = wait_for_key(self.wait, &self.client, &p.key, p.index.max(1), block)?
+        else {
             return Err(busy_error(
                 self.target,
                 self.wait,
@@ -361,20 +384,26 @@ impl Waiter<'_> {
             ));
         };
         match e {
-            // Unchanged (the query timed out): look at the whole queue again now and then.
-            Some(e) if e.holder().is_some() && e.modify_index <= index => Ok(Err(Next::Evaluate)),
+            // Unchanged (the query timed out). A waiting predecessor that still lives: watch
+            // on. A dead one of this host (its entry stays until its session ends) or the
+            // holder's (is it still?): look at the whole queue again.
+            Some(e) if e.holder().is_some() && e.modify_index <= p.index => {
+                let dead = super::our_record(&e).is_some_and(|r| r.liveness() == Liveness::Dead);
+                if p.holding || dead {
+                    Ok(Err(Next::Evaluate))
+                } else {
+                    self.check_time_left()?;
+                    Ok(Err(Next::WatchEntry(p)))
+                }
+            }
             // Changed: typically it took K (marked holding): we are first now, behind it.
             Some(e) if e.holder().is_some() => {
                 self.check_time_left()?;
-                Ok(Err(Next::WatchEntry(
-                    key,
-                    e.modify_index,
-                    e.flags == HOLDING,
-                )))
+                Ok(Err(Next::WatchEntry(Pred::of(&e))))
             }
             // The holder we watched freed K (its entry goes in the same transaction): take
             // it at once; should a `consul lock` have barged in, this fails and we read again.
-            None if holding => Ok(Err(Next::Take(LockState::Absent))),
+            None if p.holding => Ok(Err(Next::Take(LockState::Absent))),
             // Gone (cancelled, dead; or took K and freed it already): read the queue.
             _ => Ok(Err(Next::Evaluate)),
         }

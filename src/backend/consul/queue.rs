@@ -11,6 +11,7 @@
 
 use super::api::KvEntry;
 use super::LOCK_FLAG;
+use crate::holder::Liveness;
 
 /// Flags of a queue entry whose waiter waits.
 pub(super) const WAITING: u64 = 0x6c6f_636b_666e_7131;
@@ -37,7 +38,9 @@ pub(super) fn is_entry(key: &str) -> bool {
 /// `get-tree K`, which also return unrelated keys that merely start with K).
 pub(super) struct View {
     pub lock: Option<KvEntry>,
-    /// Live entries (with a session), oldest first.
+    /// Live entries (with a session, and not of a process of this host that is provably
+    /// dead: a waiter killed -9 is skipped at once rather than when its session ends), oldest
+    /// first.
     pub queue: Vec<KvEntry>,
 }
 
@@ -63,6 +66,7 @@ impl View {
             } else if e.key.starts_with(&qp)
                 && e.holder().is_some()
                 && !e.key[qp.len()..].contains('/')
+                && !super::our_record(&e).is_some_and(|r| r.liveness() == Liveness::Dead)
             {
                 queue.push(e);
             }
