@@ -754,7 +754,11 @@ fn interop_with_consullock() {
     );
     let waiter = {
         let t = t.clone();
-        std::thread::spawn(move || Lock::acquire(&t, &opts(Some(30.0))))
+        // No lock-delay: consullock's `unlock` below destroys this session, and its `lock`
+        // right after must not meet a lock-delay (consullock's own sessions have none).
+        let mut o = opts(Some(30.0));
+        o.lock_delay = Some(Duration::ZERO);
+        std::thread::spawn(move || Lock::acquire(&t, &o))
     };
     // The waiter is on its way (its session exists) before consullock unlocks.
     await_until(
