@@ -3,7 +3,8 @@
 //! The API calls themselves are in [`super::api`].
 //!
 //! Connections: one `ureq::Agent` (pool) per lock, keeping at most one idle connection, which
-//! the waiting loop's blocking queries reuse (they run on a helper thread sharing the pool).
+//! the waiting loop's blocking queries reuse (they run on a helper thread sharing the pool),
+//! and which the process's next lock reuses ([`Pool`]).
 //! So a waiter holds one connection to the agent, which matters: Consul caps concurrent
 //! connections per client address (`limits.http_max_conns_per_client`, 200 by default) and
 //! closes the ones past it (hashicorp/go-connlimit, `HTTPConnStateFunc...`: the connection is
@@ -32,9 +33,9 @@ pub const MAX_BLOCK: Duration = Duration::from_secs(300);
 
 #[derive(Clone)]
 pub struct Client {
-    /// Shared by clones (a waiting loop and its blocking-query thread); replaced after a
-    /// [`Client::interrupt`].
-    agent: Arc<Mutex<ureq::Agent>>,
+    /// Shared by clones (a waiting loop and its blocking-query thread); its agent is replaced
+    /// after a [`Client::interrupt`].
+    pool: Arc<Mutex<Pool>>,
     base: String,
     /// `host:port`, for messages.
     pub addr: String,
@@ -58,8 +59,57 @@ pub enum Method {
     Delete,
 }
 
-/// A fresh agent (connection pool) for one lock: nothing of it outlives the lock, so a
-/// released or cancelled lock leaves no socket open in the process.
+/// The connection pool of a client and its clones. When the last of them goes, the agent
+/// (with its one idle connection) is parked for the next lock of this process with the same
+/// configuration: consecutive locks (a loop of `lock_acquire`/`lock_release`) then reuse one
+/// connection, as api.Lock's client does; at most one idle connection per process stays open.
+struct Pool {
+    agent: ureq::Agent,
+    cfg: Config,
+    pid: u32,
+}
+
+struct Parked {
+    agent: ureq::Agent,
+    cfg: Config,
+    pid: u32,
+}
+
+static PARKED: Mutex<Option<Parked>> = Mutex::new(None);
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if self.pid != std::process::id() {
+            return;
+        }
+        let mut p = PARKED.lock().unwrap_or_else(|e| e.into_inner());
+        let old = p.replace(Parked {
+            agent: self.agent.clone(),
+            cfg: self.cfg.clone(),
+            pid: self.pid,
+        });
+        // One parked at most; another process's (we are a forked child) is never dropped
+        // here: closing its socket could disturb the parent's connection.
+        if let Some(old) = old.filter(|o| o.pid != self.pid) {
+            std::mem::forget(old);
+        }
+    }
+}
+
+/// The parked agent for `cfg` of this process, or a new one.
+fn agent_for(cfg: &Config) -> Result<ureq::Agent> {
+    let pid = std::process::id();
+    let mut p = PARKED.lock().unwrap_or_else(|e| e.into_inner());
+    match p.take() {
+        Some(parked) if parked.pid == pid && parked.cfg == *cfg => return Ok(parked.agent),
+        Some(parked) if parked.pid != pid => std::mem::forget(parked),
+        other => *p = other,
+    }
+    drop(p);
+    new_agent(cfg)
+}
+
+/// A fresh agent (connection pool).
 fn new_agent(cfg: &Config) -> Result<ureq::Agent> {
     let mut builder = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -147,7 +197,11 @@ fn service_text(body: &[u8]) -> String {
 impl Client {
     pub fn new(cfg: &Config) -> Result<Client> {
         Ok(Client {
-            agent: Arc::new(Mutex::new(new_agent(cfg)?)),
+            pool: Arc::new(Mutex::new(Pool {
+                agent: agent_for(cfg)?,
+                cfg: cfg.clone(),
+                pid: std::process::id(),
+            })),
             base: cfg.base(),
             addr: cfg.addr.clone(),
             token: cfg.token.clone(),
@@ -191,15 +245,19 @@ impl Client {
     }
 
     fn agent(&self) -> ureq::Agent {
-        self.agent.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .agent
+            .clone()
     }
 
     /// Close the connection of this client's pool, interrupting a request in flight (a
     /// blocking query), and start a fresh pool for later requests.
     pub fn interrupt(&self) {
-        let mut a = self.agent.lock().unwrap_or_else(|e| e.into_inner());
-        let fresh = agent_with(a.config().clone());
-        std::mem::replace(&mut *a, fresh).shutdown();
+        let mut p = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = agent_with(p.agent.config().clone());
+        std::mem::replace(&mut p.agent, fresh).shutdown();
     }
 
     /// Remove the token from a text, should a service or a library ever echo it.
