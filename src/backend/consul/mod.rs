@@ -4,7 +4,8 @@
 //!
 //! - [`config`]: the agent address, token and TLS, from Consul's own environment variables.
 //! - [`http`]: a small blocking client (ureq): deadlines, retries, interruptible blocking
-//!   queries; [`tls`] its TLS set-up; [`api`] the session, KV and transaction calls.
+//!   queries; [`pool`] its connection, [`tls`] its TLS set-up; [`api`] the session, KV and
+//!   transaction calls.
 //! - [`session`]: a waiter's session and a holder's (renewal, "transient or lost?").
 //! - [`mutex`]: limit 1, as api.Lock (key `PREFIX/.lock` for `consul lock PREFIX`), with
 //!   lockfn's waiters in the [`queue`] beside the key, so that a release wakes one of them.
@@ -25,6 +26,7 @@ pub mod config;
 mod consullock;
 pub mod http;
 mod mutex;
+mod pool;
 mod queue;
 mod semaphore;
 mod session;

@@ -15,8 +15,8 @@ use super::api::{wait_for_key, KvEntry, Txn};
 use super::consullock::mutex_value;
 use super::http::Client;
 use super::queue::{self, LockState, View, Watch, HOLDING, WAITING};
-use super::session::{HeldSession, Session};
-use super::{busy_error, conflict_error, lost, ms_left, CHECK_INTERVAL, LOCK_FLAG};
+use super::session::{ConsulHeld, HeldSession, Keys, Session};
+use super::{busy_error, conflict_error, lost, ms_left, LOCK_FLAG};
 use crate::backend::{Held, Wait};
 use crate::holder::{HolderRecord, Liveness};
 use crate::{Error, ErrorKind, Options, Result, Target};
@@ -412,100 +412,64 @@ impl Waiter<'_> {
     fn into_held(self, token: u64) -> Box<dyn Held> {
         let mut record = self.record;
         record.token = token;
-        Box::new(MutexHeld {
-            key: self.key.to_string(),
-            entry: self.entry,
+        Box::new(ConsulHeld {
+            keys: MutexKeys {
+                key: self.key.to_string(),
+                entry: self.entry,
+            },
             record,
             session: self.session.keep(self.target),
         })
     }
 }
 
-pub(super) struct MutexHeld {
-    session: HeldSession,
+/// The keys of a held mutex.
+pub(super) struct MutexKeys {
     key: String,
     /// Our queue entry (marked holding), deleted with the key at release.
     entry: Option<String>,
-    record: HolderRecord,
 }
 
-impl MutexHeld {
+impl Keys for MutexKeys {
     /// The key still says we hold it.
-    fn verify(&self) -> Result<()> {
-        let c = &self.session.client;
+    fn verify(&self, s: &HeldSession) -> Result<()> {
+        let c = &s.client;
         let (e, _) = c.retry(4, || c.kv_get(&self.key, None))?;
         match e {
-            Some(e) if e.holder() == Some(self.session.id.as_str()) => Ok(()),
+            Some(e) if e.holder() == Some(s.id.as_str()) => Ok(()),
             Some(e) => Err(lost(
-                &self.session.target,
+                &s.target,
                 &match e.holder() {
-                    Some(s) => format!("key {} is now held by Consul session {s}", self.key),
+                    Some(h) => format!("key {} is now held by Consul session {h}", self.key),
                     None => format!(
                         "key {} was released (our Consul session {} was invalidated)",
-                        self.key, self.session.id
+                        self.key, s.id
                     ),
                 },
             )),
-            None => Err(lost(
-                &self.session.target,
-                &format!("key {} was deleted", self.key),
-            )),
+            None => Err(lost(&s.target, &format!("key {} was deleted", self.key))),
         }
     }
-}
 
-impl Held for MutexHeld {
-    fn token(&self) -> u64 {
-        self.record.token
-    }
-
-    fn record(&self) -> &HolderRecord {
-        &self.record
-    }
-
-    fn update(&mut self) -> Result<()> {
-        self.session.client.bound_by_op_timeout();
-        let r = self.session.renew().and_then(|_| self.verify());
-        self.session.settle(r)
-    }
-
-    fn check(&mut self) -> Result<()> {
-        self.session.client.bound_by_op_timeout();
-        let r = self.verify();
-        self.session.settle(r)
-    }
-
-    fn release(&mut self) -> Result<()> {
-        let c = self.session.client.clone();
-        c.bound_by_op_timeout();
+    /// One transaction: the key is still ours, delete it and our queue entry.
+    fn free(&self, s: &HeldSession) -> Result<()> {
+        let c = &s.client;
         let mut ops = vec![
-            serde_json::json!({"Verb": "check-session", "Key": self.key, "Session": self.session.id}),
+            serde_json::json!({"Verb": "check-session", "Key": self.key, "Session": s.id}),
             serde_json::json!({"Verb": "delete", "Key": self.key}),
         ];
         if let Some(entry) = &self.entry {
             ops.push(serde_json::json!({"Verb": "delete", "Key": entry}));
         }
-        let r = c.retry(4, || c.txn(&ops));
-        // Destroying the session also deletes whatever it still holds (behavior delete).
-        let d = self.session.destroy();
-        match r? {
-            Txn::Applied(_) => d,
+        match c.retry(4, || c.txn(&ops))? {
+            Txn::Applied(_) => Ok(()),
             Txn::Failed(_) => Err(lost(
-                &self.session.target,
+                &s.target,
                 &format!(
                     "key {} was no longer held by our session at release",
                     self.key
                 ),
             )),
         }
-    }
-
-    fn renew_interval(&self) -> Option<Duration> {
-        self.session.renew_interval()
-    }
-
-    fn check_interval(&self) -> Option<Duration> {
-        // A loss (an operator destroying the session) is seen within about a second.
-        Some(CHECK_INTERVAL)
     }
 }

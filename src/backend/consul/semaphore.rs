@@ -15,14 +15,13 @@
 
 use super::api::{b64_decode, b64_encode, wait_for_key, wait_for_list, KvEntry, Txn};
 use super::http::Client;
-use super::session::{HeldSession, Session};
-use super::{lost, ms_left, CHECK_INTERVAL, SEM_FLAG};
+use super::session::{ConsulHeld, HeldSession, Keys, Session};
+use super::{lost, ms_left, SEM_FLAG};
 use crate::backend::{Held, Wait};
 use crate::holder::HolderRecord;
 use crate::{Error, ErrorKind, Options, Result, Target};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
 
 /// The coordination value of `.lock`, byte-compatible with api.Semaphore's `semaphoreLock`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -363,9 +362,11 @@ impl SemWaiter<'_> {
     fn into_held(self, token: u64) -> Box<dyn Held> {
         let mut record = self.record;
         record.token = token;
-        Box::new(SemHeld {
-            prefix: self.prefix,
-            lock_key: self.lock_key,
+        Box::new(ConsulHeld {
+            keys: SemKeys {
+                prefix: self.prefix,
+                lock_key: self.lock_key,
+            },
             record,
             session: self.session.keep(self.target),
         })
@@ -380,39 +381,57 @@ fn full_error(target: &Target, wait: &Wait, limit: i64) -> Error {
     )
 }
 
-pub(super) struct SemHeld {
-    session: HeldSession,
+/// The keys of a held semaphore slot.
+pub(super) struct SemKeys {
     prefix: String,
     lock_key: String,
-    record: HolderRecord,
 }
 
-impl SemHeld {
-    fn contender(&self) -> String {
-        format!("{}/{}", self.prefix, self.session.id)
+impl SemKeys {
+    fn contender(&self, s: &HeldSession) -> String {
+        format!("{}/{}", self.prefix, s.id)
     }
+}
 
+impl Keys for SemKeys {
     /// Our contender key and `.lock` still say we hold a slot.
-    fn verify(&self) -> Result<()> {
-        let c = &self.session.client;
-        let target = &self.session.target;
+    fn verify(&self, s: &HeldSession) -> Result<()> {
+        let c = &s.client;
         let list_prefix = format!("{}/", self.prefix);
         let (entries, _) = c.retry(4, || c.kv_list(&list_prefix, None))?;
-        let contender = self.contender();
+        let contender = self.contender(s);
         let mine = entries
             .iter()
-            .any(|e| e.key == contender && e.holder() == Some(self.session.id.as_str()));
+            .any(|e| e.key == contender && e.holder() == Some(s.id.as_str()));
         if !mine {
             return Err(lost(
-                target,
+                &s.target,
                 &format!("our contender key {contender} is gone"),
             ));
         }
-        let (_, sl) = find_lock(target, c, &self.lock_key, &entries, 0)?;
-        if !sl.has(&self.session.id) {
+        let (_, sl) = find_lock(&s.target, c, &self.lock_key, &entries, 0)?;
+        if !sl.has(&s.id) {
             return Err(lost(
-                target,
+                &s.target,
                 &format!("{} no longer lists our session as a holder", self.lock_key),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Out of `.lock` (deleted when no live holder is left) and our contender key gone.
+    fn free(&self, s: &HeldSession) -> Result<()> {
+        let was = remove_holders(
+            &s.target,
+            &s.client,
+            &self.prefix,
+            std::slice::from_ref(&s.id),
+            &[self.contender(s)],
+        )?;
+        if !was {
+            return Err(lost(
+                &s.target,
+                &format!("{} no longer listed our session at release", self.lock_key),
             ));
         }
         Ok(())
@@ -480,54 +499,4 @@ pub(super) fn remove_holders(
             client.addr
         ),
     ))
-}
-
-impl Held for SemHeld {
-    fn token(&self) -> u64 {
-        self.record.token
-    }
-
-    fn record(&self) -> &HolderRecord {
-        &self.record
-    }
-
-    fn update(&mut self) -> Result<()> {
-        self.session.client.bound_by_op_timeout();
-        let r = self.session.renew().and_then(|_| self.verify());
-        self.session.settle(r)
-    }
-
-    fn check(&mut self) -> Result<()> {
-        self.session.client.bound_by_op_timeout();
-        let r = self.verify();
-        self.session.settle(r)
-    }
-
-    fn release(&mut self) -> Result<()> {
-        self.session.client.bound_by_op_timeout();
-        let was = remove_holders(
-            &self.session.target,
-            &self.session.client,
-            &self.prefix,
-            std::slice::from_ref(&self.session.id),
-            &[self.contender()],
-        );
-        let d = self.session.destroy();
-        match was? {
-            true => d,
-            false => Err(lost(
-                &self.session.target,
-                &format!("{} no longer listed our session at release", self.lock_key),
-            )),
-        }
-    }
-
-    fn renew_interval(&self) -> Option<Duration> {
-        self.session.renew_interval()
-    }
-
-    fn check_interval(&self) -> Option<Duration> {
-        // A loss (an operator destroying the session) is seen within about a second.
-        Some(CHECK_INTERVAL)
-    }
 }

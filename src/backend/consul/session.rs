@@ -1,10 +1,12 @@
 //! Consul sessions: [`Session`], the session of a waiter (renewed while it waits, destroyed
 //! if the wait fails), and [`HeldSession`], the session of a held lock, whose renewal and
-//! "transient or lost?" judgement the mutex and the semaphore holders share.
+//! "transient or lost?" judgement the mutex and the semaphore holders share, and
+//! [`ConsulHeld`], the one [`Held`] of both, which asks its [`Keys`] what is specific.
 
 use super::http::{go_duration, Client, MAX_BLOCK};
-use super::{lock_delay, lost, session_ttl};
-use crate::backend::Wait;
+use super::{lock_delay, lost, session_ttl, CHECK_INTERVAL};
+use crate::backend::{Held, Wait};
+use crate::holder::HolderRecord;
 use crate::{Location, Options, Result, Target};
 use std::time::{Duration, Instant};
 
@@ -188,5 +190,62 @@ impl HeldSession {
     /// api.Lock renews at TTL/2; Consul keeps a session 2×TTL after its last renewal.
     pub fn renew_interval(&self) -> Option<Duration> {
         self.ttl.map(|t| t / 2)
+    }
+}
+
+/// What a held mutex or semaphore slot does with its keys.
+pub(super) trait Keys: Send {
+    /// Its keys still say the lock is ours: `Lost` if not.
+    fn verify(&self, s: &HeldSession) -> Result<()>;
+    /// Free the keys; the session is destroyed after, whatever this returns.
+    fn free(&self, s: &HeldSession) -> Result<()>;
+}
+
+/// A held consul lock: its session, record and keys.
+pub(super) struct ConsulHeld<K: Keys> {
+    pub session: HeldSession,
+    pub record: HolderRecord,
+    pub keys: K,
+}
+
+impl<K: Keys> Held for ConsulHeld<K> {
+    fn token(&self) -> u64 {
+        self.record.token
+    }
+
+    fn record(&self) -> &HolderRecord {
+        &self.record
+    }
+
+    fn update(&mut self) -> Result<()> {
+        self.session.client.bound_by_op_timeout();
+        let r = self
+            .session
+            .renew()
+            .and_then(|_| self.keys.verify(&self.session));
+        self.session.settle(r)
+    }
+
+    fn check(&mut self) -> Result<()> {
+        self.session.client.bound_by_op_timeout();
+        let r = self.keys.verify(&self.session);
+        self.session.settle(r)
+    }
+
+    fn release(&mut self) -> Result<()> {
+        self.session.client.bound_by_op_timeout();
+        let r = self.keys.free(&self.session);
+        // Destroying the session also deletes whatever it still holds (behavior delete).
+        let d = self.session.destroy();
+        r.and(d)
+    }
+
+    fn renew_interval(&self) -> Option<Duration> {
+        self.session.renew_interval()
+    }
+
+    fn check_interval(&self) -> Option<Duration> {
+        // A loss (an operator destroying the session) is seen within about a second.
+        Some(CHECK_INTERVAL)
     }
 }
