@@ -15,6 +15,7 @@ use super::config::Config;
 use super::pool::{agent_for, agent_with, Pool};
 use crate::backend::Wait;
 use crate::{Error, ErrorKind, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,9 @@ pub struct Client {
     token: Option<String>,
     /// No request of this client (and its clones) runs past this: the caller's deadline.
     deadline: Arc<Mutex<Option<Instant>>>,
+    /// Set when the last failure is one that asking again cannot cure (a redirect, an answer
+    /// past the size limits): the retries give up at once.
+    hopeless: Arc<AtomicBool>,
 }
 
 /// One answer.
@@ -97,6 +101,7 @@ impl Client {
             addr: cfg.addr.clone(),
             token: cfg.token.clone(),
             deadline: Arc::new(Mutex::new(None)),
+            hopeless: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -167,6 +172,8 @@ impl Client {
         body: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<Reply> {
+        // The flag describes the last request only.
+        self.hopeless.store(false, Ordering::SeqCst);
         let url = format!("{}{}", self.base, path);
         let timeout = self.left(timeout);
         if timeout < Duration::from_millis(5) {
@@ -217,6 +224,7 @@ impl Client {
         }
         if (300..400).contains(&status) {
             // Not followed (max_redirects 0), so no credential went anywhere else.
+            self.hopeless.store(true, Ordering::SeqCst);
             let location = resp
                 .headers()
                 .get("Location")
@@ -243,14 +251,17 @@ impl Client {
             .limit(MAX_BODY)
             .read_to_vec()
             .map_err(|e| match e {
-                ureq::Error::BodyExceedsLimit(_) => Error::new(
-                    ErrorKind::Unavailable,
-                    format!(
-                        "the Consul agent at {} sent an answer larger than the {} MiB limit",
-                        self.addr,
-                        MAX_BODY >> 20
-                    ),
-                ),
+                ureq::Error::BodyExceedsLimit(_) => {
+                    self.hopeless.store(true, Ordering::SeqCst);
+                    Error::new(
+                        ErrorKind::Unavailable,
+                        format!(
+                            "the Consul agent at {} sent an answer larger than the {} MiB limit",
+                            self.addr,
+                            MAX_BODY >> 20
+                        ),
+                    )
+                }
                 e => self.transport_error(e, timeout),
             })?;
         Ok(Reply {
@@ -271,10 +282,13 @@ impl Client {
                 self.base,
                 timeout.as_secs_f64()
             ),
-            ureq::Error::LargeResponseHeader(n, limit) => format!(
-                "the Consul agent at {} sent {n} bytes of headers (the limit is {limit})",
-                self.base
-            ),
+            ureq::Error::LargeResponseHeader(n, limit) => {
+                self.hopeless.store(true, Ordering::SeqCst);
+                format!(
+                    "the Consul agent at {} sent {n} bytes of headers (the limit is {limit})",
+                    self.base
+                )
+            }
             _ => format!("cannot reach the Consul agent at {} ({e})", self.base),
         };
         Error::new(kind, self.scrub(crate::target::printable_long(&text)))
@@ -323,7 +337,7 @@ impl Client {
         let mut n = 1;
         loop {
             match f() {
-                Err(e) if e.kind() == ErrorKind::Unavailable && n < attempts => {
+                Err(e) if n < attempts && self.transient(&e) => {
                     let d = backoff.step();
                     if self.left(d * 2) < d * 2 {
                         return Err(e);
@@ -336,6 +350,12 @@ impl Client {
         }
     }
 
+    /// Is `e` worth asking again for? `Unavailable`, and not a failure that asking again
+    /// cannot cure (reported once: the flag is cleared).
+    pub fn transient(&self, e: &Error) -> bool {
+        e.kind() == ErrorKind::Unavailable && !self.hopeless.swap(false, Ordering::SeqCst)
+    }
+
     /// [`Client::retry`] for a waiter: retried until the caller's wait is over (not for a
     /// try-once), the backoff being a `wait.pause`, so that a cancel ends it. Hundreds of
     /// waiters on one host get refused or reset connections while the agent serves the
@@ -345,10 +365,10 @@ impl Client {
         loop {
             match f() {
                 Err(e)
-                    if e.kind() == ErrorKind::Unavailable
-                        && !wait.is_try_once()
+                    if !wait.is_try_once()
                         && !wait.expired()
-                        && self.left(Duration::from_millis(50)) >= Duration::from_millis(50) =>
+                        && self.left(Duration::from_millis(50)) >= Duration::from_millis(50)
+                        && self.transient(&e) =>
                 {
                     wait.pause(backoff.step())?;
                     if wait.expired() {

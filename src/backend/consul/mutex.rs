@@ -116,9 +116,9 @@ impl Waiter<'_> {
                 // A refused or reset connection, a 429, a leader election: retried with
                 // backoff while the wait lasts (hundreds of waiters on one host).
                 Err(e)
-                    if e.kind() == ErrorKind::Unavailable
-                        && !self.wait.is_try_once()
-                        && !self.wait.expired() =>
+                    if !self.wait.is_try_once()
+                        && !self.wait.expired()
+                        && self.client.transient(&e) =>
                 {
                     self.wait.pause(backoff.step())?;
                     next = if self.entry.is_some() {

@@ -156,9 +156,7 @@ pub(super) fn acquire(
             Ok(None) => {}
             // A refused or reset connection, a 429, a leader election: retried with backoff
             // while the wait lasts.
-            Err(e)
-                if e.kind() == ErrorKind::Unavailable && !wait.is_try_once() && !wait.expired() =>
-            {
+            Err(e) if !wait.is_try_once() && !wait.expired() && w.client.transient(&e) => {
                 w.listing = None;
                 wait.pause(backoff.step())?;
             }
