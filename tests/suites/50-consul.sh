@@ -345,17 +345,18 @@ queued() {
 }
 
 # wait_pids SECS PID...: until every PID (a child of this shell) has exited, bounded; sets
-# BAD to the count of those that failed (non-zero exit, or still running at the end: killed).
+# BAD to the count of those that failed (non-zero exit, or still running at the end: killed)
+# and KILLED to the count of the latter.
 wait_pids() {
     local end=$(($(date +%s%N) + $1 * 1000000000)) p
-    BAD=0
+    BAD=0 KILLED=0
     shift
     for p in "$@"; do
         while kill -0 "$p" 2>/dev/null && (($(date +%s%N) < end)); do sleep 0.1; done
         if kill -0 "$p" 2>/dev/null; then
             kill -9 "$p" 2>/dev/null
             wait "$p" 2>/dev/null
-            BAD=$((BAD + 1))
+            BAD=$((BAD + 1)) KILLED=$((KILLED + 1))
         else
             wait "$p" || BAD=$((BAD + 1))
         fi
@@ -423,12 +424,14 @@ SH
         (for ((i = 0; i < 200; i++)); do
             "$L" run -w 300 "consul://$A/$p/.lock" -- tests/lib/critical.sh "$d" ||
                 echo "lockfn worker $w: exit $?" >>"$d/violations"
-        done) &
+        done
+        touch "$d/done.l$w") &
         pids+=($!)
         (for ((i = 0; i < 200; i++)); do
             "$CONSUL_BIN" lock -timeout=300s "$p" "$d/cl-section.sh" >/dev/null 2>>"$d/cl.err" ||
                 echo "consul lock worker $w: exit $?" >>"$d/violations"
-        done) &
+        done
+        touch "$d/done.c$w") &
         pids+=($!)
     done
     for w in $(seq 20); do
@@ -436,16 +439,21 @@ SH
             "$L" run -w 300 "consul://$A/$p/.lock" -- tests/lib/critical.sh "$d" ||
                 echo "queue worker $w: exit $?" >>"$d/violations"
             echo x >>"$d/extra"
-        done) &
+        done
+        touch "$d/done.q$w") &
         qpids+=($!)
     done
     wait_pids 900 "${pids[@]}" "${qpids[@]}"
-    bad=$BAD
+    # Every worker records its own failures in violations and ends with a done marker (the
+    # markers, not wait's statuses, say that all 28 finished).
+    local done
+    done=$(find "$d" -maxdepth 1 -name 'done.*' | wc -l)
     extra=$(wc -l <"$d/extra")
     total=$((1600 + extra))
-    echo "sections: counter $(cat "$d/counter") of $total (1600 + $extra by the 20 queue workers), failed workers $bad"
+    echo "sections: counter $(cat "$d/counter") of $total (1600 + $extra by the 20 queue workers)," \
+        "workers done $done of 28, killed at the time bound $KILLED, non-zero wait status $BAD"
     [[ -s $d/violations ]] && { head -5 "$d/violations"; head -3 "$d/cl.err"; return 1; }
-    [[ $bad == 0 && $(cat "$d/counter") == "$total" ]]
+    [[ $KILLED == 0 && $done == 28 && $(cat "$d/counter") == "$total" ]]
 }
 
 t_consullock() {
