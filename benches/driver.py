@@ -380,7 +380,7 @@ class Contenders:
         if impl == "lockfn":
             cmd = [LBENCH, "worker", target(b, name), self.shm]
         else:
-            cmd = [PY, PEERS, "worker", PEER_KIND[b], name, self.shm]
+            cmd = [PY, PEERS, "worker", PEER_KIND[b] if impl == "peer" else impl, name, self.shm]
         self.procs, self.straces = [], []
         try:
             for i in range(k + 1):
@@ -526,6 +526,81 @@ def bench_handoff():
                 "syscalls" if b == "sem" else "req", lv[2], PEER_LABEL[peer], pv[2], note=lskip + REQ_UNIT[b])
             row(f"throughput.{base}", "throughput", b, f"throughput, K={k}", "ops/s", lv[3], PEER_LABEL[peer], pv[3],
                 note=lskip or None, better="higher")
+
+
+# ---------- 4b. consul: the queue against both Consul peers -------------------------------
+
+
+def consul_agent_cpu():
+    """CPU seconds (user + system) the Consul agent of benches/run.sh has used so far, or None."""
+    try:
+        env = open(os.path.join(TMP, "consul", "env")).read()
+        pid = re.search(r'CONSUL_PIDS="?(\d+)', env).group(1)
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, AttributeError, IndexError, ValueError):
+        return None
+
+
+CONSUL_PEERS = [("consul-consullock", "consullock"), ("consul-lock-go", "consul lock")]
+# Hand-off windows of this section: longer, and a 5 ms margin (enough for a lockfn releaser to
+# be queued again), so that the K waiters' set-up at a window's start and their time-out at its
+# end (a few requests each, per window) do not dominate the figure per hand-off at K = 50.
+QDUR = 2 * DUR
+QMARGIN_MS = 5
+
+
+def bench_consul_queue():
+    """Per real hand-off (the lock came from another process) at K waiters: requests of all
+    K+1 clients (counting proxy), the agent's CPU, and real hand-offs per second in a plain
+    loop (a process re-taking its own lock does not count): lockfn, consullock, `consul lock`."""
+    b = "consul"
+    for k in KS:
+        base = f"consul_queue.K{k}"
+        if k not in KS_RUN or b in SKIPS:
+            reason = SKIPS.get(b) or "--quick runs K = 1 and 10 only"
+            for _, label in CONSUL_PEERS:
+                for m, unit in (("requests", "req"), ("server_cpu", "ms"), ("handoffs_per_s", "1/s")):
+                    row(f"{base}.{m}.{label.replace(' ', '-')}", "consul_queue", b, f"{m}, K={k}", unit, None,
+                        label, None, skip=reason)
+            continue
+        log(f"consul queue K={k}: {WINDOWS} x ({QDUR} + {DUR}) s windows of each of lockfn, consullock, consul lock")
+        vals = {}
+        for impl in ["lockfn"] + [p for p, _ in CONSUL_PEERS]:
+            if impl == "lockfn" and b in LOCKFN_SKIP:
+                continue
+            reqs, cpus, thrs, nh = [], [], [], 0
+            try:
+                g = Contenders(b, impl, k)
+                try:
+                    for _ in range(WINDOWS):
+                        c0 = consul_agent_cpu()
+                        _, lat, r = g.window(QDUR, "handoff", QMARGIN_MS)
+                        c1 = consul_agent_cpu()
+                        nh += len(lat)
+                        if lat and r is not None:
+                            reqs.append(r / len(lat))
+                        if lat and c0 is not None and c1 is not None:
+                            cpus.append((c1 - c0) * 1000 / len(lat))
+                    for _ in range(WINDOWS):
+                        thrs.append(len(g.window(DUR, "loop")[1]) / DUR)
+                finally:
+                    g.stop()
+            except Exception as e:
+                log(f"  {impl}: {e}")
+            vals[impl] = (med(reqs), med(cpus), med(thrs), nh)
+        lv = vals.get("lockfn", (None, None, None, 0))
+        for impl, label in CONSUL_PEERS:
+            pv = vals.get(impl, (None, None, None, 0))
+            note = (f"real hand-offs measured: lockfn {lv[3]}, {label} {pv[3]}; median over {WINDOWS} windows of "
+                    f"{QDUR:g} s (hand-off, margin {QMARGIN_MS} ms) and {DUR:g} s (loop)")
+            lid = label.replace(" ", "-")
+            row(f"{base}.requests.{lid}", "consul_queue", b, f"requests per hand-off, K={k}", "req", lv[0], label,
+                pv[0], note=note)
+            row(f"{base}.server_cpu.{lid}", "consul_queue", b, f"agent CPU per hand-off, K={k}", "ms", lv[1], label,
+                pv[1], note=note + "; /proc/PID/stat of the agent, 10 ms ticks")
+            row(f"{base}.handoffs_per_s.{lid}", "consul_queue", b, f"real hand-offs per second, K={k}", "1/s", lv[2],
+                label, pv[2], note=note, better="higher")
 
 
 # ---------- 5. cost of waiting ----------------------------------------------------------
@@ -710,6 +785,7 @@ def main():
         bench_cycle_requests()
         bench_commands()
         bench_handoff()
+        bench_consul_queue()
         bench_wait()
         m["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
         m["seconds"] = round(time.monotonic() - t0, 1)

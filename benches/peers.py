@@ -20,6 +20,8 @@ KIND:
                        (session create, PUT ?acquire, then GET + session destroy; polls 1 s)
     consul-raw         raw HTTP/1.1 keep-alive: session create, PUT ?acquire, PUT ?release,
                        session destroy (the floor)
+    consul-lock-go     HashiCorp's `consul lock -pass-stdin PREFIX CHILD` (Go api.Lock), one
+                       command per acquisition: the child prints "held" and holds until told
 """
 
 import json
@@ -27,6 +29,7 @@ import mmap
 import os
 import pathlib
 import struct
+import subprocess
 import sys
 import time
 
@@ -202,6 +205,37 @@ class ConsulRaw(Kind):
         self.req("PUT", f"/v1/session/destroy/{self.sid}")
 
 
+class ConsulLockGo(Kind):
+    """`consul lock` is a command, not a library: each acquisition is one `consul lock` run
+    (CONSUL_BIN, CONSUL_HTTP_ADDR) whose child reports "held" on stdout and holds the lock
+    until a line arrives on its stdin (-pass-stdin); release = that line, then the command
+    releases and exits."""
+
+    def __init__(self, name):
+        self.bin = os.environ["CONSUL_BIN"]
+        self.prefix = "lockfn-bench/go-" + name
+        self.p = None
+
+    def acquire(self, timeout=None):
+        args = [self.bin, "lock", "-pass-stdin"]
+        if timeout is not None:
+            args.append(f"-timeout={max(timeout, 0.001):.3f}s")
+        args += [self.prefix, "echo held; read x"]
+        self.p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True)
+        if self.p.stdout.readline().strip() == "held":
+            return True
+        self.p.wait()
+        self.p = None
+        return False
+
+    def release(self):
+        self.p.stdin.write("\n")
+        self.p.stdin.close()
+        self.p.wait()
+        self.p = None
+
+
 KINDS = {
     "zk-kazoo": ZkKazoo,
     "zk-raw": ZkRaw,
@@ -210,6 +244,7 @@ KINDS = {
     "pmxcfs-pmxlock": PmxcfsPmxlock,
     "consul-consullock": ConsulConsullock,
     "consul-raw": ConsulRaw,
+    "consul-lock-go": ConsulLockGo,
 }
 
 

@@ -760,7 +760,11 @@ fn interop_with_consullock() {
     );
     let waiter = {
         let t = t.clone();
-        std::thread::spawn(move || Lock::acquire(&t, &opts(Some(30.0))))
+        // No lock-delay: consullock's `unlock` below destroys this session, and its `lock`
+        // right after must not meet a lock-delay (consullock's own sessions have none).
+        let mut o = opts(Some(30.0));
+        o.lock_delay = Some(Duration::ZERO);
+        std::thread::spawn(move || Lock::acquire(&t, &o))
     };
     // The waiter is on its way (its session exists) before consullock unlocks.
     await_until(
@@ -791,7 +795,24 @@ fn interop_with_consullock() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    l.release().unwrap();
+    // consullock reads our value (its key/session/created fields) and its `unlock` frees the
+    // key we hold (it destroys the session our value names): no traceback, and we see the loss.
+    let v = kv(&addr, &key).unwrap();
+    let j: serde_json::Value =
+        serde_json::from_slice(&decode64(v["Value"].as_str().unwrap())).unwrap();
+    assert_eq!(j["key"], key.as_str(), "{j}");
+    assert_eq!(j["session"], v["Session"], "{j}");
+    assert!(j["pid"].as_u64().is_some(), "our record is kept: {j}");
+    let out = Command::new(&cl)
+        .args(["unlock", &key])
+        .env("CONSUL_HTTP_ADDR", &addr)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("Traceback"), "{err}");
+    assert_eq!(l.check().unwrap_err().kind(), ErrorKind::Lost);
+    assert!(kv(&addr, &key).is_none());
+    drop(l);
     let out = Command::new(&cl)
         .args(["lock", "--non-blocking", "--session-ttl", "30", &key])
         .env("CONSUL_HTTP_ADDR", &addr)
@@ -952,4 +973,237 @@ fn gc_frees_a_dead_local_holder_at_once() {
     );
     assert_eq!(lockfn::gc(&format!("consul:{name}")).unwrap(), 1);
     assert!(kv(&addr, &format!("lockfn/{name}")).is_none());
+}
+
+/// benches/countproxy.py (HTTP mode) in front of the agent: counts the requests clients send.
+struct CountProxy {
+    child: std::process::Child,
+    addr: String,
+    ctrl: u16,
+}
+
+impl CountProxy {
+    fn start(upstream: &str) -> CountProxy {
+        let dir = std::env::temp_dir().join(unique("countproxy"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let portfile = dir.join("ports");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/countproxy.py");
+        let child = Command::new("python3")
+            .args([script, "http", portfile.to_str().unwrap(), upstream])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3 benches/countproxy.py");
+        let mut ports = String::new();
+        await_until(
+            Duration::from_secs(20),
+            "the counting proxy never listened",
+            || {
+                ports = std::fs::read_to_string(&portfile).unwrap_or_default();
+                ports.split_whitespace().count() == 2
+            },
+        );
+        let mut p = ports.split_whitespace().map(|x| x.parse::<u16>().unwrap());
+        let (port, ctrl) = (p.next().unwrap(), p.next().unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+        CountProxy {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+            ctrl,
+        }
+    }
+
+    fn count(&self) -> u64 {
+        let s = std::net::TcpStream::connect(("127.0.0.1", self.ctrl)).unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        line.trim().parse().unwrap()
+    }
+}
+
+impl Drop for CountProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// K+1 threads, each with its own lock (own session and connection), take `key` in turn
+/// through `proxy`; a releaser asks again only once another thread has taken the lock, so
+/// every counted acquisition is a hand-off to one of K waiters. Returns the requests of all
+/// clients per hand-off over `n` hand-offs (after every thread has joined the queue).
+fn requests_per_handoff(proxy: &Arc<CountProxy>, key: &str, k: usize, n: usize) -> f64 {
+    use std::sync::{Condvar, Mutex};
+    struct State {
+        last: usize,
+        ops: usize,
+        inside: bool,
+        c0: u64,
+        c1: u64,
+    }
+    let warm = 2 * (k + 1);
+    let state = Arc::new((
+        Mutex::new(State {
+            last: usize::MAX,
+            ops: 0,
+            inside: false,
+            c0: 0,
+            c1: 0,
+        }),
+        Condvar::new(),
+    ));
+    let t = target(&proxy.addr, key);
+    let threads: Vec<_> = (0..=k)
+        .map(|me| {
+            let (t, state, proxy) = (t.clone(), state.clone(), proxy.clone());
+            std::thread::spawn(move || loop {
+                let l = Lock::acquire(&t, &opts(Some(120.0))).unwrap();
+                let done = {
+                    let (m, cv) = &*state;
+                    let mut st = m.lock().unwrap();
+                    assert!(!st.inside, "two holders at once");
+                    st.ops += 1;
+                    if st.ops == warm {
+                        st.c0 = proxy.count();
+                    }
+                    if st.ops == warm + n {
+                        st.c1 = proxy.count();
+                    }
+                    st.last = me;
+                    st.inside = true;
+                    cv.notify_all();
+                    st.ops >= warm + n
+                };
+                // A short critical section: the releaser asks again while the lock is held,
+                // so K = 1 is a contended hand-off too (not an uncontended re-take).
+                std::thread::sleep(Duration::from_millis(10));
+                state.0.lock().unwrap().inside = false;
+                l.release().unwrap();
+                if done {
+                    return;
+                }
+                // Ask again only after another thread took it (a real hand-off).
+                let (m, cv) = &*state;
+                let st = m.lock().unwrap();
+                let (st, timeout) = cv
+                    .wait_timeout_while(st, Duration::from_secs(120), |st| {
+                        st.last == me && st.ops < warm + n
+                    })
+                    .unwrap();
+                assert!(!timeout.timed_out(), "no hand-off in 120 s");
+                if st.ops >= warm + n {
+                    return;
+                }
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().unwrap();
+    }
+    let st = state.0.lock().unwrap();
+    (st.c1 - st.c0) as f64 / n as f64
+}
+
+#[test]
+fn queue_a_hand_off_costs_about_the_same_at_20_waiters_as_at_1() {
+    let Some(addr) = agent() else { return };
+    let proxy = Arc::new(CountProxy::start(&addr));
+    let base = format!("lockfn-test/{}", unique("cost"));
+    let one = requests_per_handoff(&proxy, &format!("{base}-1"), 1, 60);
+    let twenty = requests_per_handoff(&proxy, &format!("{base}-20"), 20, 60);
+    eprintln!("requests per hand-off: K=1 {one:.2}, K=20 {twenty:.2}");
+    // Without the queue every waiter watched the key: ~3 requests per waiter per hand-off.
+    assert!(
+        twenty <= 1.5 * one,
+        "K=20 costs {twenty:.2} requests per hand-off, K=1 {one:.2}: the waiters herd"
+    );
+    assert!(one > 0.0);
+}
+
+/// Keys of the lockfn queue beside mutex key `key`.
+fn queue_keys(addr: &str, key: &str) -> Vec<String> {
+    keys_under(addr, &format!("{key}/.queue/"))
+}
+
+#[test]
+fn queue_cancel_and_kill_9_of_queued_waiters_heal_and_status_shows_the_queue() {
+    let Some(addr) = agent() else { return };
+    let key = format!("lockfn-test/{}", unique("qheal"));
+    let t = target(&addr, &key);
+    let h = Lock::acquire(&t, &opts(Some(5.0))).unwrap();
+    let spawn_waiter = |cancel: Option<i32>| {
+        let t = t.clone();
+        std::thread::spawn(move || {
+            let mut o = opts(Some(60.0));
+            o.cancel_fd = cancel;
+            Lock::acquire(&t, &o)
+        })
+    };
+    let queued = |n: usize| {
+        await_until(
+            Duration::from_secs(20),
+            &format!("{n} waiters never queued"),
+            || queue_keys(&addr, &key).len() == n,
+        )
+    };
+    // In this order: w1 (thread), w2 (a `lockfn run` process, killed -9 while it waits), w3
+    // (thread, cancelled while it waits), w4 (thread).
+    let w1 = spawn_waiter(None);
+    queued(1);
+    let mut w2 = Command::new(env!("CARGO_BIN_EXE_lockfn"))
+        .args([
+            "run",
+            "-w",
+            "60",
+            &format!("consul://{addr}/{key}"),
+            "--",
+            "true",
+        ])
+        .env_remove("CONSUL_HTTP_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    queued(2);
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let w3 = spawn_waiter(Some(r.as_raw_fd()));
+    queued(3);
+    let w4 = spawn_waiter(None);
+    queued(4);
+    // `lockfn status` shows the queue, oldest first.
+    let st = lockfn::status(&t).unwrap();
+    assert_eq!(st.details["waiting"], 4, "{st:?}");
+    let pids: Vec<u64> = st.details["queue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["pid"].as_u64().unwrap())
+        .collect();
+    let me = u64::from(std::process::id());
+    assert_eq!(pids, vec![me, u64::from(w2.id()), me, me], "{st:?}");
+    // A cancelled wait leaves nothing, at once.
+    nix::unistd::write(&w, b"x").unwrap();
+    let e = w3.join().unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Canceled, "{e}");
+    assert_eq!(queue_keys(&addr, &key).len(), 3);
+    // A waiter killed -9: its entry stays until its session ends, but lockfn waiters of this
+    // host see the process is dead and skip it.
+    w2.kill().unwrap();
+    w2.wait().unwrap();
+    h.release().unwrap();
+    let l1 = w1.join().unwrap().unwrap();
+    let released = Instant::now();
+    l1.release().unwrap();
+    let l4 = w4.join().unwrap().unwrap();
+    // No stall anywhere near the session TTL (15 s) + lock-delay (15 s): a bound on bad
+    // behaviour, generous for a loaded machine.
+    assert!(
+        released.elapsed() < Duration::from_secs(10),
+        "w4 waited {:?} behind a dead waiter",
+        released.elapsed()
+    );
+    l4.release().unwrap();
+    // The dead waiter's entry goes with its session (TTL); nothing else is left.
+    let left = queue_keys(&addr, &key);
+    assert!(left.len() <= 1, "{left:?}");
+    drop(r);
 }

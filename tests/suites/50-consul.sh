@@ -2,6 +2,9 @@
 # The consul backend through the lockfn command, against real Consul agents:
 #  - exclusion 8 processes x 200, limit 3, timeouts, cancel, exit codes, status/list/release;
 #  - interop both ways with HashiCorp's `consul lock` (mutex and -n 3) and consullock;
+#  - the queue of lockfn waiters: 300 `lockfn run -w` on one host behind one holder all exit
+#    0 (past Consul's per-client connection limit); 4 lockfn + 4 `consul lock` x 200 with 20
+#    more lockfn waiters queued: zero overlaps, growing tokens;
 #  - kill -9 of a holder: the next waiter gets the lock after TTL + lock-delay, never before;
 #  - an operator destroying the holder's session: `lockfn run` stops its command within 2 s;
 #  - ACL agent (default deny): right token works, wrong token exit 77, token never printed;
@@ -331,6 +334,136 @@ t_consul_lock_semaphore() {
     wait
 }
 
+# --- the queue of lockfn waiters --------------------------------------------------------------
+
+# queued ADDR KEY: how many lockfn waiters are queued beside mutex key KEY. Read from 127.0.0.2:
+# a client address of its own, so that the hundreds of waiters of 127.0.0.1 (which may fill
+# the agent's per-client connection limit) do not refuse the test its reads.
+queued() {
+    curl -sf --max-time 5 --interface 127.0.0.2 "http://$1/v1/kv/$2/.queue/?keys=true" |
+        python3 -c 'import json,sys; print(len(json.load(sys.stdin)))' 2>/dev/null || echo 0
+}
+
+# wait_pids SECS PID...: until every PID (a child of this shell) has exited, bounded; sets
+# BAD to the count of those that failed (non-zero exit, or still running at the end: killed)
+# and KILLED to the count of the latter.
+wait_pids() {
+    local end=$(($(date +%s%N) + $1 * 1000000000)) p
+    BAD=0 KILLED=0
+    shift
+    for p in "$@"; do
+        while kill -0 "$p" 2>/dev/null && (($(date +%s%N) < end)); do sleep 0.1; done
+        if kill -0 "$p" 2>/dev/null; then
+            kill -9 "$p" 2>/dev/null
+            wait "$p" 2>/dev/null
+            BAD=$((BAD + 1)) KILLED=$((KILLED + 1))
+        else
+            wait "$p" || BAD=$((BAD + 1))
+        fi
+    done
+}
+
+# 300 `lockfn run -w` on one host behind one holder, against the -dev agent with Consul's
+# default limits.http_max_conns_per_client (200): each waiter keeps one connection, so the
+# holder and 199 waiters get in and the others are refused (connection closed, or 429) and
+# retry with backoff until a connection frees; every one must exit 0.
+t_many_waiters() {
+    local k d n=300 pids=() i hp t0 bad left
+    k=$(key many)
+    d=$WORK/many
+    mkdir -p "$d"
+    echo 0 >"$d/counter"
+    echo 0 >"$d/last_token"
+    : >"$d/violations"
+    "$L" run "consul://$A/$k" -- sh -c "touch $d/held; while [ ! -e $d/stop ]; do sleep 0.05; done" &
+    hp=$!
+    wait_file 30 "$d/held" || return 1
+    # Each exit status is written to a file (bash's wait statuses were seen to mislead
+    # with hundreds of children).
+    for ((i = 0; i < n; i++)); do
+        ("$L" run -w 600 "consul://$A/$k" -- tests/lib/critical.sh "$d" 2>>"$d/err"
+            echo $? >"$d/rc.$i") &
+        pids+=($!)
+    done
+    # As many as the limit lets in (199 of 127.0.0.1's 200 connections) are queued.
+    local end=$(($(date +%s) + 240))
+    until (($(queued "$A" "$k") >= 180)); do
+        (($(date +%s) > end)) && { echo "only $(queued "$A" "$k") waiters queued in 240 s"; return 1; }
+        sleep 0.5
+    done
+    echo "queued: $(queued "$A" "$k") (the others wait for a connection)"
+    t0=$(now)
+    touch "$d/stop"
+    wait_pids 400 "$hp" "${pids[@]}"
+    bad=$((n - $(cat "$d"/rc.* 2>/dev/null | grep -cx 0)))
+    echo "$n waiters: all through $(since "$t0") s after the holder left; not exit 0: $bad" \
+        "(exit codes: $(cat "$d"/rc.* 2>/dev/null | sort | uniq -c | tr -s ' \n' ' ')); killed $KILLED;" \
+        "counter $(cat "$d/counter")"
+    sort "$d/err" | uniq -c | sort -rn | head -5
+    [[ -s $d/violations ]] && { head -5 "$d/violations"; return 1; }
+    left=$(curl -sf --interface 127.0.0.2 "http://$A/v1/kv/$k?recurse=true&keys=true" || echo "[]")
+    [[ $bad == 0 && $KILLED == 0 && $(cat "$d/counter") == "$n" && $left == "[]" ]] || {
+        echo "left: $left"
+        return 1
+    }
+}
+
+# Mutual exclusion with mixed contenders on one key: 4 `lockfn run` and 4 `consul lock`
+# processes x 200 sections each, with 20 more lockfn waiters in the queue (10 sections each,
+# from the start: a `consul lock` barges in when it sees the key free, lockfn waiters hand
+# over among themselves, so unbounded they would take most sections). Inside,
+# the fencing token is the key's ModifyIndex for both tools (`consul lock` sets no
+# LOCKFN_TOKEN: read from the key), which must grow from section to section.
+t_mixed_exclusion() {
+    local p d w pids=() qpids=() bad total extra
+    p=$(key mixed)
+    d=$WORK/mixed
+    mkdir -p "$d"
+    echo 0 >"$d/counter"
+    echo 0 >"$d/last_token"
+    : >"$d/violations" && : >"$d/extra"
+    cat >"$d/cl-section.sh" <<SH
+#!/bin/bash
+LOCKFN_TOKEN=\$(curl -sf "http://$A/v1/kv/$p/.lock" | grep -o '"ModifyIndex": *[0-9]*' | grep -o '[0-9]*$') \
+    exec $ROOT/tests/lib/critical.sh $d
+SH
+    chmod +x "$d/cl-section.sh"
+    for w in 1 2 3 4; do
+        (for ((i = 0; i < 200; i++)); do
+            "$L" run -w 300 "consul://$A/$p/.lock" -- tests/lib/critical.sh "$d" ||
+                echo "lockfn worker $w: exit $?" >>"$d/violations"
+        done
+        touch "$d/done.l$w") &
+        pids+=($!)
+        (for ((i = 0; i < 200; i++)); do
+            "$CONSUL_BIN" lock -timeout=300s "$p" "$d/cl-section.sh" >/dev/null 2>>"$d/cl.err" ||
+                echo "consul lock worker $w: exit $?" >>"$d/violations"
+        done
+        touch "$d/done.c$w") &
+        pids+=($!)
+    done
+    for w in $(seq 20); do
+        (for ((i = 0; i < 10; i++)); do
+            "$L" run -w 300 "consul://$A/$p/.lock" -- tests/lib/critical.sh "$d" ||
+                echo "queue worker $w: exit $?" >>"$d/violations"
+            echo x >>"$d/extra"
+        done
+        touch "$d/done.q$w") &
+        qpids+=($!)
+    done
+    wait_pids 900 "${pids[@]}" "${qpids[@]}"
+    # Every worker records its own failures in violations and ends with a done marker (the
+    # markers, not wait's statuses, say that all 28 finished).
+    local done
+    done=$(find "$d" -maxdepth 1 -name 'done.*' | wc -l)
+    extra=$(wc -l <"$d/extra")
+    total=$((1600 + extra))
+    echo "sections: counter $(cat "$d/counter") of $total (1600 + $extra by the 20 queue workers)," \
+        "workers done $done of 28, killed at the time bound $KILLED, non-zero wait status $BAD"
+    [[ -s $d/violations ]] && { head -5 "$d/violations"; head -3 "$d/cl.err"; return 1; }
+    [[ $KILLED == 0 && $done == 28 && $(cat "$d/counter") == "$total" ]]
+}
+
 t_consullock() {
     local k rc out
     [[ -x $VENV/bin/consul-lock ]] || { echo "consul-lock not installed in $VENV"; return 1; }
@@ -534,6 +667,8 @@ check "operator destroys the session: lockfn run stops its command within 2 s" t
 check "kill -9 of a holder: next waiter after TTL + lock-delay, never before" t_kill9_takeover
 check "consul lock (mutex) both ways" t_consul_lock_mutex
 check "consul lock -n 3 shares the 3 slots both ways" t_consul_lock_semaphore
+check "queue: 300 waiting lockfn run on one host behind one holder all exit 0" t_many_waiters
+check "queue: 4 lockfn + 4 consul lock x 200 with 20 queued lockfn waiters, zero overlaps" t_mixed_exclusion
 check "consullock (consul-lock lock/unlock) on the same key" t_consullock
 check "ACL agent: right token works, others exit 77, no token in any output" t_acl
 check "https: CONSUL_CACERT, CONSUL_HTTP_SSL, https:// address, SSL_VERIFY=false" t_tls

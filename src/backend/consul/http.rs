@@ -1,18 +1,27 @@
-//! A small blocking client for the parts of Consul's HTTP API that locks use: sessions, KV
-//! reads (plain and blocking), and transactions. One `ureq::Agent` (connection pool) per lock,
-//! and one per blocking query run on a helper thread, which is shut down (its socket closed at
-//! once) when the wait is cancelled or times out.
+//! A small blocking HTTP client for a Consul agent (ureq): deadlines, errors that name the
+//! agent, retries with backoff, and blocking queries that a cancel or deadline interrupts.
+//! The API calls themselves are in [`super::api`].
+//!
+//! Connections: one `ureq::Agent` (pool) per lock, keeping at most one idle connection, which
+//! the waiting loop's blocking queries reuse (they run on a helper thread sharing the pool),
+//! and which the process's next lock reuses ([`Pool`]).
+//! So a waiter holds one connection to the agent, which matters: Consul caps concurrent
+//! connections per client address (`limits.http_max_conns_per_client`, 200 by default) and
+//! closes the ones past it (hashicorp/go-connlimit, `HTTPConnStateFunc...`: the connection is
+//! closed at once, or answered 429). Those refusals, a reset connection and a 429 are
+//! retried with backoff within the caller's deadline ([`Client::retry_within`]).
 
 use super::config::Config;
+use super::pool::{agent_for, agent_with, Pool};
 use crate::backend::Wait;
 use crate::{Error, ErrorKind, Result};
-use serde::Deserialize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Bound on one ordinary request (connect + answer), and never past the client's deadline.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest answer body read (a KV listing of about 10,000 locks); checked while reading,
 /// before the memory is taken, so a huge or endless body is an error naming the limit.
 /// cbindgen:ignore
@@ -25,13 +34,18 @@ pub const MAX_BLOCK: Duration = Duration::from_secs(300);
 
 #[derive(Clone)]
 pub struct Client {
-    agent: ureq::Agent,
+    /// Shared by clones (a waiting loop and its blocking-query thread); its agent is replaced
+    /// after a [`Client::interrupt`].
+    pool: Arc<Mutex<Pool>>,
     base: String,
     /// `host:port`, for messages.
     pub addr: String,
     token: Option<String>,
     /// No request of this client (and its clones) runs past this: the caller's deadline.
     deadline: Arc<Mutex<Option<Instant>>>,
+    /// Set when the last failure is one that asking again cannot cure (a redirect, an answer
+    /// past the size limits): the retries give up at once.
+    hopeless: Arc<AtomicBool>,
 }
 
 /// One answer.
@@ -46,164 +60,6 @@ pub struct Reply {
 pub enum Method {
     Get,
     Put,
-}
-
-/// A KV entry as Consul returns it.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(rename_all = "PascalCase")]
-pub struct KvEntry {
-    pub key: String,
-    #[serde(default)]
-    pub flags: u64,
-    #[serde(default)]
-    pub value: Option<String>,
-    #[serde(default)]
-    pub session: Option<String>,
-    #[serde(default)]
-    pub lock_index: u64,
-    #[serde(default)]
-    pub create_index: u64,
-    #[serde(default)]
-    pub modify_index: u64,
-}
-
-impl KvEntry {
-    /// The session holding this key, if any.
-    pub fn holder(&self) -> Option<&str> {
-        self.session.as_deref().filter(|s| !s.is_empty())
-    }
-
-    /// The decoded value (None: no value, or not base64).
-    pub fn bytes(&self) -> Option<Vec<u8>> {
-        self.value.as_deref().and_then(b64_decode)
-    }
-}
-
-/// A session as `/v1/session/info` returns it.
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-pub struct SessionInfo {
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub node: String,
-}
-
-/// The outcome of a transaction.
-pub enum Txn {
-    /// Applied: the KV results, in op order (ops that return nothing are skipped by Consul).
-    Applied(Vec<KvEntry>),
-    /// Rolled back: Consul's reasons.
-    Failed(Vec<String>),
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct TxnReply {
-    #[serde(default)]
-    results: Option<Vec<TxnResult>>,
-    #[serde(default)]
-    errors: Option<Vec<TxnError>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct TxnResult {
-    #[serde(rename = "KV", default)]
-    kv: Option<KvEntry>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct TxnError {
-    #[serde(default)]
-    what: String,
-}
-
-/// A fresh agent (connection pool) for one lock: nothing of it outlives the lock, so a
-/// released or cancelled lock leaves no socket open in the process.
-fn new_agent(cfg: &Config) -> Result<ureq::Agent> {
-    let mut builder = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_connect(Some(CONNECT_TIMEOUT))
-        .timeout_global(Some(REQUEST_TIMEOUT))
-        // Consul's API never redirects: a 3xx is an error naming its Location, and the token
-        // is never sent to another address.
-        .max_redirects(0)
-        .max_response_header_size(MAX_HEADER)
-        .user_agent(format!("lockfn/{}", crate::VERSION))
-        .max_idle_connections_per_host(4)
-        .tls_config(tls_config(cfg)?);
-    if cfg.is_loopback() {
-        builder = builder.proxy(None);
-    }
-    Ok(builder.build().into())
-}
-
-fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<ureq::tls::PemItem<'static>>> {
-    let data = std::fs::read(path)
-        .map_err(|e| Error::os(format!("cannot read {what} {}", path.display()), e))?;
-    let items: Vec<_> = ureq::tls::parse_pem(&data).filter_map(|i| i.ok()).collect();
-    if items.is_empty() {
-        return Err(Error::new(
-            ErrorKind::Invalid,
-            format!("{what} {} holds no PEM certificate or key", path.display()),
-        ));
-    }
-    Ok(items)
-}
-
-fn certs_of(items: Vec<ureq::tls::PemItem<'static>>) -> Vec<ureq::tls::Certificate<'static>> {
-    items
-        .into_iter()
-        .filter_map(|i| match i {
-            ureq::tls::PemItem::Certificate(c) => Some(c),
-            _ => None,
-        })
-        .collect()
-}
-
-fn tls_config(cfg: &Config) -> Result<ureq::tls::TlsConfig> {
-    use ureq::tls::{ClientCert, PemItem, RootCerts, TlsConfig};
-    let mut b = TlsConfig::builder();
-    let mut roots = Vec::new();
-    if let Some(ca) = &cfg.ca_cert {
-        roots.extend(certs_of(read_pem(ca, "CONSUL_CACERT")?));
-    }
-    if let Some(dir) = &cfg.ca_path {
-        let entries = std::fs::read_dir(dir)
-            .map_err(|e| Error::os(format!("cannot read CONSUL_CAPATH {}", dir.display()), e))?;
-        for e in entries.filter_map(|e| e.ok()) {
-            if let Ok(items) = read_pem(&e.path(), "CONSUL_CAPATH file") {
-                roots.extend(certs_of(items));
-            }
-        }
-    }
-    if !roots.is_empty() {
-        b = b.root_certs(RootCerts::new_with_certs(&roots));
-    } else if cfg.ca_cert.is_some() || cfg.ca_path.is_some() {
-        return Err(Error::new(
-            ErrorKind::Invalid,
-            "CONSUL_CACERT/CONSUL_CAPATH hold no certificate",
-        ));
-    }
-    if let (Some(cert), Some(key)) = (&cfg.client_cert, &cfg.client_key) {
-        let chain = certs_of(read_pem(cert, "CONSUL_CLIENT_CERT")?);
-        let key = read_pem(key, "CONSUL_CLIENT_KEY")?
-            .into_iter()
-            .find_map(|i| match i {
-                PemItem::PrivateKey(k) => Some(k),
-                _ => None,
-            })
-            .ok_or_else(|| {
-                Error::new(ErrorKind::Invalid, "CONSUL_CLIENT_KEY holds no private key")
-            })?;
-        b = b.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
-    }
-    if !cfg.verify {
-        b = b.disable_verification(true);
-    }
-    Ok(b.build())
 }
 
 /// Percent-encode a key or id for a URL path (keys are validated to a safe set already; this
@@ -235,11 +91,16 @@ fn service_text(body: &[u8]) -> String {
 impl Client {
     pub fn new(cfg: &Config) -> Result<Client> {
         Ok(Client {
-            agent: new_agent(cfg)?,
+            pool: Arc::new(Mutex::new(Pool {
+                agent: agent_for(cfg)?,
+                cfg: cfg.clone(),
+                pid: std::process::id(),
+            })),
             base: cfg.base(),
             addr: cfg.addr.clone(),
             token: cfg.token.clone(),
             deadline: Arc::new(Mutex::new(None)),
+            hopeless: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -278,24 +139,24 @@ impl Client {
         )
     }
 
-    /// The same client with a connection pool of its own.
-    pub fn fork(&self) -> Client {
-        Client {
-            agent: ureq::Agent::new_with_config(self.agent.config().clone()),
-            base: self.base.clone(),
-            addr: self.addr.clone(),
-            token: self.token.clone(),
-            deadline: Arc::new(Mutex::new(self.deadline())),
-        }
+    fn agent(&self) -> ureq::Agent {
+        self.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .agent
+            .clone()
     }
 
-    /// Close every connection of this client's pool, interrupting requests in flight.
-    pub fn shutdown(&self) {
-        self.agent.clone().shutdown();
+    /// Close the connection of this client's pool, interrupting a request in flight (a
+    /// blocking query), and start a fresh pool for later requests.
+    pub fn interrupt(&self) {
+        let mut p = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = agent_with(p.agent.config().clone());
+        std::mem::replace(&mut p.agent, fresh).shutdown();
     }
 
     /// Remove the token from a text, should a service or a library ever echo it.
-    fn scrub(&self, s: String) -> String {
+    pub(super) fn scrub(&self, s: String) -> String {
         match &self.token {
             Some(t) if t.len() >= 4 && s.contains(t.as_str()) => s.replace(t.as_str(), "<token>"),
             _ => s,
@@ -310,16 +171,19 @@ impl Client {
         body: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<Reply> {
+        // The flag describes the last request only.
+        self.hopeless.store(false, Ordering::SeqCst);
         let url = format!("{}{}", self.base, path);
         let timeout = self.left(timeout);
         if timeout < Duration::from_millis(5) {
             return Err(self.out_of_time());
         }
+        let agent = self.agent();
         let result = match method {
             Method::Get => {
                 let mut rb = match method {
-                    Method::Get => self.agent.get(&url),
-                    _ => self.agent.delete(&url),
+                    Method::Get => agent.get(&url),
+                    _ => agent.delete(&url),
                 }
                 .config()
                 .timeout_global(Some(timeout))
@@ -330,8 +194,7 @@ impl Client {
                 rb.call()
             }
             Method::Put => {
-                let mut rb = self
-                    .agent
+                let mut rb = agent
                     .put(&url)
                     .config()
                     .timeout_global(Some(timeout))
@@ -347,8 +210,20 @@ impl Client {
         };
         let mut resp = result.map_err(|e| self.transport_error(e, timeout))?;
         let status = resp.status().as_u16();
+        if status == 429 {
+            // Past the agent's per-client connection or rate limit: transient, retried.
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "the Consul agent at {} is busy (HTTP 429 Too Many Requests: past \
+                     limits.http_max_conns_per_client or its rate limit)",
+                    self.addr
+                ),
+            ));
+        }
         if (300..400).contains(&status) {
             // Not followed (max_redirects 0), so no credential went anywhere else.
+            self.hopeless.store(true, Ordering::SeqCst);
             let location = resp
                 .headers()
                 .get("Location")
@@ -375,14 +250,17 @@ impl Client {
             .limit(MAX_BODY)
             .read_to_vec()
             .map_err(|e| match e {
-                ureq::Error::BodyExceedsLimit(_) => Error::new(
-                    ErrorKind::Unavailable,
-                    format!(
-                        "the Consul agent at {} sent an answer larger than the {} MiB limit",
-                        self.addr,
-                        MAX_BODY >> 20
-                    ),
-                ),
+                ureq::Error::BodyExceedsLimit(_) => {
+                    self.hopeless.store(true, Ordering::SeqCst);
+                    Error::new(
+                        ErrorKind::Unavailable,
+                        format!(
+                            "the Consul agent at {} sent an answer larger than the {} MiB limit",
+                            self.addr,
+                            MAX_BODY >> 20
+                        ),
+                    )
+                }
                 e => self.transport_error(e, timeout),
             })?;
         Ok(Reply {
@@ -403,10 +281,13 @@ impl Client {
                 self.base,
                 timeout.as_secs_f64()
             ),
-            ureq::Error::LargeResponseHeader(n, limit) => format!(
-                "the Consul agent at {} sent {n} bytes of headers (the limit is {limit})",
-                self.base
-            ),
+            ureq::Error::LargeResponseHeader(n, limit) => {
+                self.hopeless.store(true, Ordering::SeqCst);
+                format!(
+                    "the Consul agent at {} sent {n} bytes of headers (the limit is {limit})",
+                    self.base
+                )
+            }
             _ => format!("cannot reach the Consul agent at {} ({e})", self.base),
         };
         Error::new(kind, self.scrub(crate::target::printable_long(&text)))
@@ -436,7 +317,7 @@ impl Client {
         )
     }
 
-    fn malformed(&self, what: &str, e: impl std::fmt::Display) -> Error {
+    pub(super) fn malformed(&self, what: &str, e: impl std::fmt::Display) -> Error {
         Error::new(
             ErrorKind::Internal,
             self.scrub(format!(
@@ -447,19 +328,20 @@ impl Client {
     }
 
     /// Run `f` again on transient failures (`Unavailable`: agent restarting, no leader during
-    /// an election), at most `attempts` times in all, with a short backoff.
+    /// an election, a connection refused or reset, a 429) with backoff, at most `attempts`
+    /// times in all, never past the client's deadline. For a held lock's renewal, release,
+    /// and the admin commands, bounded by `LOCKFN_OP_TIMEOUT`.
     pub fn retry<T>(&self, attempts: u32, mut f: impl FnMut() -> Result<T>) -> Result<T> {
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new();
         let mut n = 1;
         loop {
             match f() {
-                Err(e)
-                    if e.kind() == ErrorKind::Unavailable
-                        && n < attempts
-                        && self.left(delay * 2) >= delay * 2 =>
-                {
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(1));
+                Err(e) if n < attempts && self.transient(&e) => {
+                    let d = backoff.step();
+                    if self.left(d * 2) < d * 2 {
+                        return Err(e);
+                    }
+                    std::thread::sleep(d);
                     n += 1;
                 }
                 r => return r,
@@ -467,216 +349,41 @@ impl Client {
         }
     }
 
-    /// [`Client::retry`] bounded by a caller's wait: no retry once the wait is over (or for a
-    /// try-once), and the backoff is a `wait.pause`, so a cancel ends it.
-    pub fn retry_within<T>(
-        &self,
-        attempts: u32,
-        wait: &crate::backend::Wait,
-        mut f: impl FnMut() -> Result<T>,
-    ) -> Result<T> {
-        let mut delay = Duration::from_millis(100);
-        let mut n = 1;
+    /// Is `e` worth asking again for? `Unavailable`, and not a failure that asking again
+    /// cannot cure (reported once: the flag is cleared).
+    pub fn transient(&self, e: &Error) -> bool {
+        e.kind() == ErrorKind::Unavailable && !self.hopeless.swap(false, Ordering::SeqCst)
+    }
+
+    /// [`Client::retry`] for a waiter: retried until the caller's wait is over (not for a
+    /// try-once), the backoff being a `wait.pause`, so that a cancel ends it. Hundreds of
+    /// waiters on one host get refused or reset connections while the agent serves the
+    /// others; that is not "unavailable" while the wait lasts.
+    pub fn retry_within<T>(&self, wait: &Wait, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        let mut backoff = Backoff::new();
         loop {
             match f() {
                 Err(e)
-                    if e.kind() == ErrorKind::Unavailable
-                        && n < attempts
-                        && !wait.is_try_once()
+                    if !wait.is_try_once()
                         && !wait.expired()
-                        && self.left(delay * 2) >= delay * 2 =>
+                        && self.left(Duration::from_millis(50)) >= Duration::from_millis(50)
+                        && self.transient(&e) =>
                 {
-                    wait.pause(delay)?;
+                    wait.pause(backoff.step())?;
                     if wait.expired() {
                         return Err(e);
                     }
-                    delay = (delay * 2).min(Duration::from_secs(1));
-                    n += 1;
                 }
                 r => return r,
             }
         }
     }
-
-    // --- sessions -------------------------------------------------------------------------
-
-    pub fn session_create(&self, body: &serde_json::Value) -> Result<String> {
-        let data = serde_json::to_vec(body).map_err(|e| self.malformed("session create", e))?;
-        let r = self.call(
-            Method::Put,
-            "/v1/session/create",
-            Some(&data),
-            REQUEST_TIMEOUT,
-        )?;
-        if r.status != 200 {
-            return Err(self.status_error("create a session", &r));
-        }
-        #[derive(Deserialize)]
-        struct Created {
-            #[serde(rename = "ID")]
-            id: String,
-        }
-        let c: Created =
-            serde_json::from_slice(&r.body).map_err(|e| self.malformed("session create", e))?;
-        if c.id.is_empty() || c.id.len() > 64 {
-            return Err(self.malformed("session create", "no session ID"));
-        }
-        Ok(c.id)
-    }
-
-    /// Renew a session; Ok(false) when it no longer exists.
-    pub fn session_renew(&self, id: &str) -> Result<bool> {
-        let path = format!("/v1/session/renew/{}", encode_path(id));
-        let r = self.call(Method::Put, &path, None, REQUEST_TIMEOUT)?;
-        match r.status {
-            200 => {
-                // An empty list is also "not found" on some versions.
-                let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
-                Ok(!matches!(v, serde_json::Value::Null)
-                    && v.as_array().map(|a| !a.is_empty()).unwrap_or(true))
-            }
-            404 => Ok(false),
-            _ => Err(self.status_error("renew the lock's session", &r)),
-        }
-    }
-
-    pub fn session_destroy(&self, id: &str) -> Result<()> {
-        let path = format!("/v1/session/destroy/{}", encode_path(id));
-        let r = self.call(Method::Put, &path, None, REQUEST_TIMEOUT)?;
-        if r.status != 200 {
-            return Err(self.status_error("destroy a session", &r));
-        }
-        Ok(())
-    }
-
-    pub fn session_info(&self, id: &str) -> Result<Option<SessionInfo>> {
-        let path = format!("/v1/session/info/{}", encode_path(id));
-        let r = self.call(Method::Get, &path, None, REQUEST_TIMEOUT)?;
-        if r.status == 404 {
-            return Ok(None);
-        }
-        if r.status != 200 {
-            return Err(self.status_error("read a session", &r));
-        }
-        let v: Option<Vec<SessionInfo>> =
-            serde_json::from_slice(&r.body).map_err(|e| self.malformed("session info", e))?;
-        Ok(v.and_then(|v| v.into_iter().next()))
-    }
-
-    // --- KV ---------------------------------------------------------------------------------
-
-    fn kv_read(
-        &self,
-        path: String,
-        block: Option<(u64, Duration)>,
-        what: &str,
-    ) -> Result<(Vec<KvEntry>, u64)> {
-        let (path, timeout) = match block {
-            Some((index, wait)) if index > 0 => {
-                let sep = if path.contains('?') { '&' } else { '?' };
-                (
-                    format!("{path}{sep}index={index}&wait={}", go_duration(wait)),
-                    // Consul adds up to wait/16 of jitter.
-                    wait + wait / 16 + REQUEST_TIMEOUT,
-                )
-            }
-            _ => (path, REQUEST_TIMEOUT),
-        };
-        let r = self.call(Method::Get, &path, None, timeout)?;
-        let index = r.index.unwrap_or(0);
-        match r.status {
-            404 => Ok((Vec::new(), index)),
-            200 => {
-                let v: Option<Vec<KvEntry>> =
-                    serde_json::from_slice(&r.body).map_err(|e| self.malformed(what, e))?;
-                Ok((v.unwrap_or_default(), index))
-            }
-            _ => Err(self.status_error(what, &r)),
-        }
-    }
-
-    /// Read one key; with `block = Some((index, wait))` a blocking query.
-    pub fn kv_get(
-        &self,
-        key: &str,
-        block: Option<(u64, Duration)>,
-    ) -> Result<(Option<KvEntry>, u64)> {
-        let (v, i) = self.kv_read(
-            format!("/v1/kv/{}", encode_path(key)),
-            block,
-            &format!("read key {key}"),
-        )?;
-        Ok((v.into_iter().find(|e| e.key == key), i))
-    }
-
-    /// Every key starting with `prefix`.
-    pub fn kv_list(
-        &self,
-        prefix: &str,
-        block: Option<(u64, Duration)>,
-    ) -> Result<(Vec<KvEntry>, u64)> {
-        self.kv_read(
-            format!("/v1/kv/{}?recurse=true", encode_path(prefix)),
-            block,
-            &format!("list keys under {prefix}"),
-        )
-    }
-
-    /// Apply a transaction of KV ops (JSON objects as Consul's `/v1/txn` takes them).
-    pub fn txn(&self, ops: &[serde_json::Value]) -> Result<Txn> {
-        let body: Vec<serde_json::Value> = ops
-            .iter()
-            .map(|op| serde_json::json!({ "KV": op }))
-            .collect();
-        let data = serde_json::to_vec(&body).map_err(|e| self.malformed("transaction", e))?;
-        let r = self.call(Method::Put, "/v1/txn", Some(&data), REQUEST_TIMEOUT)?;
-        match r.status {
-            200 | 409 => {
-                let t: TxnReply = serde_json::from_slice(&r.body)
-                    .map_err(|e| self.malformed("a transaction", e))?;
-                let errors: Vec<String> = t
-                    .errors
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|e| e.what)
-                    .collect();
-                if errors.is_empty() && r.status == 200 {
-                    Ok(Txn::Applied(
-                        t.results
-                            .unwrap_or_default()
-                            .into_iter()
-                            .filter_map(|r| r.kv)
-                            .collect(),
-                    ))
-                } else if errors.iter().any(|w| is_acl_text(w)) {
-                    Err(Error::new(
-                        ErrorKind::Permission,
-                        self.scrub(format!(
-                            "Consul at {} refused the lock operation: {} (check CONSUL_HTTP_TOKEN / \
-                             CONSUL_HTTP_TOKEN_FILE and the token's key and session rights)",
-                            self.addr,
-                            crate::target::printable(&errors.join("; "))
-                        )),
-                    ))
-                } else if errors.is_empty() {
-                    Err(self.malformed("a transaction", "HTTP 409 without errors"))
-                } else {
-                    Ok(Txn::Failed(errors))
-                }
-            }
-            _ => Err(self.status_error("apply a lock transaction", &r)),
-        }
-    }
 }
 
-pub fn is_acl_text(s: &str) -> bool {
-    let l = s.to_ascii_lowercase();
-    l.contains("permission denied") || l.contains("acl not found")
-}
-
-/// Run a blocking request on a helper thread with a connection pool of its own, so that a
-/// waiter stops at its deadline and on its cancel fd at once rather than when Consul answers:
-/// the helper's connection is shut down and the thread joined, leaving nothing behind.
+/// Run a blocking request on a helper thread sharing the client's pool (one connection per
+/// waiter), so that a waiter stops at its deadline and on its cancel fd at once rather than
+/// when Consul answers: the pool is then interrupted (its connection closed) and the thread
+/// joined, leaving nothing behind.
 /// Ok(None): the deadline passed. Without deadline nor cancel fd the request runs on the
 /// calling thread.
 pub fn wait_for<T: Send + 'static>(
@@ -687,7 +394,7 @@ pub fn wait_for<T: Send + 'static>(
     if wait.cancel_fd().is_none() && wait.deadline().is_none() {
         return job(client).map(Some);
     }
-    let helper = client.fork();
+    let helper = client.clone();
     let (tx, rx) = mpsc::channel();
     let thread = {
         let helper = helper.clone();
@@ -703,8 +410,10 @@ pub fn wait_for<T: Send + 'static>(
     } else {
         Duration::from_secs(1)
     };
-    let stop = |thread: std::thread::JoinHandle<()>| {
-        helper.shutdown();
+    let stop = |thread: std::thread::JoinHandle<()>, early: bool| {
+        if early {
+            client.interrupt();
+        }
         let _ = thread.join();
     };
     loop {
@@ -714,21 +423,21 @@ pub fn wait_for<T: Send + 'static>(
         };
         match rx.recv_timeout(d) {
             Ok(r) => {
-                stop(thread);
+                stop(thread, false);
                 return r.map(Some);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if let Err(e) = wait.check_cancel() {
-                    stop(thread);
+                    stop(thread, true);
                     return Err(e);
                 }
                 if wait.expired() {
-                    stop(thread);
+                    stop(thread, true);
                     return Ok(None);
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                stop(thread);
+                stop(thread, false);
                 return Err(Error::new(
                     ErrorKind::Internal,
                     "a Consul request thread died",
@@ -738,53 +447,41 @@ pub fn wait_for<T: Send + 'static>(
     }
 }
 
-// --- base64 (Consul's KV values) ----------------------------------------------------------------
-
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-pub fn b64_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+/// Exponential backoff with jitter (so that hundreds of refused waiters do not come back
+/// together): 25 ms doubling to 1 s, each pause a random 50–100 % of the step.
+pub struct Backoff {
+    step: Duration,
+    seed: u64,
 }
 
-pub fn b64_decode(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim_end_matches('=');
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        } as u32;
-        acc = acc << 6 | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
+impl Backoff {
+    pub fn new() -> Backoff {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(0);
+        Backoff {
+            step: Duration::from_millis(25),
+            seed: (t ^ (u64::from(std::process::id()) << 32)) | 1,
         }
     }
-    Some(out)
+
+    pub fn step(&mut self) -> Duration {
+        // xorshift64: jitter only, no need for a better generator.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let frac = 0.5 + (self.seed % 1000) as f64 / 2000.0;
+        let d = self.step.mul_f64(frac);
+        self.step = (self.step * 2).min(Duration::from_secs(1));
+        d
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new()
+    }
 }
 
 #[cfg(test)]
@@ -792,21 +489,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base64_round_trip() {
-        for s in ["", "a", "ab", "abc", "abcd", "{\"x\":1}", "\u{e9}\u{e8}"] {
-            let e = b64_encode(s.as_bytes());
-            assert_eq!(b64_decode(&e).unwrap(), s.as_bytes(), "{s:?} {e}");
+    fn backoff_grows_to_a_second_with_jitter() {
+        let mut b = Backoff::new();
+        let first = b.step();
+        assert!(first >= Duration::from_millis(12) && first <= Duration::from_millis(25));
+        let mut last = first;
+        for _ in 0..10 {
+            last = b.step();
         }
-        assert_eq!(b64_encode(b"{}"), "e30=");
-        assert!(b64_decode("***").is_none());
-    }
-
-    #[test]
-    fn kv_entry_parses_consul_json_and_huge_flags() {
-        let j = r#"[{"LockIndex":1,"Key":"a/.lock","Flags":16210313421097356768,"Value":"e30=","Session":"s","CreateIndex":5,"ModifyIndex":9}]"#;
-        let v: Vec<KvEntry> = serde_json::from_str(j).unwrap();
-        assert_eq!(v[0].flags, 0xe0f69a2baa414de0);
-        assert_eq!(v[0].bytes().unwrap(), b"{}");
-        assert_eq!(v[0].holder(), Some("s"));
+        assert!(
+            last >= Duration::from_millis(500) && last <= Duration::from_secs(1),
+            "{last:?}"
+        );
     }
 }

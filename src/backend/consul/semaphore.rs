@@ -13,14 +13,15 @@
 //! `.lock` when no live holder is left, as `api.Semaphore.Destroy` does) and our contender key,
 //! then destroys the session.
 
-use super::http::{b64_decode, b64_encode, wait_for, Client, KvEntry, Txn};
-use super::{lost, ms_left, Session, CHECK_INTERVAL, SEM_FLAG};
+use super::api::{b64_decode, b64_encode, wait_for_key, wait_for_list, KvEntry, Txn};
+use super::http::Client;
+use super::session::{ConsulHeld, HeldSession, Keys, Session};
+use super::{lost, ms_left, SEM_FLAG};
 use crate::backend::{Held, Wait};
 use crate::holder::HolderRecord;
 use crate::{Error, ErrorKind, Options, Result, Target};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, Instant};
 
 /// The coordination value of `.lock`, byte-compatible with api.Semaphore's `semaphoreLock`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -131,126 +132,242 @@ pub(super) fn acquire(
     wait: &Wait,
 ) -> Result<Box<dyn Held>> {
     let prefix = prefix_of(key).to_string();
-    let lock_key = lock_key_of(&prefix);
-    let limit = opts.limit as i64;
     let mut record = HolderRecord::for_self(opts.holder.as_deref());
     record.persist = opts.persist;
-    // While waiting the contender's record has `since` 0; the acquisition rewrites it with
-    // the time of acquisition, which also makes Consul give the key the acquisition's index
-    // (an identical rewrite would leave its ModifyIndex alone).
-    let waiting_value = {
-        let mut r = record.clone();
-        r.since = 0.0;
-        b64_encode(r.to_json().as_bytes())
+    let session = Session::create(&client, target, opts, wait)?;
+    let mut w = SemWaiter {
+        lock_key: lock_key_of(&prefix),
+        list_prefix: format!("{prefix}/"),
+        prefix,
+        limit: opts.limit as i64,
+        client,
+        target,
+        wait,
+        session,
+        record,
+        listing: None,
     };
-    let mut session = Session::create(&client, target, opts, "delete", wait)?;
-    let contender_op = |s: &str, value: &str| {
-        serde_json::json!({
-            "Verb": "lock", "Key": format!("{prefix}/{s}"), "Value": value,
-            "Flags": SEM_FLAG, "Session": s
-        })
-    };
-    let make_contender = |s: &str| -> Result<()> {
-        match client.retry(3, || client.txn(&[contender_op(s, &waiting_value)]))? {
-            Txn::Applied(_) => Ok(()),
-            Txn::Failed(why) => Err(Error::new(
-                ErrorKind::Internal,
-                format!(
-                    "{target}: Consul at {} refused our contender key: {}",
-                    client.addr,
-                    why.join("; ")
-                ),
-            )),
-        }
-    };
-    make_contender(&session.id)?;
-    let list_prefix = format!("{prefix}/");
-    let mut listing: Option<(Vec<KvEntry>, u64)> = None;
-    let mut transient_left = 30u32;
+    w.listing = Some(w.make_contender()?);
+    let mut backoff = super::http::Backoff::new();
     loop {
         wait.check_cancel()?;
-        let step: Result<Option<u64>> = (|| {
-            if session.renew_if_due()? {
-                make_contender(&session.id)?;
-            }
-            let (entries, index) = match listing.take() {
-                Some(l) => l,
-                None => client.kv_list(&list_prefix, None)?,
-            };
-            let (lock_entry, mut sl) = find_lock(target, &client, &lock_key, &entries, limit)?;
-            if sl.limit != limit {
-                return Err(Error::new(
-                    ErrorKind::Invalid,
-                    format!(
-                        "{target}: semaphore limit conflict: {lock_key} says {}, we asked for {limit} \
-                         (all users of a semaphore must agree on its limit)",
-                        sl.limit
-                    ),
-                ));
-            }
-            sl.prune(&entries);
-            if sl.count() as i64 >= limit && !sl.has(&session.id) {
-                if wait.is_try_once() || wait.expired() {
-                    return Err(full_error(target, wait, limit));
-                }
-                let block = ms_left(wait, session.block_limit());
-                let p = list_prefix.clone();
-                let idx = index.max(1);
-                match wait_for(wait, &client, move |c| c.kv_list(&p, Some((idx, block))))? {
-                    Some(l) => listing = Some(l),
-                    None => return Err(full_error(target, wait, limit)),
-                }
-                return Ok(None);
-            }
-            sl.holders
-                .get_or_insert_with(BTreeMap::new)
-                .insert(session.id.clone(), true);
-            let cas = serde_json::json!({
-                "Verb": "cas", "Key": lock_key, "Value": sl.encode(), "Flags": SEM_FLAG,
-                "Index": lock_entry.as_ref().map(|e| e.modify_index).unwrap_or(0)
-            });
-            record.since = crate::holder::now_secs();
-            let value = b64_encode(record.to_json().as_bytes());
-            match client.txn(&[cas, contender_op(&session.id, &value)])? {
-                Txn::Applied(res) => {
-                    let token = res.iter().map(|e| e.modify_index).max().unwrap_or(0);
-                    Ok(Some(token))
-                }
-                Txn::Failed(why) => {
-                    if why.iter().any(|w| w.contains("invalid session")) {
-                        session.recreate()?;
-                        make_contender(&session.id)?;
-                    }
-                    // Lost a CAS race with another contender: read again, no wait.
-                    Ok(None)
-                }
-            }
-        })();
-        match step {
-            Ok(Some(token)) => {
-                record.token = token;
-                let (id, ttl) = session.keep();
-                return Ok(Box::new(SemHeld {
-                    client,
-                    target: target.clone(),
-                    prefix: prefix.clone(),
-                    lock_key,
-                    ttl,
-                    session: id,
-                    record,
-                    last_renew: Instant::now(),
-                }));
-            }
+        match w.step() {
+            Ok(Some(token)) => return Ok(w.into_held(token)),
             Ok(None) => {}
-            Err(e)
-                if e.kind() == ErrorKind::Unavailable && transient_left > 0 && !wait.expired() =>
-            {
-                transient_left -= 1;
-                listing = None;
-                wait.pause(Duration::from_millis(250))?;
+            // A refused or reset connection, a 429, a leader election: retried with backoff
+            // while the wait lasts.
+            Err(e) if !wait.is_try_once() && !wait.expired() && w.client.transient(&e) => {
+                w.listing = None;
+                wait.pause(backoff.step())?;
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// A semaphore waiter. Its contender key is its place in the queue: lockfn contenders that
+/// wait (record `since` 0, not in `.lock`'s holders) are ordered by CreateIndex; the first
+/// watches the prefix (api.Semaphore's blocking query), each other one its predecessor's
+/// contender key only, which changes when that one takes a slot, dies or gives up. So a
+/// freed slot wakes one lockfn waiter, not all.
+struct SemWaiter<'a> {
+    client: Client,
+    target: &'a Target,
+    wait: &'a Wait,
+    prefix: String,
+    lock_key: String,
+    list_prefix: String,
+    limit: i64,
+    session: Session,
+    record: HolderRecord,
+    /// The listing to decide on, when one is at hand.
+    listing: Option<(Vec<KvEntry>, u64)>,
+}
+
+impl SemWaiter<'_> {
+    fn contender_key(&self) -> String {
+        format!("{}/{}", self.prefix, self.session.id)
+    }
+
+    fn contender_op(&self, value: &str) -> serde_json::Value {
+        serde_json::json!({
+            "Verb": "lock", "Key": self.contender_key(), "Value": value,
+            "Flags": SEM_FLAG, "Session": self.session.id
+        })
+    }
+
+    /// Write our contender key (record with `since` 0: waiting) and list the prefix, in one
+    /// transaction. The acquisition rewrites the record with the time of acquisition, which
+    /// also gives the key the acquisition's index (an identical rewrite would leave its
+    /// ModifyIndex alone). A session that vanished meanwhile is made anew.
+    fn make_contender(&mut self) -> Result<(Vec<KvEntry>, u64)> {
+        let mut waiting = self.record.clone();
+        waiting.since = 0.0;
+        let value = b64_encode(waiting.to_json().as_bytes());
+        let mut attempts = 0;
+        loop {
+            let ops = [
+                self.contender_op(&value),
+                serde_json::json!({"Verb": "get-tree", "Key": self.list_prefix}),
+            ];
+            match self.client.txn(&ops)? {
+                Txn::Applied(mut entries) => {
+                    // The transaction's answer has no X-Consul-Index: the largest ModifyIndex
+                    // of the listing is a lower bound (a blocking query from it may return at
+                    // once, harmlessly).
+                    let index = entries.iter().map(|e| e.modify_index).max().unwrap_or(0);
+                    entries.retain(|e| e.key.starts_with(&self.list_prefix));
+                    return Ok((entries, index));
+                }
+                Txn::Failed(why)
+                    if attempts < 3 && why.iter().any(|w| w.contains("invalid session")) =>
+                {
+                    attempts += 1;
+                    self.session.recreate(self.wait)?;
+                }
+                Txn::Failed(why) => {
+                    return Err(Error::new(
+                        ErrorKind::Internal,
+                        format!(
+                            "{}: Consul at {} refused our contender key: {}",
+                            self.target,
+                            self.client.addr,
+                            why.join("; ")
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// `.lock` from a listing, checked against our limit, dead holders pruned.
+    fn read_lock(&self, entries: &[KvEntry]) -> Result<(Option<KvEntry>, SemLock)> {
+        let (lock_entry, mut sl) = find_lock(
+            self.target,
+            &self.client,
+            &self.lock_key,
+            entries,
+            self.limit,
+        )?;
+        if sl.limit != self.limit {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!(
+                    "{}: semaphore limit conflict: {} says {}, we asked for {} (all users of a \
+                     semaphore must agree on its limit)",
+                    self.target, self.lock_key, sl.limit, self.limit
+                ),
+            ));
+        }
+        sl.prune(entries);
+        Ok((lock_entry, sl))
+    }
+
+    /// lockfn contenders waiting for a slot, oldest first.
+    fn waiting<'e>(&self, entries: &'e [KvEntry], sl: &SemLock) -> Vec<&'e KvEntry> {
+        let mut w: Vec<&KvEntry> = entries
+            .iter()
+            .filter(|e| {
+                e.holder()
+                    .is_some_and(|s| !sl.has(s) && e.key.strip_prefix(&self.list_prefix) == Some(s))
+            })
+            .filter(|e| super::our_record(e).is_some_and(|r| r.since == 0.0))
+            .collect();
+        w.sort_by_key(|e| e.create_index);
+        w
+    }
+
+    /// One round: Some(token) when a slot is ours.
+    fn step(&mut self) -> Result<Option<u64>> {
+        if self.session.renew_if_due(self.wait)? {
+            self.listing = Some(self.make_contender()?);
+        }
+        let (entries, index) = match self.listing.take() {
+            Some(l) => l,
+            None => self.client.kv_list(&self.list_prefix, None)?,
+        };
+        let (lock_entry, sl) = self.read_lock(&entries)?;
+        let mine = self.contender_key();
+        if sl.has(&self.session.id) {
+            // Our own acquisition whose answer was lost (a retried request).
+            let token = entries
+                .iter()
+                .find(|e| e.key == mine)
+                .map_or(0, |e| e.modify_index);
+            return Ok(Some(token));
+        }
+        if !entries.iter().any(|e| e.key == mine) {
+            self.listing = Some(self.make_contender()?);
+            return Ok(None);
+        }
+        let waiting = self.waiting(&entries, &sl);
+        let pos = waiting.iter().position(|e| e.key == mine).unwrap_or(0);
+        let free = self.limit.saturating_sub(sl.count() as i64);
+        if (pos as i64) < free {
+            return self.take(lock_entry.as_ref(), sl);
+        }
+        if self.wait.is_try_once() || self.wait.expired() {
+            return Err(full_error(self.target, self.wait, self.limit));
+        }
+        let block = ms_left(self.wait, self.session.block_limit());
+        if pos == 0 {
+            // First in line: watch the whole prefix (a holder's release or death).
+            match wait_for_list(
+                self.wait,
+                &self.client,
+                &self.list_prefix,
+                index.max(1),
+                block,
+            )? {
+                Some(l) => self.listing = Some(l),
+                None => return Err(full_error(self.target, self.wait, self.limit)),
+            }
+        } else {
+            let p = waiting[pos - 1];
+            let (k, idx) = (p.key.clone(), p.modify_index);
+            if wait_for_key(self.wait, &self.client, &k, idx.max(1), block)?.is_none() {
+                return Err(full_error(self.target, self.wait, self.limit));
+            }
+        }
+        Ok(None)
+    }
+
+    /// CAS of `.lock` with us among the holders, and our contender rewritten, in one
+    /// transaction.
+    fn take(&mut self, lock_entry: Option<&KvEntry>, mut sl: SemLock) -> Result<Option<u64>> {
+        sl.holders
+            .get_or_insert_with(BTreeMap::new)
+            .insert(self.session.id.clone(), true);
+        let cas = serde_json::json!({
+            "Verb": "cas", "Key": self.lock_key, "Value": sl.encode(), "Flags": SEM_FLAG,
+            "Index": lock_entry.map_or(0, |e| e.modify_index)
+        });
+        self.record.since = crate::holder::now_secs();
+        let value = b64_encode(self.record.to_json().as_bytes());
+        match self.client.txn(&[cas, self.contender_op(&value)])? {
+            Txn::Applied(res) => Ok(Some(res.iter().map(|e| e.modify_index).max().unwrap_or(0))),
+            Txn::Failed(why) => {
+                if why.iter().any(|w| w.contains("invalid session")) {
+                    self.session.recreate(self.wait)?;
+                    self.listing = Some(self.make_contender()?);
+                }
+                // Lost a CAS race with another contender: read again, no wait.
+                Ok(None)
+            }
+        }
+    }
+
+    fn into_held(self, token: u64) -> Box<dyn Held> {
+        let mut record = self.record;
+        record.token = token;
+        Box::new(ConsulHeld {
+            keys: SemKeys {
+                prefix: self.prefix,
+                lock_key: self.lock_key,
+            },
+            record,
+            session: self.session.keep(self.target),
+        })
     }
 }
 
@@ -262,85 +379,57 @@ fn full_error(target: &Target, wait: &Wait, limit: i64) -> Error {
     )
 }
 
-pub(super) struct SemHeld {
-    client: Client,
-    target: Target,
+/// The keys of a held semaphore slot.
+pub(super) struct SemKeys {
     prefix: String,
     lock_key: String,
-    session: String,
-    ttl: Option<Duration>,
-    record: HolderRecord,
-    last_renew: Instant,
 }
 
-impl SemHeld {
-    fn contender(&self) -> String {
-        format!("{}/{}", self.prefix, self.session)
+impl SemKeys {
+    fn contender(&self, s: &HeldSession) -> String {
+        format!("{}/{}", self.prefix, s.id)
     }
+}
 
-    /// A transient failure (agent restarting, leader election) is reported as such until the
-    /// session TTL has passed without a successful renewal: then the session may be gone and
-    /// the lock is declared lost.
-    fn settle(&mut self, r: Result<()>) -> Result<()> {
-        match r {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::Lost => Err(e),
-            Err(e) => match self.ttl {
-                Some(ttl) if self.last_renew.elapsed() >= ttl => Err(lost(
-                    &self.target,
-                    &format!(
-                        "no successful renewal for {} s, the session TTL ({e})",
-                        ttl.as_secs()
-                    ),
-                )),
-                _ => Err(e),
-            },
-        }
-    }
-
-    /// Renew the session: `Lost` when it no longer exists.
-    fn renew(&mut self) -> Result<()> {
-        if self.ttl.is_none() {
-            return Ok(());
-        }
-        let alive = self
-            .client
-            .retry(3, || self.client.session_renew(&self.session))?;
-        if !alive {
-            return Err(lost(
-                &self.target,
-                &format!(
-                    "its Consul session {} no longer exists (destroyed by an operator, or \
-                     expired)",
-                    self.session
-                ),
-            ));
-        }
-        self.last_renew = Instant::now();
-        Ok(())
-    }
-
-    /// The key (and for a semaphore, `.lock`) still say we hold it.
-    fn verify(&self) -> Result<()> {
+impl Keys for SemKeys {
+    /// Our contender key and `.lock` still say we hold a slot.
+    fn verify(&self, s: &HeldSession) -> Result<()> {
+        let c = &s.client;
         let list_prefix = format!("{}/", self.prefix);
-        let (entries, _) = self
-            .client
-            .retry(3, || self.client.kv_list(&list_prefix, None))?;
-        let contender = self.contender();
+        let (entries, _) = c.retry(4, || c.kv_list(&list_prefix, None))?;
+        let contender = self.contender(s);
         let mine = entries
             .iter()
-            .any(|e| e.key == contender && e.holder() == Some(self.session.as_str()));
+            .any(|e| e.key == contender && e.holder() == Some(s.id.as_str()));
         if !mine {
             return Err(lost(
-                &self.target,
+                &s.target,
                 &format!("our contender key {contender} is gone"),
             ));
         }
-        let (_, sl) = find_lock(&self.target, &self.client, &self.lock_key, &entries, 0)?;
-        if !sl.has(&self.session) {
+        let (_, sl) = find_lock(&s.target, c, &self.lock_key, &entries, 0)?;
+        if !sl.has(&s.id) {
             return Err(lost(
-                &self.target,
+                &s.target,
                 &format!("{} no longer lists our session as a holder", self.lock_key),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Out of `.lock` (deleted when no live holder is left) and our contender key gone.
+    fn free(&self, s: &HeldSession) -> Result<()> {
+        let was = remove_holders(
+            &s.target,
+            &s.client,
+            &self.prefix,
+            std::slice::from_ref(&s.id),
+            &[self.contender(s)],
+        )?;
+        if !was {
+            return Err(lost(
+                &s.target,
+                &format!("{} no longer listed our session at release", self.lock_key),
             ));
         }
         Ok(())
@@ -408,57 +497,4 @@ pub(super) fn remove_holders(
             client.addr
         ),
     ))
-}
-
-impl Held for SemHeld {
-    fn token(&self) -> u64 {
-        self.record.token
-    }
-
-    fn record(&self) -> &HolderRecord {
-        &self.record
-    }
-
-    fn update(&mut self) -> Result<()> {
-        self.client.bound_by_op_timeout();
-        let r = self.renew().and_then(|_| self.verify());
-        self.settle(r)
-    }
-
-    fn check(&mut self) -> Result<()> {
-        self.client.bound_by_op_timeout();
-        let r = self.verify();
-        self.settle(r)
-    }
-
-    fn release(&mut self) -> Result<()> {
-        self.client.bound_by_op_timeout();
-        let was = remove_holders(
-            &self.target,
-            &self.client,
-            &self.prefix,
-            std::slice::from_ref(&self.session),
-            &[self.contender()],
-        );
-        let d = self
-            .client
-            .retry(3, || self.client.session_destroy(&self.session));
-        match was? {
-            true => d,
-            false => Err(lost(
-                &self.target,
-                &format!("{} no longer listed our session at release", self.lock_key),
-            )),
-        }
-    }
-
-    fn renew_interval(&self) -> Option<Duration> {
-        // api.Lock renews at TTL/2; Consul keeps a session 2×TTL after its last renewal.
-        self.ttl.map(|t| t / 2)
-    }
-
-    fn check_interval(&self) -> Option<Duration> {
-        // A loss (an operator destroying the session) is seen within about a second.
-        Some(CHECK_INTERVAL)
-    }
 }
