@@ -12,7 +12,7 @@
 //!
 //! Lock order (the prepare handler's, and the only order in which code may nest these):
 //! ffi handle table → ffi string table → lib `HELD` → sem `POOL` →
-//! zk `SESSIONS` → the descriptor registry. Each is a leaf otherwise.
+//! zk `SESSIONS` → consul `PARKED` → the descriptor registry. Each is a leaf otherwise.
 //!
 //! What remains (documented in the header and README): a child made by `vfork()`, or by
 //! `posix_spawn()` / `clone(CLONE_VM)` that runs no atfork handler, holds copies of every
@@ -69,6 +69,7 @@ struct Taken {
     _held: MutexGuard<'static, crate::HeldTable>,
     pool: MutexGuard<'static, crate::backend::sem::Pool>,
     _zk: MutexGuard<'static, crate::backend::zookeeper::SessionTable>,
+    consul: MutexGuard<'static, crate::backend::consul::ParkedSlot>,
     fds: MutexGuard<'static, Vec<RawFd>>,
 }
 
@@ -87,6 +88,7 @@ extern "C" fn prepare() {
         _held: lock(crate::held_table()),
         pool: lock(&crate::backend::sem::POOL),
         _zk: lock(&crate::backend::zookeeper::SESSIONS),
+        consul: lock(&crate::backend::consul::PARKED),
         fds: lock(&FDS),
     };
     let _ = TAKEN.try_with(|t| *t.borrow_mut() = Some(taken));
@@ -114,6 +116,7 @@ fn child_hooks(taken: &mut Taken) {
     }
     taken.fds.clear();
     crate::backend::sem::forget_pool(&mut taken.pool);
+    crate::backend::consul::forget_parked(&mut taken.consul);
 }
 
 static REGISTERED: AtomicBool = AtomicBool::new(false);

@@ -28,6 +28,8 @@ pub mod http;
 mod mutex;
 mod place;
 mod pool;
+// For the atfork handlers (crate::fork).
+pub(crate) use pool::{forget_parked, ParkedSlot, PARKED};
 mod queue;
 mod semaphore;
 mod session;

@@ -17,17 +17,28 @@ pub(super) struct Pool {
     pub pid: u32,
 }
 
-struct Parked {
+pub(crate) struct Parked {
     agent: ureq::Agent,
     cfg: Config,
     pid: u32,
 }
 
-static PARKED: Mutex<Option<Parked>> = Mutex::new(None);
+/// Taken by the atfork prepare handler (crate::fork), so a child never finds it locked; the
+/// child forgets the parent's parked agent there ([`forget_parked`]).
+pub(crate) static PARKED: Mutex<Option<Parked>> = Mutex::new(None);
+pub(crate) type ParkedSlot = Option<Parked>;
+
+/// In a forked child, with [`PARKED`] held: forget (never drop) the parent's parked agent —
+/// its socket is the parent's.
+pub(crate) fn forget_parked(slot: &mut ParkedSlot) {
+    if let Some(p) = slot.take() {
+        std::mem::forget(p);
+    }
+}
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        if self.pid != std::process::id() {
+        if self.pid != crate::fork::pid() {
             return;
         }
         let mut p = PARKED.lock().unwrap_or_else(|e| e.into_inner());
