@@ -6,7 +6,7 @@
 //!   lockfn_bench worker TARGET SHMFILE
 //!       one contender of hand-off and throughput runs: prints `ready`, then for every line
 //!       `go SECS MODE [MARGIN_MS]` on stdin loops acquire / critical section / release for SECS
-//!       seconds and prints one JSON line `{"ops", "self", "zk_requests", "handoffs_ns"}`;
+//!       seconds and prints one JSON line `{"ops", "self", "handoffs_ns"}`;
 //!       exits at EOF. The critical section keeps a 32-byte record in SHMFILE (see `window`):
 //!       the hand-off latency is the new holder's acquisition time minus the releaser's time
 //!       just before release, whenever the lock came from another process.
@@ -64,10 +64,6 @@ fn cycle(target: &str, n: u64) {
     }
     let ns = start.elapsed().as_nanos() as f64 / n as f64;
     println!("{{\"ns_per_op\": {ns:.1}, \"n\": {n}}}");
-}
-
-fn zk_requests() -> u64 {
-    lockfn::testing::counters().requests
 }
 
 fn worker(target: &str, shm: &str) {
@@ -146,7 +142,6 @@ impl Record {
 /// current holder, 24 when the previous holder rejoined the queue (handoff mode).
 fn window(target: &str, f: &Record, opts: &Options, secs: f64, handoff: bool, margin: Duration) {
     let pid = std::process::id() as u64;
-    let req0 = zk_requests();
     let end = Instant::now() + Duration::from_secs_f64(secs);
     let mut ops = 0u64;
     let mut selfs = 0u64;
@@ -206,8 +201,7 @@ fn window(target: &str, f: &Record, opts: &Options, secs: f64, handoff: bool, ma
     }
     let lat_s: Vec<String> = lat.iter().map(|v| v.to_string()).collect();
     println!(
-        "{{\"ops\": {ops}, \"self\": {selfs}, \"zk_requests\": {}, \"handoffs_ns\": [{}]}}",
-        zk_requests() - req0,
+        "{{\"ops\": {ops}, \"self\": {selfs}, \"handoffs_ns\": [{}]}}",
         lat_s.join(",")
     );
     let _ = std::io::stdout().flush();

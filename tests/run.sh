@@ -49,10 +49,10 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 export CARGO_TERM_COLOR=never
-step "build" cargo build --all-targets
+step "build" cargo build --all-targets --features test-counters
 if [[ $QUICK == 0 ]]; then
   step "format" cargo fmt --check
-  step "clippy" cargo clippy --all-targets -- -D warnings
+  step "clippy" cargo clippy --all-targets --features test-counters -- -D warnings
 fi
 
 say "servers"
@@ -70,7 +70,7 @@ export LOCKFN_TEST_REQUIRE_SERVERS=1
 export LOCKFN="$ROOT/target/debug/lockfn"
 export BATS_TEST_TIMEOUT=${BATS_TEST_TIMEOUT:-180}
 
-step "cargo test" cargo test --no-fail-fast
+step "cargo test" cargo test --no-fail-fast --features test-counters
 bats_dirs=(tests/cli)
 # tests/shell (lockfn.sh) runs in tests/suites/60-bindings.sh with the other bindings.
 step "bats ${bats_dirs[*]}" bats "${bats_dirs[@]}"
