@@ -2,6 +2,9 @@
 //! or `tests/servers/consul.sh start DIR`). With `LOCKFN_TEST_REQUIRE_SERVERS=1` a missing
 //! agent fails the tests; otherwise they are skipped with a message.
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{expect_within, unique};
 use lockfn::{ErrorKind, Lock, Options, Target};
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
@@ -13,29 +16,12 @@ use std::time::{Duration, Instant};
 const LOCK_FLAG: u64 = 0x2ddccbc058a50c18;
 const SEM_FLAG: u64 = 0xe0f69a2baa414de0;
 
-/// The agent's `host:port`, or None (skip) when no agent is configured.
+/// The agent's `host:port`, or None (skip, or fail under LOCKFN_TEST_REQUIRE_SERVERS=1).
 fn agent() -> Option<String> {
-    match std::env::var("CONSUL_HTTP_ADDR") {
-        Ok(a) if !a.is_empty() => Some(a.trim_start_matches("http://").to_string()),
-        _ => {
-            if std::env::var("LOCKFN_TEST_REQUIRE_SERVERS").as_deref() == Ok("1") {
-                panic!("CONSUL_HTTP_ADDR is not set but LOCKFN_TEST_REQUIRE_SERVERS=1");
-            }
-            eprintln!("skipped: CONSUL_HTTP_ADDR is not set (no Consul agent)");
-            None
-        }
+    if !common::server("CONSUL_HTTP_ADDR") {
+        return None;
     }
-}
-
-/// A key unique to this test run.
-fn unique(name: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "t{}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst),
-        name
-    )
+    common::env_var("CONSUL_HTTP_ADDR").map(|a| a.trim_start_matches("http://").to_string())
 }
 
 fn http(method: &str, addr: &str, path: &str, body: Option<&str>) -> (u16, String) {
@@ -86,15 +72,6 @@ fn sessions_named(addr: &str, needle: &str) -> Vec<String> {
 /// Sessions of lockfn (of this process) for `key`: the name lockfn gives them.
 fn lockfn_sessions(addr: &str, key: &str) -> Vec<String> {
     sessions_named(addr, &format!("lockfn {key} (pid {} ", std::process::id()))
-}
-
-/// Poll `cond` (every 10 ms) until it holds; panic with `what` once `limit` has passed.
-fn await_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let s = Instant::now();
-    while !cond() {
-        assert!(s.elapsed() < limit, "{what} (waited {limit:?})");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn opts(timeout: Option<f64>) -> Options {
@@ -361,13 +338,13 @@ fn cancel_stops_waiting_and_leaves_nothing() {
         // (and, for the semaphore, its contender key), so the checks below that they are gone
         // see a cleanup rather than a waiter that never started.
         let expect = if limit > 1 { 3 } else { 1 };
-        await_until(
+        expect_within(
             Duration::from_secs(10),
             &format!("limit {limit}: the waiter's session never appeared"),
             || lockfn_sessions(&addr, &key2).len() > expect,
         );
         if limit > 1 {
-            await_until(
+            expect_within(
                 Duration::from_secs(10),
                 &format!("limit {limit}: the waiter's contender key never appeared"),
                 || keys_under(&addr, &format!("{key2}/")).len() > 4,
@@ -767,7 +744,7 @@ fn interop_with_consullock() {
         std::thread::spawn(move || Lock::acquire(&t, &o))
     };
     // The waiter is on its way (its session exists) before consullock unlocks.
-    await_until(
+    expect_within(
         Duration::from_secs(10),
         "the waiter's session never appeared",
         || !lockfn_sessions(&addr, &key).is_empty(),
@@ -919,7 +896,7 @@ fn figures_uncontended_cycle_and_handoff() {
         // failed try and a read on loopback, then its blocking query). A release that still
         // beats its blocking query is handed over all the same (the try or the query's index
         // sees it), so the figure stays a handoff time.
-        await_until(
+        expect_within(
             Duration::from_secs(10),
             "the waiter's session never appeared",
             || lockfn_sessions(&addr, &key).len() >= 2,
@@ -994,7 +971,7 @@ impl CountProxy {
             .spawn()
             .expect("python3 benches/countproxy.py");
         let mut ports = String::new();
-        await_until(
+        expect_within(
             Duration::from_secs(20),
             "the counting proxy never listened",
             || {
@@ -1139,7 +1116,7 @@ fn queue_cancel_and_kill_9_of_queued_waiters_heal_and_status_shows_the_queue() {
         })
     };
     let queued = |n: usize| {
-        await_until(
+        expect_within(
             Duration::from_secs(20),
             &format!("{n} waiters never queued"),
             || queue_keys(&addr, &key).len() == n,

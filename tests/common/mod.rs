@@ -47,6 +47,11 @@ pub fn await_until(t: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// [`await_until`] that fails the test, saying `what` did not happen within `limit`.
+pub fn expect_within(limit: Duration, what: &str, f: impl FnMut() -> bool) {
+    assert!(await_until(limit, f), "{what} (waited {limit:?})");
+}
+
 /// Is the server named by `var` (ZKHOSTS, CONSUL_HTTP_ADDR) there? If not: skip, or fail when
 /// the run promised its servers.
 pub fn server(var: &str) -> bool {
