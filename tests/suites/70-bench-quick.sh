@@ -55,6 +55,10 @@ for b in ("sem", "pmxcfs", "zk", "consul"):
     for k in (1, 10, 50):
         exp += [f"handoff.{b}.K{k}.p50", f"handoff.{b}.K{k}.p99", f"handoff.{b}.K{k}.requests", f"throughput.{b}.K{k}"]
     exp.append(f"wait.{b}")
+# The Consul queue against both Consul peers (benches/driver.py bench_consul_queue).
+for k in (1, 10, 50):
+    for peer in ("consullock", "consul-lock"):
+        exp += [f"consul_queue.K{k}.{m}.{peer}" for m in ("requests", "server_cpu", "handoffs_per_s")]
 bad = []
 for e in exp:
     if ids.count(e) != 1:
